@@ -1,0 +1,20 @@
+"""Framework backends, loaded lazily by name so ``import rhn_core`` imports no framework.
+
+A backend module exposes ``Backend(spec, params, weight_decay, max_grad_norm,
+device, dtype)`` with the narrow interface the training loop uses:
+
+    get_params() -> dict of NumPy arrays        set_params(dict)
+    zero_state(B) -> state                      state_to_numpy(state) / state_from_numpy(list)
+    train_step(x, y, masks, state, lr) -> (J, state)   one clipped SGD step, J stays on device
+    eval_step(x, y, state) -> (C, state)                no dropout, no update
+    gradients(x, y, masks, state) -> (J, dict)  canonical gradients (for tests)
+    to_numpy(values) -> np.ndarray              the only device -> host read
+"""
+import importlib
+
+BACKENDS = {"torch": "rhn_core.backends.torch_rhn"}
+
+
+def load_backend(name):
+    """The backend module called ``name``."""
+    return importlib.import_module(BACKENDS[name])

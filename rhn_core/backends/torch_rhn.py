@@ -1,0 +1,219 @@
+"""PyTorch backend: the RHN layer (usable on its own, like ``torch.nn.LSTM``),
+the language model around it, and the train / eval steps the core loop drives.
+
+Internally each layer keeps its parameters fused for speed: the input part of
+micro-layer 0 for H and T side by side (``W``: in x 2H, applied to all time steps
+at once, outside the time loop), and one recurrent matrix per micro-layer for H
+and T together (``R``: D x H x 2H, ``b``: D x 2H). ``get_params`` / ``set_params``
+translate to and from the canonical names of ``rhn_core.params``.
+"""
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..params import check_params, layer_names, param_shapes
+
+
+class RHN(nn.Module):
+    """Recurrent Highway Network (Zilly et al. 2017), a stack of ``num_layers`` layers
+    of recurrence depth ``depth`` with coupled carry gates (c = 1 - t).
+
+    Shapes are batch-first. ``forward(input, state=None, input_masks=None,
+    state_masks=None)`` takes input B x T x input_size and an optional state
+    L x B x H (zeros if omitted) and returns (output B x T x H, state L x B x H).
+    Variational dropout: pass per-layer masks (B x input width, B x H) that stay
+    fixed over the sequence, e.g. from ``rhn_core.masks.bernoulli_mask``::
+
+        rhn = RHN(input_size=128, hidden_size=256, depth=5, num_layers=2)
+        out, state = rhn(torch.randn(8, 35, 128))        # 8 sequences of 35 steps
+        out, state = rhn(next_chunk, state.detach())     # truncated BPTT
+        masks = [torch.bernoulli(torch.full((8, n), 0.75)) / 0.75 for n in (128, 256)]
+        out, state = rhn(x, input_masks=masks)           # input dropout 0.25
+
+    Initialisation follows the paper's code: U(-init_scale, init_scale), and
+    ``init_bias`` (negative: start close to carrying the state) for every T bias.
+    """
+
+    def __init__(self, input_size, hidden_size, depth, num_layers=1, init_scale=0.04, init_bias=-2.0):
+        super().__init__()
+        self.hidden_size, self.depth, self.num_layers = hidden_size, depth, num_layers
+        sizes = [input_size] + [hidden_size] * (num_layers - 1)
+        H = hidden_size
+        self.W = nn.ParameterList(nn.Parameter(torch.empty(n, 2 * H)) for n in sizes)
+        self.R = nn.ParameterList(nn.Parameter(torch.empty(depth, H, 2 * H)) for _ in sizes)
+        self.b = nn.ParameterList(nn.Parameter(torch.empty(depth, 2 * H)) for _ in sizes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-init_scale, init_scale)
+            for b in self.b:
+                b[:, H:] = init_bias
+
+    def forward(self, input, state=None, input_masks=None, state_masks=None):
+        B, H = input.shape[0], self.hidden_size
+        if state is None:
+            state = input.new_zeros(self.num_layers, B, H)
+        finals = []
+        for l in range(self.num_layers):
+            x = input if input_masks is None else input * input_masks[l][:, None, :]
+            mh = None if state_masks is None else state_masks[l]
+            # The input projection of micro-layer 0 for all T steps in one product.
+            px = torch.matmul(x, self.W[l]) + self.b[l][0]
+            s, outputs = state[l], []
+            for t in range(input.shape[1]):
+                s = self._time_step(px[:, t], s, mh, self.R[l], self.b[l])
+                outputs.append(s)
+            input = torch.stack(outputs, dim=1)
+            finals.append(s)
+        return input, torch.stack(finals)
+
+    def _time_step(self, px_t, s, mh, R, b):
+        H = self.hidden_size
+        for k in range(self.depth):
+            # H and T of a micro-layer in one product; only micro-layer 0 sees the input.
+            pre = torch.addmm(px_t if k == 0 else b[k], s if mh is None else s * mh, R[k])
+            h, t = torch.tanh(pre[:, :H]), torch.sigmoid(pre[:, H:])
+            s = s + t * (h - s)  # carry path uses the undropped state
+        return s
+
+
+class RHNLanguageModel(nn.Module):
+    """Embedding -> RHN stack -> softmax, with the original's in_size and tying rules."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+        V, H = spec.vocab_size, spec.hidden_size
+        self.embedding = nn.Parameter(torch.empty(V, spec.in_size))
+        self.rhn = RHN(spec.in_size, H, spec.depth, spec.num_layers, spec.init_scale, spec.init_bias)
+        self.softmax_w = None if spec.tied else nn.Parameter(torch.empty(H, V))
+        self.softmax_b = nn.Parameter(torch.empty(V))
+
+    def forward(self, x, state, masks=None):
+        """Logits B x T x V and the final state L x B x H."""
+        e = F.embedding(x, self.embedding)
+        if masks is not None and masks.x is not None:
+            e = e * masks.x[..., None]
+        out, state = self.rhn(e, state, masks and masks.i, masks and masks.h)
+        if masks is not None and masks.o is not None:
+            out = out * masks.o[:, None, :]
+        w = self.embedding.t() if self.softmax_w is None else self.softmax_w
+        return torch.matmul(out, w) + self.softmax_b, state
+
+    def loss(self, x, y, state, masks=None):
+        """C = sum_t mean_b NLL (the original's loss scale) and the final state."""
+        logits, state = self.forward(x, state, masks)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+        return nll / x.shape[0], state
+
+
+def pick_device(device):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Backend:
+    """The narrow interface the core loop drives (see ``rhn_core.backends``)."""
+
+    name = "torch"
+
+    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32"):
+        self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
+        self.device, self.dtype = pick_device(device), getattr(torch, dtype)
+        self.model = RHNLanguageModel(spec).to(self.device, self.dtype)
+        self.params = list(self.model.parameters())
+        self.set_params(params)
+
+    # --- canonical parameters -------------------------------------------------
+    def _canonical(self, tensors):
+        """Canonical dict of NumPy arrays from model-shaped tensors (params or grads)."""
+        spec, H = self.spec, self.spec.hidden_size
+        by_name = dict(zip((n for n, _ in self.model.named_parameters()), tensors))
+        out = {"embedding": by_name["embedding"], "softmax_b": by_name["softmax_b"]}
+        if not spec.tied:
+            out["softmax_w"] = by_name["softmax_w"]
+        for l in range(spec.num_layers):
+            W, R, b = (by_name[f"rhn.{p}.{l}"] for p in "WRb")
+            for k in range(spec.depth):
+                rows = torch.cat([W, R[0]]) if k == 0 else R[k]
+                hm, hb, tm, tb = layer_names(l, k)
+                out.update({hm: rows[:, :H], hb: b[k, :H], tm: rows[:, H:], tb: b[k, H:]})
+        return {n: out[n].detach().cpu().numpy().copy() for n in param_shapes(spec)}
+
+    def get_params(self):
+        return self._canonical(self.params)
+
+    def set_params(self, params):
+        check_params(params, self.spec, "parameters")
+        H, m = self.spec.hidden_size, self.model
+        t = {n: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device) for n, a in params.items()}
+        with torch.no_grad():
+            m.embedding.copy_(t["embedding"])
+            m.softmax_b.copy_(t["softmax_b"])
+            if m.softmax_w is not None:
+                m.softmax_w.copy_(t["softmax_w"])
+            for l, n_in in enumerate(self.spec.layer_input_sizes):
+                for k in range(self.spec.depth):
+                    hm, hb, tm, tb = (t[n] for n in layer_names(l, k))
+                    rows = torch.cat([hm, tm], dim=1)
+                    if k == 0:
+                        m.rhn.W[l].copy_(rows[:n_in])
+                    m.rhn.R[l][k].copy_(rows[-H:])
+                    m.rhn.b[l][k].copy_(torch.cat([hb, tb]))
+
+    # --- state and data -------------------------------------------------------
+    def zero_state(self, batch_size):
+        return torch.zeros(self.spec.num_layers, batch_size, self.spec.hidden_size,
+                           dtype=self.dtype, device=self.device)
+
+    def state_to_numpy(self, state):
+        return list(state.detach().cpu().numpy())
+
+    def state_from_numpy(self, arrays):
+        return torch.as_tensor(np.stack(arrays), dtype=self.dtype, device=self.device)
+
+    def _ids(self, a):
+        return torch.as_tensor(a, dtype=torch.long).to(self.device, non_blocking=True)
+
+    def _masks(self, masks):
+        if masks is None:
+            return None
+        as_t = lambda a: torch.as_tensor(a, dtype=self.dtype).to(self.device, non_blocking=True)
+        many = lambda seq: None if seq is None else [as_t(a) for a in seq]
+        return type(masks)(None if masks.x is None else as_t(masks.x), many(masks.i), many(masks.h),
+                           None if masks.o is None else as_t(masks.o))
+
+    def to_numpy(self, values):
+        """Stack device scalars and read them back in one transfer."""
+        return torch.stack(list(values)).detach().cpu().double().numpy()
+
+    # --- steps ------------------------------------------------------------------
+    def _objective_and_grads(self, x, y, masks, state):
+        loss, state = self.model.loss(self._ids(x), self._ids(y), state, self._masks(masks))
+        grads = torch.autograd.grad(loss, self.params)
+        with torch.no_grad():
+            sq = torch._foreach_norm(self.params)
+            l2 = 0.5 * self.weight_decay * torch.stack(sq).square().sum()
+            # d/dtheta of weight_decay/2 * theta^2, added before clipping as in the original.
+            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
+        return loss.detach() + l2, grads, state.detach()
+
+    def train_step(self, x, y, masks, state, lr):
+        """One SGD step on J, clipped to max_grad_norm (global norm); no host sync."""
+        objective, grads, state = self._objective_and_grads(x, y, masks, state)
+        with torch.no_grad():
+            norm = torch.stack(torch._foreach_norm(grads)).norm()
+            scale = self.max_grad_norm / torch.clamp(norm, min=self.max_grad_norm)
+            torch._foreach_mul_(grads, -lr * scale)
+            torch._foreach_add_(self.params, grads)
+        return objective, state
+
+    def eval_step(self, x, y, state):
+        with torch.no_grad():
+            loss, state = self.model.loss(self._ids(x), self._ids(y), state)
+        return loss, state
+
+    def gradients(self, x, y, masks, state):
+        objective, grads, _ = self._objective_and_grads(x, y, masks, state)
+        return float(objective), self._canonical(grads)

@@ -1,0 +1,151 @@
+"""Configuration: the original base config, its named configs, and their checks.
+
+Key names and values are those of the original ``rhn_train.py`` (ORIGINAL_SPEC
+section 5.1). Named configs list only what they change. Keys added by this port
+come last in the base scope; their defaults keep the original behaviour. The
+trailing comment of each key is what ``print_config`` shows next to it.
+"""
+import math
+import os
+
+from .errors import RHNError
+
+DEMO_TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_data", "alice29.txt.xz")
+
+DATASETS = ("ptb", "enwik8", "text8", "chars")
+VOCAB_SIZES = {"ptb": 10000, "enwik8": 205, "text8": 27}
+DTYPES = ("float32", "float64")
+
+
+def hyperparameters():
+    data_path = 'data'  # directory of the data files (for dataset=chars: the text file)
+    dataset = 'ptb'  # ptb (words), enwik8 / text8 (bytes), chars (any text file, bytes)
+    init_scale = 0.04  # weights and non-T biases start as Uniform(-init_scale, init_scale)
+    init_bias = -2.0  # initial value of every transform-gate (T) bias
+    num_layers = 1  # L: stacked RHN layers
+    depth = 4  # D: recurrence depth (micro-layers per time step)
+    learning_rate = 0.2  # initial SGD learning rate
+    lr_decay = 1.02  # lr is divided by this every epoch after max_epoch
+    weight_decay = 1e-7  # lambda of the L2 term lambda/2 * sum(theta^2), all parameters
+    max_grad_norm = 10  # global-norm clipping threshold (loss summed over time)
+    num_steps = 35  # T: truncated-BPTT length
+    hidden_size = 1000  # H: units per RHN layer
+    max_epoch = 20  # epochs at the initial learning rate
+    max_max_epoch = 500  # total epochs (no early stopping)
+    batch_size = 20  # B
+    drop_x = 0.25  # word/char dropout: whole embedding vector, tied for repeated tokens
+    drop_i = 0.75  # dropout of each layer's input (variational, shared over time)
+    drop_h = 0.25  # dropout of the recurrent state inside every micro-layer
+    drop_o = 0.75  # dropout of the top layer's output before the softmax
+    tied = True  # tie the softmax weights to the embedding
+    load_model = ''  # checkpoint (.npz) scored by the evaluate command
+    mc_steps = 0  # number of accepted MC-dropout samples (evaluate_mc)
+    vocab_size = VOCAB_SIZES.get(dataset, 0)  # V, derived from dataset; 0 = taken from the data (chars)
+    # --- added by this port; the defaults keep the original behaviour ---
+    device = 'auto'  # cpu, cuda, cuda:N; auto = cuda when available
+    dtype = 'float32'  # float32 (original) or float64
+    save_dir = ''  # where checkpoints go; '' = runs/<dataset>_<seed>
+    resume = ''  # path of a last.npz (or any training checkpoint) to continue from
+    full_eval_num_steps = 1000  # window of the final B=1 pass; any value scores exactly like T=1
+    num_test_symbols = 5000000  # enwik8/text8: symbols in each of valid and test (original split)
+    progress = True  # show progress bars
+
+
+def ptb_sota():
+    depth = 10  # D of the README's best PTB model (23.5 M parameters)
+    hidden_size = 830  # H of the README's best PTB model
+
+
+def enwik8_sota():
+    dataset = 'enwik8'  # Hutter Prize bytes, 205 classes
+    init_bias = -4.0  # T biases start lower for characters
+    depth = 10  # D (README: test BPC 1.27, 46 M parameters)
+    lr_decay = 1.03  # faster decay for the long character epochs
+    num_steps = 50  # T
+    hidden_size = 1500  # H
+    max_epoch = 5  # epochs at the initial learning rate
+    batch_size = 128  # B
+    drop_x = 0.10  # char dropout
+    drop_i = 0.40  # input dropout
+    drop_h = 0.10  # recurrent dropout
+    drop_o = 0.40  # output dropout
+    tied = False  # untied: the embedding is V x V (in_size rule)
+
+
+def text8_sota():
+    dataset = 'text8'  # lower-case letters and space, 27 classes
+    init_bias = -4.0  # T biases start lower for characters
+    depth = 10  # D (README: test BPC 1.27, 45 M parameters)
+    lr_decay = 1.03  # faster decay for the long character epochs
+    num_steps = 50  # T
+    hidden_size = 1500  # H
+    max_epoch = 5  # epochs at the initial learning rate
+    batch_size = 128  # B
+    drop_x = 0.10  # char dropout
+    drop_i = 0.40  # input dropout
+    drop_h = 0.10  # recurrent dropout
+    drop_o = 0.40  # output dropout
+    tied = False  # untied: the embedding is V x V (in_size rule)
+
+
+def demo():
+    dataset = 'chars'  # character-level on the text file below
+    data_path = DEMO_TEXT  # Alice's Adventures in Wonderland, shipped in the package
+    init_bias = -4.0  # as the character-level configs
+    depth = 3  # D
+    hidden_size = 128  # H
+    num_steps = 50  # T
+    batch_size = 32  # B
+    max_epoch = 10  # epochs at the initial learning rate
+    max_max_epoch = 15  # about a minute and a half on 2 CPU cores
+    lr_decay = 1.1  # decay fast: the run is short
+    drop_x = 0.0  # a small model on a small text needs little dropout
+    drop_i = 0.1  # input dropout
+    drop_h = 0.0  # recurrent dropout
+    drop_o = 0.1  # output dropout
+    tied = False  # untied, as the character-level configs
+
+
+def tiny():
+    hidden_size = 16  # a few seconds per run, for tests
+    depth = 2  # D >= 2 keeps the recurrent micro-layers in play
+    num_steps = 5  # T
+    batch_size = 4  # B
+    max_epoch = 1  # lr decays from the second epoch on
+    max_max_epoch = 2  # two epochs: decay, best-model selection and checkpoints all run
+    full_eval_num_steps = 100  # window of the final B=1 pass
+    progress = False  # quiet test logs
+
+
+NAMED_CONFIGS = (ptb_sota, enwik8_sota, text8_sota, demo, tiny)
+
+
+def check_config(cfg):
+    """Reject values that cannot work, with a message that says what to change."""
+    if cfg["dataset"] not in DATASETS:
+        raise RHNError(f"unknown dataset {cfg['dataset']!r}: use one of {', '.join(DATASETS)}")
+    positive = ("num_layers", "depth", "num_steps", "hidden_size", "batch_size",
+                "full_eval_num_steps", "max_max_epoch")
+    for key in positive:
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RHNError(f"{key}={value!r} must be a positive integer")
+    if cfg["max_epoch"] < 0:
+        raise RHNError(f"max_epoch={cfg['max_epoch']!r} must be >= 0")
+    for key in ("drop_x", "drop_i", "drop_h", "drop_o"):
+        if not 0.0 <= cfg[key] < 1.0:
+            raise RHNError(f"{key}={cfg[key]!r} is a drop probability: use a value in [0, 1)")
+    for key in ("learning_rate", "lr_decay", "max_grad_norm", "init_scale"):
+        if not (isinstance(cfg[key], (int, float)) and cfg[key] > 0 and math.isfinite(cfg[key])):
+            raise RHNError(f"{key}={cfg[key]!r} must be a positive number")
+    if cfg["weight_decay"] < 0:
+        raise RHNError(f"weight_decay={cfg['weight_decay']!r} must be >= 0")
+    if cfg["dtype"] not in DTYPES:
+        raise RHNError(f"dtype={cfg['dtype']!r}: use float32 or float64")
+    if cfg["vocab_size"] < 0 or (cfg["vocab_size"] == 0 and cfg["dataset"] != "chars"):
+        raise RHNError(f"vocab_size={cfg['vocab_size']!r} must be positive for dataset={cfg['dataset']}")
+
+
+def lr_at(cfg, epoch):
+    """Learning rate of 1-based ``epoch``: lr / lr_decay^max(epoch - max_epoch, 0)."""
+    return cfg["learning_rate"] / cfg["lr_decay"] ** max(epoch - cfg["max_epoch"], 0)

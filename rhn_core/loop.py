@@ -1,0 +1,299 @@
+"""The training and evaluation loop, written once for every backend.
+
+It owns what the original ``rhn_train.py`` did around the model (ORIGINAL_SPEC
+3-4): the learning-rate schedule, masks per minibatch, state carried across
+minibatches and reset per pass, batched valid/test after every epoch, the best
+checkpoint on valid, the final B = 1 pass over valid and test with the best
+weights, metrics and ``_run.info``. Additions: resumable checkpoints
+(``last.npz``, also written on Ctrl-C), progress bars, and a stop with a clear
+message on a NaN/Inf loss. A backend is driven only through the interface
+documented in ``rhn_core.backends``.
+"""
+import json
+import math
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from . import readers
+from .backends import load_backend
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import RHNError, TrainingInterrupted
+from .hyperparams import check_config, lr_at
+from .masks import sampler
+from .params import check_params, count_params, describe, init_params, spec_from_config
+
+
+class _Stop(Exception):
+    """Ctrl-C was seen between two steps."""
+
+
+class InterruptFlag:
+    """First Ctrl-C: finish the current step, then save and stop. Second: abort at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again aborts)", flush=True)
+
+    def check(self):
+        if self.requested:
+            raise _Stop
+
+
+def perplexity(costs, iters):
+    return math.exp(costs / iters) if iters else float("inf")
+
+
+def bits(ppl):
+    return math.log2(ppl)
+
+
+def prepare(cfg):
+    """Checked config -> (corpus, model spec)."""
+    check_config(cfg)
+    corpus = readers.load_corpus(cfg)
+    for split in ("train", "valid", "test"):
+        readers.check_batchable(getattr(corpus, split), cfg["batch_size"], cfg["num_steps"], split)
+    return corpus, spec_from_config(cfg, corpus.vocab_size)
+
+
+def make_backend(cfg, backend_name, spec, params):
+    module = load_backend(backend_name)
+    try:
+        return module.Backend(spec, params, weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"],
+                              device=cfg["device"], dtype=cfg["dtype"])
+    except (RuntimeError, AssertionError, ValueError) as e:  # e.g. device='cuda' on a machine without one
+        raise RHNError(f"{backend_name} backend cannot start on device={cfg['device']!r}: "
+                       f"{str(e).splitlines()[0]}; use device=cpu or device=auto")
+
+
+class Evaluator:
+    """Scoring passes (no dropout, state from zeros) over a split."""
+
+    def __init__(self, cfg, backend, corpus, interrupt=None):
+        self.cfg, self.backend, self.corpus = cfg, backend, corpus
+        self.interrupt = interrupt or InterruptFlag()
+
+    def _run(self, batches, total, batch_size, desc):
+        state, losses, iters = self.backend.zero_state(batch_size), [], 0
+        with tqdm(total=total, desc=desc, unit=self.corpus.unit, unit_scale=True, leave=False,
+                  disable=not self.cfg["progress"]) as bar:
+            for x, y in batches:
+                loss, state = self.backend.eval_step(x, y, state)
+                losses.append(loss * x.shape[0])  # C is a batch mean; undo it to sum NLL
+                iters += x.size
+                bar.update(x.size)
+                self.interrupt.check()
+        costs = float(self.backend.to_numpy(losses).sum())
+        if not math.isfinite(costs):
+            raise RHNError(f"{desc} loss is {costs}: the weights are broken; use an earlier checkpoint")
+        return perplexity(costs, iters)
+
+    def batched(self, split):
+        """The original per-epoch pass: B and T of training, full windows only."""
+        B, T = self.cfg["batch_size"], self.cfg["num_steps"]
+        rows = readers.batch_rows(getattr(self.corpus, split), B)
+        n = readers.epoch_size(rows, T)
+        batches = (readers.minibatch(rows, i, T) for i in range(n))
+        return self._run(batches, n * B * T, B, f"{split} (batched)")
+
+    def full(self, split):
+        """The final pass: B = 1 over the whole stream, all N - 1 predictions scored."""
+        ids = getattr(self.corpus, split)
+        batches = readers.stream_windows(ids, self.cfg["full_eval_num_steps"])
+        return self._run(batches, len(ids) - 1, 1, f"{split} (full)")
+
+
+class Trainer:
+    """One training run: epochs, checkpoints, metrics (the original ``main``)."""
+
+    def __init__(self, cfg, backend_name, run):
+        self.cfg, self.run = cfg, run
+        self.corpus, self.spec = prepare(cfg)
+        init_seq, mask_seq = np.random.SeedSequence(cfg["seed"]).spawn(2)
+        self.rng = np.random.default_rng(mask_seq)
+        params = init_params(self.spec, np.random.default_rng(init_seq))
+        self.epoch, self.step, self.costs, self.iters, self.hidden = 1, 0, 0.0, 0, None
+        self.logs = {"train_perplexity": [math.inf], "valid_perplexity": [math.inf],
+                     "test_perplexity": [math.inf]}
+        self.best_valid, self.best_epoch = math.inf, 0
+        if cfg["resume"]:
+            params = self._restore(cfg["resume"])
+        self.run_dir = cfg["save_dir"] or (os.path.dirname(os.path.abspath(cfg["resume"])) if cfg["resume"]
+                                           else os.path.join("runs", f"{cfg['dataset']}_{cfg['seed']}"))
+        self.backend = make_backend(cfg, backend_name, self.spec, params)
+        self.backend_name = backend_name
+        self.masks = sampler(cfg, self.spec)
+        self.interrupt = InterruptFlag()
+        self.evaluator = Evaluator(cfg, self.backend, self.corpus, self.interrupt)
+
+    # --- checkpoints ------------------------------------------------------------
+    def path(self, name):
+        return os.path.join(self.run_dir, name)
+
+    def _train_state(self):
+        return {"epoch": self.epoch, "step": self.step, "costs": self.costs, "iters": self.iters,
+                "rng": self.rng.bit_generator.state, "best_valid": self.best_valid,
+                "best_epoch": self.best_epoch, "backend": self.backend_name,
+                **{k: np.array(v) for k, v in self.logs.items()},
+                **({"hidden": np.stack(self.hidden)} if self.hidden is not None else {})}
+
+    def _restore(self, path):
+        params, st = load_checkpoint(path)
+        if "step" not in st:
+            raise RHNError(f"{path} has no training state (a best.npz?): resume from the run's last.npz")
+        check_params(params, self.spec, path)
+        self.epoch, self.step = int(st["epoch"]), int(st["step"])
+        self.costs, self.iters = float(st["costs"]), int(st["iters"])
+        self.rng.bit_generator.state = json.loads(str(st["rng"]))
+        self.best_valid, self.best_epoch = float(st["best_valid"]), int(st["best_epoch"])
+        self.logs = {k: [float(v) for v in st[k]] for k in self.logs}
+        self.hidden = list(st["hidden"]) if "hidden" in st else None
+        print(f"Resuming from {path}: epoch {self.epoch}, step {self.step}")
+        return params
+
+    def _save_last(self):
+        save_checkpoint(self.path("last.npz"), self.backend.get_params(), self._train_state())
+
+    # --- passes -----------------------------------------------------------------
+    def _flush(self, pending):
+        """Read the pending step losses back (the only sync point of a training pass)."""
+        if pending:
+            values = self.backend.to_numpy(pending)
+            pending.clear()
+            if not np.all(np.isfinite(values)):
+                last = self.path("last.npz")
+                where = (f"the last good checkpoint is {last}: lower learning_rate or max_grad_norm and "
+                         f"resume from it" if os.path.isfile(last) else
+                         "no checkpoint was written yet: lower learning_rate or max_grad_norm")
+                raise RHNError(f"training loss became {values[~np.isfinite(values)][0]} in epoch {self.epoch} "
+                               f"near step {self.step}; stopped without saving these weights; {where}")
+            self.costs += float(values.sum())
+
+    def train_epoch(self, lr):
+        B, T = self.cfg["batch_size"], self.cfg["num_steps"]
+        rows = readers.batch_rows(self.corpus.train, B)
+        n = readers.epoch_size(rows, T)
+        log_every = max(1, n // 10)
+        state = self.backend.zero_state(B) if self.hidden is None else self.backend.state_from_numpy(self.hidden)
+        pending = []
+        with tqdm(total=n * B * T, initial=self.step * B * T, desc=f"epoch {self.epoch}",
+                  unit=self.corpus.unit, unit_scale=True, leave=False, disable=not self.cfg["progress"]) as bar:
+            try:
+                while self.step < n:
+                    x, y = readers.minibatch(rows, self.step, T)
+                    objective, state = self.backend.train_step(x, y, self.masks(self.rng, x), state, lr)
+                    pending.append(objective)
+                    self.step += 1
+                    self.iters += T
+                    bar.update(B * T)
+                    if self.step % log_every == 0:
+                        self._flush(pending)
+                        bar.set_postfix(ppl=f"{perplexity(self.costs, self.iters):.2f}")
+                    self.interrupt.check()
+            finally:
+                # Whatever ends the pass (done, Ctrl-C), the numbers so far are read back
+                # and the carried state kept, so a checkpoint can continue exactly here.
+                self._flush(pending)
+                self.hidden = self.backend.state_to_numpy(state) if self.step < n else None
+        return perplexity(self.costs, self.iters)
+
+    def _record_epoch(self, train, valid, test, lr, seconds, tokens):
+        e, unit = self.epoch, self.corpus.unit
+        for split, ppl in (("Train", train), ("Valid", valid), ("Test", test)):
+            print(f"Epoch: {e} {split} Perplexity: {ppl:.3f} Bits: {bits(ppl):.3f}")
+            self.logs[f"{split.lower()}_perplexity"].append(ppl)
+            self.run.log_scalar(f"{split.lower()}_perplexity", ppl, e)
+            self.run.log_scalar(f"{split.lower()}_bits", bits(ppl), e)
+        self.run.log_scalar("learning_rate", lr, e)
+        self.run.log_scalar("epoch_seconds", seconds, e)
+        self.run.log_scalar(f"{unit}s_per_second", tokens / seconds, e)
+        print(f"Epoch: {e} took {seconds:.1f} s, {tokens / seconds:,.0f} {unit}s/s (training)")
+        self.run.info.update(epoch_nr=e, logs=self.logs)
+
+    # --- the run ----------------------------------------------------------------
+    def train(self):
+        cfg = self.cfg
+        for line in describe(self.spec):
+            print(line)
+        self.run.info.update(nr_parameters=count_params(self.spec), run_dir=os.path.abspath(self.run_dir))
+        print(f"Backend: {self.backend_name} on {self.backend.device} ({cfg['dtype']}); "
+              f"checkpoints in {self.run_dir}")
+        with self.interrupt:
+            try:
+                while self.epoch <= cfg["max_max_epoch"]:
+                    self._epoch()
+                return self._final()
+            except _Stop:
+                if self.epoch <= cfg["max_max_epoch"]:  # else last.npz of the last epoch is on disk
+                    self._save_last()
+                raise TrainingInterrupted(f"stopped in epoch {self.epoch} at step {self.step}; continue with "
+                                          f"resume={self.path('last.npz')}")
+
+    def _epoch(self):
+        lr = lr_at(self.cfg, self.epoch)
+        if self.step == 0:
+            print(f"Epoch: {self.epoch} Learning rate: {lr:.3f}")
+        start, step0 = time.time(), self.step
+        train = self.train_epoch(lr)
+        seconds = max(time.time() - start, 1e-9)
+        tokens = (self.step - step0) * self.cfg["batch_size"] * self.cfg["num_steps"]
+        valid, test = self.evaluator.batched("valid"), self.evaluator.batched("test")
+        self._record_epoch(train, valid, test, lr, seconds, tokens)
+        if valid < self.best_valid:
+            self.best_valid, self.best_epoch = valid, self.epoch
+            save_checkpoint(self.path("best.npz"), self.backend.get_params(),
+                            {"best_epoch": self.epoch, "valid_perplexity": valid})
+        self.epoch, self.step, self.costs, self.iters = self.epoch + 1, 0, 0.0, 0
+        self._save_last()
+
+    def _final(self):
+        best, _ = load_checkpoint(self.path("best.npz"))
+        e, info = self.best_epoch, self.run.info
+        print(f"Best validation perplexity {self.best_valid:.3f} (bits {bits(self.best_valid):.3f}) at epoch {e}; "
+              f"train {self.logs['train_perplexity'][e]:.3f}, test {self.logs['test_perplexity'][e]:.3f}")
+        info.update(best_val_epoch=e, best_valid_perplexity=self.best_valid,
+                    best_valid_bits=bits(self.best_valid))
+        self.backend.set_params(best)
+        for split, key in (("valid", "full_best_valid_perplexity"), ("test", "full_test_perplexity")):
+            ppl = self.evaluator.full(split)
+            print(f"Full {split.capitalize()} Perplexity: {ppl:.3f} Bits: {bits(ppl):.3f}")
+            info[key] = ppl
+            self.run.log_scalar(key, ppl, e)
+        return self.best_valid
+
+
+def evaluate(cfg, backend_name, run):
+    """Sacred ``evaluate``: batched valid, full valid and full test of ``load_model``."""
+    if not cfg["load_model"]:
+        raise RHNError("evaluate needs load_model=PATH, a checkpoint such as runs/<dataset>_<seed>/best.npz")
+    corpus, spec = prepare(cfg)
+    params, _ = load_checkpoint(cfg["load_model"])
+    check_params(params, spec, cfg["load_model"])
+    evaluator = Evaluator(cfg, make_backend(cfg, backend_name, spec, params), corpus)
+    results = {"valid_perplexity": evaluator.batched("valid"),
+               "full_valid_perplexity": evaluator.full("valid"),
+               "full_test_perplexity": evaluator.full("test")}
+    for key, ppl in results.items():
+        print(f"{key.replace('_', ' ').capitalize()}: {ppl:.3f} Bits: {bits(ppl):.3f}")
+    run.info.update(results)
+    return results

@@ -1,0 +1,117 @@
+"""The canonical parameters: names, shapes, the original initialisation, checks.
+
+One framework-neutral dict of NumPy arrays, named as the original TensorFlow
+variables without their ``model/`` prefix (ORIGINAL_SPEC 1.3):
+
+    embedding            V x in_size
+    RHN<l>/h_0/Matrix    (in_l + H) x H     micro-layer 0 sees [x * m_i, s * m_h]
+    RHN<l>/h_<k>/Matrix  H x H              k = 1 .. D-1 see only s * m_h
+    RHN<l>/h_<k>/Bias    H                  (and the same for the T gate, t_<k>)
+    softmax_w            H x V              absent when tied (embedding^T is used)
+    softmax_b            V
+
+Backends load and export exactly this dict; checkpoints store it.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import RHNError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape-defining hyperparameters of an RHN language model."""
+    vocab_size: int
+    hidden_size: int
+    depth: int
+    num_layers: int = 1
+    tied: bool = True
+    init_scale: float = 0.04
+    init_bias: float = -2.0
+
+    @property
+    def in_size(self):
+        """Embedding width: V when V < H and untied (the V x V char embedding), else H."""
+        if self.vocab_size < self.hidden_size and not self.tied:
+            return self.vocab_size
+        return self.hidden_size
+
+    @property
+    def layer_input_sizes(self):
+        """Input width of each layer: in_size for layer 0, H above it.
+
+        The original gave every layer masks of width in_size and so could not
+        stack layers under the V x V rule; using H above layer 0 makes it work and
+        changes nothing where the original worked.
+        """
+        return (self.in_size,) + (self.hidden_size,) * (self.num_layers - 1)
+
+
+def spec_from_config(cfg, vocab_size=None):
+    """ModelSpec of a config; ``vocab_size`` overrides the config's (data-derived V)."""
+    return ModelSpec(vocab_size=vocab_size or cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+                     depth=cfg["depth"], num_layers=cfg["num_layers"], tied=bool(cfg["tied"]),
+                     init_scale=cfg["init_scale"], init_bias=cfg["init_bias"])
+
+
+def layer_names(l, k):
+    """Names of (H matrix, H bias, T matrix, T bias) of micro-layer k of layer l."""
+    return tuple(f"RHN{l}/{g}_{k}/{p}" for g in "ht" for p in ("Matrix", "Bias"))
+
+
+def param_shapes(spec):
+    """Ordered dict name -> shape; the order is also the initialisation order."""
+    H, V = spec.hidden_size, spec.vocab_size
+    shapes = {"embedding": (V, spec.in_size)}
+    for l, n_in in enumerate(spec.layer_input_sizes):
+        for k in range(spec.depth):
+            rows = n_in + H if k == 0 else H
+            hm, hb, tm, tb = layer_names(l, k)
+            shapes.update({hm: (rows, H), hb: (H,), tm: (rows, H), tb: (H,)})
+    if not spec.tied:
+        shapes["softmax_w"] = (H, V)
+    shapes["softmax_b"] = (V,)
+    return shapes
+
+
+def count_params(spec):
+    """Number of trainable scalars (ORIGINAL_SPEC 1.7)."""
+    return int(sum(np.prod(s) for s in param_shapes(spec).values()))
+
+
+def is_t_bias(name):
+    return "/t_" in name and name.endswith("/Bias")
+
+
+def init_params(spec, rng):
+    """Original initialisation: U(-init_scale, init_scale), T biases = init_bias.
+
+    ``rng`` is a ``numpy.random.Generator``; float64 arrays, cast by the backend.
+    """
+    params = {}
+    for name, shape in param_shapes(spec).items():
+        if is_t_bias(name):
+            params[name] = np.full(shape, spec.init_bias, dtype=np.float64)
+        else:
+            params[name] = rng.uniform(-spec.init_scale, spec.init_scale, size=shape)
+    return params
+
+
+def check_params(params, spec, source="checkpoint"):
+    """Raise one clear error listing every missing, unexpected or mis-shaped parameter."""
+    expected = param_shapes(spec)
+    problems = [f"missing {n} {s}" for n, s in expected.items() if n not in params]
+    problems += [f"unexpected {n}" for n in params if n not in expected]
+    problems += [f"{n} is {tuple(params[n].shape)}, config needs {s}" for n, s in expected.items()
+                 if n in params and tuple(params[n].shape) != s]
+    if problems:
+        raise RHNError(f"{source} does not match the config (hidden_size, depth, num_layers, tied, "
+                       f"vocab_size): " + "; ".join(problems))
+
+
+def describe(spec):
+    """Lines listing every parameter and the total, as the original prints at start."""
+    lines = [f"{name}: {shape}" for name, shape in param_shapes(spec).items()]
+    lines.append(f"Total number of parameters: {count_params(spec):,}")
+    return lines

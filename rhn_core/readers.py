@@ -1,0 +1,176 @@
+"""Dataset readers (text -> int id arrays) and the original BPTT batching.
+
+Readers accept plain files and ``.xz`` / ``.gz`` compressed copies, so the
+verified files in ``shared/data`` work as they are.
+
+Batching (ORIGINAL_SPEC 6.2): a stream of N ids is cut into B rows of
+batch_len = N // B ids (the last N mod B ids are dropped); minibatch i holds
+columns [i*T, (i+1)*T) as inputs and the same columns shifted by one as targets:
+
+        batch_len ->
+    row 0 | x x x x | x x x x | x x x x | x ...      i = 0, 1, 2 ... epoch_size - 1
+    row 1 | x x x x | x x x x | x x x x | x ...      epoch_size = (batch_len - 1) // T
+    ...   |<- T  ->|
+    row B-1
+
+Consecutive minibatches continue every row, which is why the hidden state is
+carried from one minibatch to the next.
+"""
+import collections
+import gzip
+import lzma
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import RHNError
+
+COMPRESSED = (".xz", ".gz")
+PTB_HELP = ("get Mikolov's PTB (ptb.train.txt, ptb.valid.txt, ptb.test.txt from simple-examples.tgz, "
+            "data/ in the original repository) and set data_path=DIR")
+
+
+@dataclass
+class Corpus:
+    """Three id streams and what their ids mean."""
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    vocab_size: int
+    unit: str  # 'word' or 'char': perplexity per word, bits per character
+
+
+def find_file(path, what, hint):
+    """``path`` itself or its .xz/.gz copy; a clear error naming ``hint`` otherwise."""
+    for candidate in (path,) + tuple(path + ext for ext in COMPRESSED):
+        if os.path.isfile(candidate):
+            return candidate
+    raise RHNError(f"{what} {path} not found (also tried .xz and .gz): {hint}")
+
+
+def read_bytes(path):
+    """Whole content of a plain, .xz or .gz file; a clear error if empty or corrupt."""
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(os.path.splitext(path)[1], open)
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, OSError) as e:
+        raise RHNError(f"cannot read {path}: truncated or corrupt ({e}); fetch the file again")
+    if not data.strip():
+        raise RHNError(f"{path} is empty; fetch the file again or point data_path elsewhere")
+    return data
+
+
+def ptb_words(path):
+    """Tokens of a PTB file: whitespace-split, with <eos> at the end of each line."""
+    try:
+        text = read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RHNError(f"{path} is not a UTF-8 text file ({e}); is it really PTB?")
+    return text.replace("\n", " <eos> ").split()
+
+
+def build_vocab(words):
+    """word -> id by descending count, ties alphabetical (the TF PTB reader's order)."""
+    counts = collections.Counter(words)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return {word: i for i, (word, _) in enumerate(ranked)}
+
+
+def words_to_ids(words, vocab):
+    """Ids of the words in ``vocab``; others are dropped, as in the original."""
+    return np.array([vocab[w] for w in words if w in vocab], dtype=np.int32)
+
+
+def read_ptb(data_path):
+    """PTB word ids (train, valid, test) with the vocabulary of the training file."""
+    paths = [find_file(os.path.join(data_path, f"ptb.{split}.txt"), "PTB file", PTB_HELP)
+             for split in ("train", "valid", "test")]
+    train_words = ptb_words(paths[0])
+    vocab = build_vocab(train_words)
+    train, valid, test = (words_to_ids(w, vocab) for w in
+                          (train_words, ptb_words(paths[1]), ptb_words(paths[2])))
+    return Corpus(train, valid, test, len(vocab), "word")
+
+
+def byte_ids(data):
+    """Ids of bytes = rank of each byte value among the values present (np.unique)."""
+    values, ids = np.unique(np.frombuffer(data, dtype=np.uint8), return_inverse=True)
+    return ids.astype(np.uint8 if len(values) <= 256 else np.int32), len(values)
+
+
+def read_byte_corpus(path, num_test_symbols, hint):
+    """enwik8 / text8: byte ids over the whole file, last 2 x num_test_symbols for valid/test."""
+    ids, vocab_size = byte_ids(read_bytes(find_file(path, "data file", hint)))
+    n = len(ids) - 2 * num_test_symbols
+    if n <= 0:
+        raise RHNError(f"{path} has {len(ids)} symbols, fewer than valid + test "
+                       f"(2 x num_test_symbols={num_test_symbols}); the file is truncated "
+                       f"or num_test_symbols is too large")
+    return Corpus(ids[:n], ids[n:n + num_test_symbols], ids[n + num_test_symbols:], vocab_size, "char")
+
+
+def read_chars(path):
+    """Any text file at byte level: first 90 % train, then 5 % valid and 5 % test."""
+    ids, vocab_size = byte_ids(read_bytes(find_file(path, "text file", "set data_path=FILE")))
+    n_eval = len(ids) // 20
+    n = len(ids) - 2 * n_eval
+    return Corpus(ids[:n], ids[n:n + n_eval], ids[n + n_eval:], vocab_size, "char")
+
+
+def load_corpus(cfg):
+    """The corpus named by ``cfg['dataset']``, checked against ``cfg['vocab_size']``."""
+    dataset, data_path = cfg["dataset"], cfg["data_path"]
+    if dataset == "ptb":
+        corpus = read_ptb(data_path)
+    elif dataset in ("enwik8", "text8"):
+        hint = (f"download {dataset}.zip from mattmahoney.net/dc, unzip it into {data_path} "
+                f"or set data_path=DIR")
+        corpus = read_byte_corpus(os.path.join(data_path, dataset), cfg["num_test_symbols"], hint)
+    elif dataset == "chars":
+        corpus = read_chars(data_path)
+    else:
+        raise RHNError(f"unknown dataset {dataset!r}: use ptb, enwik8, text8 or chars")
+    if cfg["vocab_size"] and corpus.vocab_size != cfg["vocab_size"]:
+        raise RHNError(f"{dataset} data in {data_path} has {corpus.vocab_size} distinct "
+                       f"{corpus.unit}s but vocab_size={cfg['vocab_size']}: the file is truncated "
+                       f"or not the expected corpus (or set vocab_size={corpus.vocab_size})")
+    return corpus
+
+
+def batch_rows(ids, batch_size):
+    """B x (N // B) array: the stream cut into ``batch_size`` contiguous rows."""
+    batch_len = len(ids) // batch_size
+    return np.asarray(ids[:batch_size * batch_len], dtype=np.int64).reshape(batch_size, batch_len)
+
+
+def epoch_size(rows, num_steps):
+    """Number of minibatches of one pass: (batch_len - 1) // T."""
+    return (rows.shape[1] - 1) // num_steps
+
+
+def check_batchable(ids, batch_size, num_steps, split):
+    """A clear error when a split is too short for even one B x T minibatch."""
+    if epoch_size(batch_rows(ids, batch_size), num_steps) < 1:
+        need = batch_size * (num_steps + 1)
+        raise RHNError(f"the {split} split has {len(ids)} tokens, too short for batch_size={batch_size} "
+                       f"x num_steps={num_steps} (needs >= {need}); lower batch_size or num_steps")
+
+
+def minibatch(rows, i, num_steps):
+    """Inputs and targets (each B x T) of minibatch ``i``."""
+    start = i * num_steps
+    return rows[:, start:start + num_steps], rows[:, start + 1:start + num_steps + 1]
+
+
+def stream_windows(ids, num_steps):
+    """The whole stream as one row (B = 1) in windows of ``num_steps``, the last one shorter.
+
+    Every one of the N - 1 next-token predictions is scored exactly once, so the
+    result equals that of the original's T = 1 pass whatever ``num_steps`` is.
+    """
+    row = np.asarray(ids, dtype=np.int64)[None, :]
+    for start in range(0, row.shape[1] - 1, num_steps):
+        stop = min(start + num_steps, row.shape[1] - 1)
+        yield row[:, start:stop], row[:, start + 1:stop + 1]

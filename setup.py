@@ -1,0 +1,25 @@
+"""Packaging for rhn: the core needs NumPy, Sacred and tqdm; frameworks are extras."""
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "torch": ["torch>=2.1"],
+    "tf": ["tensorflow>=2.16"],
+    "mongo": ["pymongo>=4"],
+    "test": ["pytest>=7"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="rhn",
+    version="0.1.0",
+    description="Recurrent Highway Network language models (Zilly et al. 2017) for PyTorch and TensorFlow 2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["rhn_core", "rhn_core.*"]),
+    package_data={"rhn_core": ["demo_data/*.xz"]},
+    py_modules=["rhn_train_torch"],
+    install_requires=["numpy>=1.22", "sacred>=0.8.4", "tqdm>=4.60", "setuptools<82"],
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,101 @@
+"""Shared fixtures: synthetic corpora in the exact formats, the shared data folder."""
+import os
+import warnings
+
+# Frameworks first (Keras' own test setup imports torch before tensorflow).
+try:
+    import torch  # noqa: F401
+except ImportError:  # the core's tests still run
+    pass
+
+import numpy as np
+import pytest
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+SHARED_DATA = os.environ.get("RHN_SHARED_DATA",
+                             os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def shared_file(name):
+    path = os.path.join(SHARED_DATA, name)
+    return path if os.path.isfile(path) else None
+
+
+@pytest.fixture(scope="session")
+def ptb_dir():
+    """The real PTB (xz files in shared/data); skipped cleanly where absent."""
+    if not all(shared_file(f"ptb.{s}.txt.xz") for s in ("train", "valid", "test")):
+        pytest.skip("real PTB not found in shared/data (set RHN_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_ptb(tmp_path_factory):
+    """PTB-format files (lines of space-separated words) with exactly 10,000 types."""
+    root = tmp_path_factory.mktemp("ptb")
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(9999)]  # + <eos> = 10,000
+    train = words + list(rng.choice(words[:300], size=3000))
+    rng.shuffle(train)
+
+    def write(name, tokens):
+        lines = [" ".join(tokens[i:i + 12]) for i in range(0, len(tokens), 12)]
+        (root / f"ptb.{name}.txt").write_text("".join(f" {line} \n" for line in lines))
+
+    write("train", train)
+    write("valid", list(rng.choice(words[:400], size=1500)))
+    write("test", list(rng.choice(words[:400], size=1500)))
+    return str(root)
+
+
+def byte_corpus(path, n_values, size, seed=0):
+    """A file of ``size`` bytes using exactly ``n_values`` distinct byte values."""
+    rng = np.random.default_rng(seed)
+    values = np.sort(rng.choice(256, size=n_values, replace=False)).astype(np.uint8)
+    data = np.concatenate([values, values[rng.integers(0, n_values, size - n_values)]])
+    path.write_bytes(data.tobytes())
+    return values
+
+
+@pytest.fixture(scope="session")
+def synthetic_char_dirs(tmp_path_factory):
+    """data folders with an enwik8-like (205 byte values) and a text8-like file (a-z, space)."""
+    root = tmp_path_factory.mktemp("chars")
+    byte_corpus(root / "enwik8", 205, 6000)
+    rng = np.random.default_rng(1)
+    letters = np.frombuffer(b" abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+    text = np.concatenate([letters, letters[rng.integers(0, 27, 6000 - 27)]])
+    (root / "text8").write_bytes(text.tobytes())
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def small_text(tmp_path_factory):
+    """The first 12,000 characters of the embedded demo text, as a plain file."""
+    import lzma
+    from rhn_core.hyperparams import DEMO_TEXT
+    path = tmp_path_factory.mktemp("text") / "alice_head.txt"
+    path.write_bytes(lzma.open(DEMO_TEXT).read()[:12000])
+    return str(path)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_experiment(command="main", named=(), **updates):
+    """Run the torch experiment in-process through Sacred, as the command line would."""
+    from sacred import SETTINGS
+    from rhn_core.experiment import make_experiment
+    SETTINGS.CAPTURE_MODE = "sys"  # leave file descriptors to pytest
+    updates.setdefault("progress", False)
+    return make_experiment("torch").run(command, config_updates=updates, named_configs=list(named),
+                                        options={"--loglevel": "ERROR"})
+
+
+def run_cli(*args, timeout=300):
+    """``python rhn_train_torch.py ARGS`` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-W", "ignore", os.path.join(REPO, "rhn_train_torch.py"), *args],
+                          capture_output=True, text=True, timeout=timeout)

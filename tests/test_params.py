@@ -1,0 +1,69 @@
+"""Canonical parameters: original counts, initialisation, in_size rule, checks."""
+import numpy as np
+import pytest
+
+from rhn_core.errors import RHNError
+from rhn_core.hyperparams import enwik8_sota, hyperparameters, ptb_sota, text8_sota
+from rhn_core.params import ModelSpec, check_params, count_params, init_params, param_shapes, spec_from_config
+
+
+def config_of(*scopes):
+    """Evaluate config functions like Sacred does: base values, then overrides."""
+    from sacred import Experiment
+    ex = Experiment("count", save_git_info=False)
+    ex.config(hyperparameters)
+    for s in scopes:
+        ex.named_config(s)
+    return ex.run("print_config", named_configs=[s.__name__ for s in scopes]).config
+
+
+@pytest.mark.parametrize("scopes, expected", [
+    ((), 20_018_000), ((ptb_sota,), 23_482_400), ((enwik8_sota,), 45_994_730), ((text8_sota,), 45_152_256)])
+def test_parameter_counts_equal_the_original(scopes, expected):
+    assert count_params(spec_from_config(config_of(*scopes))) == expected
+
+
+def test_readme_depth_table_counts():
+    # ORIGINAL_SPEC 8.1: depth 8, 890 units untied = 32,082,040; depth 10, 830 tied = 23,482,400
+    assert count_params(ModelSpec(10000, 890, 8, tied=False)) == 32_082_040
+    assert count_params(ModelSpec(10000, 1050, 4, tied=True)) == 21_543_400
+
+
+def test_in_size_rule():
+    assert ModelSpec(205, 1500, 10, tied=False).in_size == 205  # V x V char embedding
+    assert ModelSpec(205, 1500, 10, tied=True).in_size == 1500  # tying needs in_size = H
+    assert ModelSpec(10000, 830, 10, tied=False).in_size == 830  # V >= H
+    shapes = param_shapes(ModelSpec(27, 40, 3, num_layers=2, tied=False))
+    assert shapes["embedding"] == (27, 27)
+    assert shapes["RHN0/h_0/Matrix"] == (27 + 40, 40)
+    assert shapes["RHN1/t_0/Matrix"] == (40 + 40, 40)  # stacked layers see H inputs
+    assert shapes["RHN1/t_2/Matrix"] == (40, 40)
+    assert "softmax_w" in shapes and "softmax_w" not in param_shapes(ModelSpec(27, 40, 3))
+
+
+def test_original_initialisation():
+    spec = ModelSpec(50, 30, 3, num_layers=2, tied=False, init_scale=0.04, init_bias=-4.0)
+    params = init_params(spec, np.random.default_rng(0))
+    for name, value in params.items():
+        if "/t_" in name and name.endswith("Bias"):
+            assert np.all(value == -4.0), name
+        else:  # H biases too are uniform, not zero
+            assert np.abs(value).max() <= 0.04 and np.abs(value).max() > 0.03, name
+    a = init_params(spec, np.random.default_rng(3))
+    b = init_params(spec, np.random.default_rng(3))
+    assert all(np.array_equal(a[n], b[n]) for n in a)
+
+
+def test_mismatch_lists_every_problem():
+    spec = ModelSpec(20, 8, 2, tied=False)
+    params = init_params(spec, np.random.default_rng(0))
+    params["RHN0/h_1/Matrix"] = np.zeros((8, 9))
+    del params["softmax_w"]
+    params["extra"] = np.zeros(1)
+    with pytest.raises(RHNError) as e:
+        check_params(params, spec, "ckpt.npz")
+    message = str(e.value)
+    assert "missing softmax_w (8, 20)" in message
+    assert "unexpected extra" in message
+    assert "RHN0/h_1/Matrix is (8, 9), config needs (8, 8)" in message
+    assert "\n" not in message

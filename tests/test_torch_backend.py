@@ -1,0 +1,151 @@
+"""The PyTorch backend against the float64 NumPy reference, and the RHN module on its own."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from rhn_core import reference  # noqa: E402
+from rhn_core.backends.torch_rhn import RHN, Backend  # noqa: E402
+from rhn_core.masks import sample_masks  # noqa: E402
+from rhn_core.params import ModelSpec, init_params  # noqa: E402
+
+WD = 0.01
+
+SPECS = {  # word-like (V >= H, tied or not), character-like (V < H: V x V embedding), stacked
+    "tied": ModelSpec(vocab_size=13, hidden_size=7, depth=3, num_layers=1, tied=True, init_scale=0.5, init_bias=-1.0),
+    "untied_2layers": ModelSpec(vocab_size=13, hidden_size=7, depth=2, num_layers=2, tied=False, init_scale=0.5,
+                                init_bias=-1.0),
+    "char_2layers": ModelSpec(vocab_size=5, hidden_size=8, depth=3, num_layers=2, tied=False, init_scale=0.5,
+                              init_bias=-2.0),
+}
+
+
+def setup_case(spec, seed=0, B=3, T=5, dtype="float64", drops=(0.3, 0.3, 0.3, 0.3)):
+    rng = np.random.default_rng(seed)
+    params = init_params(spec, rng)
+    x, y = rng.integers(0, spec.vocab_size, (B, T)), rng.integers(0, spec.vocab_size, (B, T))
+    state = [0.5 * rng.normal(size=(B, spec.hidden_size)) for _ in range(spec.num_layers)]
+    masks = sample_masks(rng, x, spec, *drops)
+    backend = Backend(spec, params, weight_decay=WD, max_grad_norm=1.0, device="cpu", dtype=dtype)
+    return params, x, y, state, masks, backend
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_log_probs_and_final_state(name):
+    spec = SPECS[name]
+    params, x, y, state, masks, backend = setup_case(spec)
+    ref_lp, ref_final, _ = reference.forward(params, spec, x, state, masks)
+    assert ref_lp.std() > 0.05  # logits large enough for the comparison to mean something
+    logits, final = backend.model(torch.as_tensor(x), backend.state_from_numpy(state), backend._masks(masks))
+    lp = torch.log_softmax(logits, -1).detach().numpy()
+    np.testing.assert_allclose(lp, ref_lp, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.stack(backend.state_to_numpy(final)), np.stack(ref_final), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_loss_and_gradients_of_every_parameter(name):
+    spec = SPECS[name]
+    params, x, y, state, masks, backend = setup_case(spec, seed=1)
+    objective, grads = backend.gradients(x, y, masks, backend.state_from_numpy(state))
+    assert objective == pytest.approx(reference.objective(params, spec, x, y, state, masks, WD)[0], abs=1e-11)
+    ref = reference.gradients(params, spec, x, y, state, masks, WD)
+    assert set(grads) == set(ref)
+    for n in ref:
+        assert np.abs(ref[n]).max() > 1e-3, n
+        np.testing.assert_allclose(grads[n], ref[n], rtol=0, atol=1e-10, err_msg=n)
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.5, 1e6])  # clipping active, and not
+def test_one_clipped_sgd_step_with_weight_decay(max_grad_norm):
+    spec = SPECS["untied_2layers"]
+    params, x, y, state, masks, backend = setup_case(spec, seed=2)
+    backend.max_grad_norm = max_grad_norm
+    ref_grads = reference.gradients(params, spec, x, y, state, masks, WD)
+    norm = np.sqrt(sum((g ** 2).sum() for g in ref_grads.values()))
+    assert (norm > max_grad_norm) == (max_grad_norm == 0.5)
+    objective, new_state = backend.train_step(x, y, masks, backend.state_from_numpy(state), lr=0.7)
+    expected = reference.clipped_sgd_step(params, ref_grads, 0.7, max_grad_norm)
+    got = backend.get_params()
+    for n in expected:
+        assert np.abs(expected[n] - params[n]).max() > 1e-4, n  # the step moved every parameter
+        np.testing.assert_allclose(got[n], expected[n], rtol=0, atol=1e-12, err_msg=n)
+    j, _, ref_final = reference.objective(params, spec, x, y, state, masks, WD)
+    assert float(objective) == pytest.approx(j, abs=1e-11)
+    np.testing.assert_allclose(np.stack(backend.state_to_numpy(new_state)), np.stack(ref_final), atol=1e-12)
+
+
+def test_multi_step_trace_with_dropout_and_carried_state():
+    spec = SPECS["char_2layers"]
+    rng = np.random.default_rng(3)
+    params = init_params(spec, rng)
+    data = rng.integers(0, spec.vocab_size, (4, 31))
+    backend = Backend(spec, params, weight_decay=WD, max_grad_norm=2.0, device="cpu", dtype="float64")
+    state_ref = [np.zeros((4, spec.hidden_size))] * spec.num_layers
+    state = backend.zero_state(4)
+    trace, ref_trace = [], []
+    for i in range(6):
+        x, y = data[:, 5 * i:5 * i + 5], data[:, 5 * i + 1:5 * i + 6]
+        masks = sample_masks(rng, x, spec, 0.2, 0.3, 0.2, 0.3)
+        j, _, next_ref = reference.objective(params, spec, x, y, state_ref, masks, WD)
+        params = reference.clipped_sgd_step(params, reference.gradients(params, spec, x, y, state_ref, masks, WD),
+                                            0.5, 2.0)
+        state_ref = next_ref
+        objective, state = backend.train_step(x, y, masks, state, lr=0.5)
+        trace.append(objective)
+        ref_trace.append(j)
+    got = backend.to_numpy(trace)
+    assert np.ptp(ref_trace) > 0.01
+    np.testing.assert_allclose(got, ref_trace, rtol=0, atol=1e-10)
+    final = backend.get_params()
+    for n in params:
+        np.testing.assert_allclose(final[n], params[n], rtol=0, atol=1e-10, err_msg=n)
+
+
+def test_float32_short_check():
+    spec = SPECS["tied"]
+    params, x, y, state, masks, backend = setup_case(spec, seed=4, T=3, dtype="float32")
+    objective, grads = backend.gradients(x, y, masks, backend.state_from_numpy(state))
+    assert objective == pytest.approx(reference.objective(params, spec, x, y, state, masks, WD)[0], rel=1e-5)
+    ref = reference.gradients(params, spec, x, y, state, masks, WD)
+    for n in ref:
+        np.testing.assert_allclose(grads[n], ref[n], rtol=1e-3, atol=1e-5, err_msg=n)
+    assert backend.get_params()["embedding"].dtype == np.float32
+
+
+def test_eval_step_is_the_loss_without_dropout():
+    spec = SPECS["untied_2layers"]
+    params, x, y, state, _, backend = setup_case(spec, seed=5)
+    loss, final = backend.eval_step(x, y, backend.state_from_numpy(state))
+    _, c, ref_final = reference.objective(params, spec, x, y, state)
+    assert float(loss) == pytest.approx(c, abs=1e-12)
+    assert backend.get_params()["softmax_b"] == pytest.approx(params["softmax_b"])  # no update
+
+
+def test_rhn_module_on_its_own():
+    torch.manual_seed(0)
+    rhn = RHN(input_size=6, hidden_size=10, depth=3, num_layers=2, init_scale=0.1, init_bias=-3.0)
+    assert torch.all(rhn.b[1][:, 10:] == -3.0) and rhn.b[1][:, :10].abs().max() <= 0.1
+    x = torch.randn(4, 9, 6)
+    out, state = rhn(x)
+    assert out.shape == (4, 9, 10) and state.shape == (2, 4, 10)
+    assert torch.equal(out[:, -1], state[-1])
+    # truncated BPTT: two chunks with the state carried = one long sequence
+    first, mid = rhn(x[:, :4])
+    second, end = rhn(x[:, 4:], mid)
+    torch.testing.assert_close(torch.cat([first, second], 1), out)
+    torch.testing.assert_close(end, state)
+    # masks multiply the layer inputs and the recurrent state
+    masks = [torch.ones(4, 6), torch.ones(4, 10)]
+    torch.testing.assert_close(rhn(x, input_masks=masks, state_masks=[torch.ones(4, 10)] * 2)[0], out)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rhn.parameters())
+
+
+def test_core_imports_no_framework():
+    code = ("import sys, rhn_core, rhn_core.loop, rhn_core.experiment, rhn_core.reference, rhn_core.readers\n"
+            "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
