@@ -19,8 +19,8 @@ def make_experiment(backend_name):
     # the captured output that observers store.
     ex.captured_out_filter = apply_backspaces_and_linefeeds
     ex.config(hyperparameters)
-    for named in NAMED_CONFIGS:
-        ex.named_config(named)
+    for name, scope in NAMED_CONFIGS.items():
+        ex.add_named_config(name, scope) if isinstance(scope, dict) else ex.named_config(scope)
 
     @ex.main
     def main(_config, _run):

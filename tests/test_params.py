@@ -3,24 +3,19 @@ import numpy as np
 import pytest
 
 from rhn_core.errors import RHNError
-from rhn_core.hyperparams import enwik8_sota, hyperparameters, ptb_sota, text8_sota
 from rhn_core.params import ModelSpec, check_params, count_params, init_params, param_shapes, spec_from_config
 
 
-def config_of(*scopes):
-    """Evaluate config functions like Sacred does: base values, then overrides."""
-    from sacred import Experiment
-    ex = Experiment("count", save_git_info=False)
-    ex.config(hyperparameters)
-    for s in scopes:
-        ex.named_config(s)
-    return ex.run("print_config", named_configs=[s.__name__ for s in scopes]).config
+def config_of(*named):
+    """The config Sacred builds for ``with NAMED...``."""
+    from conftest import run_experiment
+    return run_experiment("print_config", named).config
 
 
-@pytest.mark.parametrize("scopes, expected", [
-    ((), 20_018_000), ((ptb_sota,), 23_482_400), ((enwik8_sota,), 45_994_730), ((text8_sota,), 45_152_256)])
-def test_parameter_counts_equal_the_original(scopes, expected):
-    assert count_params(spec_from_config(config_of(*scopes))) == expected
+@pytest.mark.parametrize("named, expected", [
+    ((), 20_018_000), (("ptb_sota",), 23_482_400), (("enwik8_sota",), 45_994_730), (("text8_sota",), 45_152_256)])
+def test_parameter_counts_equal_the_original(named, expected):
+    assert count_params(spec_from_config(config_of(*named))) == expected
 
 
 def test_readme_depth_table_counts():

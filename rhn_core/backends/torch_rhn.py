@@ -59,9 +59,12 @@ class RHN(nn.Module):
             mh = None if state_masks is None else state_masks[l]
             # The input projection of micro-layer 0 for all T steps in one product.
             px = torch.matmul(x, self.W[l]) + self.b[l][0]
+            # Split R and b once per call: indexing them at every micro-step would make
+            # autograd materialise a full D x H x 2H gradient per micro-step.
+            R, b = self.R[l].unbind(0), self.b[l].unbind(0)
             s, outputs = state[l], []
-            for t in range(input.shape[1]):
-                s = self._time_step(px[:, t], s, mh, self.R[l], self.b[l])
+            for x_t in px.unbind(1):
+                s = self._time_step(x_t, s, mh, R, b)
                 outputs.append(s)
             input = torch.stack(outputs, dim=1)
             finals.append(s)

@@ -1,0 +1,161 @@
+"""Training throughput (tokens/s) of RHN configs, with an LSTM baseline in the same run.
+
+    python benchmarks/throughput.py                                # ptb_sota, a small PTB RHN, demo
+    python benchmarks/throughput.py --config ptb_sota --steps 5 --device cuda
+    python benchmarks/throughput.py --config "ptb_sota hidden_size=200 depth=3"
+
+Each row times full training steps exactly as the loop runs them (masks drawn
+with NumPy, clipped SGD with weight decay, state carried), after warm-up steps,
+on random token ids of the config's vocabulary. The baseline is a one-layer
+torch.nn.LSTM language model with about the same number of parameters, the
+same B, T, loss scale and optimiser. Machines are shared and noisy: compare the
+ratio column, measured in one run, rather than absolute numbers across runs.
+"""
+import argparse
+import ast
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rhn_core.backends.torch_rhn import Backend, pick_device  # noqa: E402
+from rhn_core.hyperparams import resolve_config  # noqa: E402
+from rhn_core.masks import sampler  # noqa: E402
+from rhn_core.params import count_params, init_params, spec_from_config  # noqa: E402
+
+DEFAULT_CONFIGS = ("ptb_sota", "ptb_sota hidden_size=200 depth=3", "demo")
+
+
+def parse(text):
+    """'ptb_sota depth=3' -> config dict (named configs and KEY=VALUE updates, as after `with`)."""
+    named, updates = [], {}
+    for word in text.split():
+        if "=" in word:
+            key, value = word.split("=", 1)
+            try:
+                updates[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                updates[key] = value
+        else:
+            named.append(word)
+    cfg = resolve_config(*named, **updates)
+    if not cfg["vocab_size"]:
+        cfg["vocab_size"] = 74  # the demo text's characters
+    return cfg
+
+
+class LSTMLanguageModel(nn.Module):
+    """Baseline: embedding -> one torch.nn.LSTM layer -> softmax, tied when the RHN is."""
+
+    def __init__(self, vocab_size, hidden_size, tied):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, hidden_size)
+        self.lstm = nn.LSTM(hidden_size, hidden_size, batch_first=True)
+        self.softmax_w = None if tied else nn.Parameter(torch.empty(hidden_size, vocab_size))
+        self.softmax_b = nn.Parameter(torch.zeros(vocab_size))
+        for p in self.parameters():
+            nn.init.uniform_(p, -0.04, 0.04)
+
+    def forward(self, x, state):
+        out, state = self.lstm(self.embedding(x), state)
+        w = self.embedding.weight.t() if self.softmax_w is None else self.softmax_w
+        return torch.matmul(out, w) + self.softmax_b, state
+
+
+def lstm_params(V, H, tied):
+    return V * H + 4 * (2 * H * H + 2 * H) + (0 if tied else H * V) + V
+
+
+def matching_lstm_size(target, V, tied):
+    return min(range(8, 4096), key=lambda h: abs(lstm_params(V, h, tied) - target))
+
+
+def time_steps(step, warmup, steps, sync):
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def bench_rhn(cfg, device, dtype, warmup, steps):
+    spec = spec_from_config(cfg)
+    rng = np.random.default_rng(0)
+    backend = Backend(spec, init_params(spec, rng), cfg["weight_decay"], cfg["max_grad_norm"], device, dtype)
+    masks = sampler(cfg, spec)
+    B, T = cfg["batch_size"], cfg["num_steps"]
+    data = rng.integers(0, spec.vocab_size, (B, T + 1))
+    box = {"state": backend.zero_state(B), "losses": []}
+
+    def step():
+        x, y = data[:, :-1], data[:, 1:]
+        loss, box["state"] = backend.train_step(x, y, masks(rng, x), box["state"], cfg["learning_rate"])
+        box["losses"].append(loss)
+
+    seconds = time_steps(step, warmup, steps, lambda: backend.to_numpy(box["losses"]))
+    return count_params(spec), seconds
+
+
+def bench_lstm(cfg, n_params, device, dtype, warmup, steps):
+    V, B, T, tied = cfg["vocab_size"], cfg["batch_size"], cfg["num_steps"], cfg["tied"]
+    H = matching_lstm_size(n_params, V, tied)
+    model = LSTMLanguageModel(V, H, tied).to(device, getattr(torch, dtype))
+    params = list(model.parameters())
+    x = torch.randint(0, V, (B, T), device=device)
+    y = torch.randint(0, V, (B, T), device=device)
+    box = {"state": None, "losses": []}
+
+    def step():
+        logits, state = model(x, box["state"])
+        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="sum") / B
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            grads = torch._foreach_add(grads, params, alpha=cfg["weight_decay"])
+            norm = torch.stack(torch._foreach_norm(grads)).norm()
+            torch._foreach_mul_(grads, -cfg["learning_rate"] * cfg["max_grad_norm"] /
+                                torch.clamp(norm, min=cfg["max_grad_norm"]))
+            torch._foreach_add_(params, grads)
+        box["state"] = tuple(s.detach() for s in state)
+        box["losses"].append(loss.detach())
+
+    seconds = time_steps(step, warmup, steps, lambda: torch.stack(box["losses"]).cpu())
+    return sum(p.numel() for p in params), H, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="append", help="named configs and KEY=VALUE, quoted; repeatable")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.steps} timed steps after {args.warmup} warm-up\n")
+    header = f"{'config':<36} {'model':<12} {'params':>12} {'B x T':>9} {'ms/step':>9} {'tokens/s':>10} {'vs LSTM':>8}"
+    print(header)
+    print("-" * len(header))
+    for text in args.config or DEFAULT_CONFIGS:
+        cfg = parse(text)
+        tokens = cfg["batch_size"] * cfg["num_steps"]
+        n, rhn_s = bench_rhn(cfg, device, args.dtype, args.warmup, args.steps)
+        n_lstm, h_lstm, lstm_s = bench_lstm(cfg, n, device, args.dtype, args.warmup, args.steps)
+        shape = f"{cfg['batch_size']}x{cfg['num_steps']}"
+        print(f"{text:<36} {'RHN D=' + str(cfg['depth']):<12} {n:>12,} {shape:>9} {1e3 * rhn_s:>9.1f} "
+              f"{tokens / rhn_s:>10,.0f} {lstm_s / rhn_s:>7.2f}x")
+        print(f"{'':<36} {'LSTM H=' + str(h_lstm):<12} {n_lstm:>12,} {shape:>9} {1e3 * lstm_s:>9.1f} "
+              f"{tokens / lstm_s:>10,.0f} {1.0:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
