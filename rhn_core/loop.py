@@ -154,6 +154,7 @@ class Trainer:
         return {"epoch": self.epoch, "step": self.step, "costs": self.costs, "iters": self.iters,
                 "rng": self.rng.bit_generator.state, "best_valid": self.best_valid,
                 "best_epoch": self.best_epoch, "backend": self.backend_name,
+                "batch_size": self.cfg["batch_size"], "num_steps": self.cfg["num_steps"],
                 **{k: np.array(v) for k, v in self.logs.items()},
                 **({"hidden": np.stack(self.hidden)} if self.hidden is not None else {})}
 
@@ -163,6 +164,10 @@ class Trainer:
             raise RHNError(f"{path} has no training state (a best.npz?): resume from the run's last.npz")
         check_params(params, self.spec, path)
         self.epoch, self.step = int(st["epoch"]), int(st["step"])
+        shape = {k: int(st[k]) for k in ("batch_size", "num_steps")}
+        if self.step and shape != {k: self.cfg[k] for k in shape}:
+            raise RHNError(f"{path} stopped inside an epoch with batch_size={shape['batch_size']}, "
+                           f"num_steps={shape['num_steps']}: resume with those values")
         self.costs, self.iters = float(st["costs"]), int(st["iters"])
         self.rng.bit_generator.state = json.loads(str(st["rng"]))
         self.best_valid, self.best_epoch = float(st["best_valid"]), int(st["best_epoch"])

@@ -147,3 +147,18 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     params, state = load_checkpoint(str(path))  # the old checkpoint is intact, no temp file left
     assert params["a"].tolist() == [1, 1, 1] and int(state["epoch"]) == 1
     assert os.listdir(tmp_path) == ["last.npz"]
+
+
+def test_resume_inside_an_epoch_needs_the_same_batch_shape(small_text, tmp_path, monkeypatch):
+    from rhn_core import loop
+    from rhn_core.errors import TrainingInterrupted
+
+    def stop(self):
+        raise loop._Stop
+
+    monkeypatch.setattr(loop.InterruptFlag, "check", stop)  # stops after the first step
+    base = dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10, save_dir=str(tmp_path))
+    with pytest.raises(TrainingInterrupted):
+        run_experiment(named=["tiny"], **base)
+    expect_error(r"stopped inside an epoch with batch_size=16, num_steps=10: resume with those values",
+                 **{**base, "batch_size": 8}, resume=str(tmp_path / "last.npz"))

@@ -59,25 +59,74 @@ class RHN(nn.Module):
             mh = None if state_masks is None else state_masks[l]
             # The input projection of micro-layer 0 for all T steps in one product.
             px = torch.matmul(x, self.W[l]) + self.b[l][0]
-            # Split R and b once per call: indexing them at every micro-step would make
-            # autograd materialise a full D x H x 2H gradient per micro-step.
-            R, b = self.R[l].unbind(0), self.b[l].unbind(0)
-            s, outputs = state[l], []
-            for x_t in px.unbind(1):
-                s = self._time_step(x_t, s, mh, R, b)
-                outputs.append(s)
-            input = torch.stack(outputs, dim=1)
+            out, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l])
+            input = out
             finals.append(s)
         return input, torch.stack(finals)
 
-    def _time_step(self, px_t, s, mh, R, b):
-        H = self.hidden_size
-        for k in range(self.depth):
-            # H and T of a micro-layer in one product; only micro-layer 0 sees the input.
-            pre = torch.addmm(px_t if k == 0 else b[k], s if mh is None else s * mh, R[k])
-            h, t = torch.tanh(pre[:, :H]), torch.sigmoid(pre[:, H:])
-            s = s + t * (h - s)  # carry path uses the undropped state
-        return s
+
+class RHNRecurrence(torch.autograd.Function):
+    """The time and micro-layer loops of one layer, with a hand-written backward pass.
+
+    ``apply(px, s0, mh, R, b)``: px B x T x 2H is the input projection of micro-layer 0
+    (bias included) for all steps; s0 B x H; mh B x H or None; R D x H x 2H; b D x 2H
+    (b[0] unused here: it is in px). Returns (outputs B x T x H, final state B x H).
+
+    Why by hand: autograd would record ~8 nodes per micro-step (T x D of them per
+    minibatch) and compute the weight gradient as T small products per micro-layer;
+    here the backward loop only carries the state gradient, and dR, db are one large
+    product per micro-layer over all B x T positions at the end.
+    """
+
+    @staticmethod
+    def forward(ctx, px, s0, mh, R, b):
+        H, D = s0.shape[-1], R.shape[0]
+        Rs, bs = R.unbind(0), b.unbind(0)
+        s, states, acts, outputs = s0, [], [], []
+        for px_t in px.unbind(1):
+            for k in range(D):
+                states.append(s)
+                # H and T of a micro-layer in one product; only micro-layer 0 sees the input.
+                pre = torch.addmm(px_t if k == 0 else bs[k], s if mh is None else s * mh, Rs[k])
+                pre[:, :H].tanh_()
+                pre[:, H:].sigmoid_()
+                acts.append(pre)
+                s = torch.addcmul(s, pre[:, H:], pre[:, :H] - s)  # s + t (h - s): carry is undropped
+            outputs.append(s)
+        ctx.states, ctx.acts = states, acts
+        ctx.save_for_backward(mh, R)
+        return torch.stack(outputs, dim=1), s
+
+    @staticmethod
+    def backward(ctx, d_out, d_final):
+        mh, R = ctx.saved_tensors
+        states, acts = ctx.states, ctx.acts
+        B, T, H = d_out.shape
+        D = R.shape[0]
+        Rt = [r.t() for r in R.unbind(0)]
+        ds = d_final if d_final is not None else d_out.new_zeros(B, H)
+        d_pre = [None] * len(acts)
+        for t in reversed(range(T)):
+            ds = ds + d_out[:, t]
+            for k in reversed(range(D)):
+                i = t * D + k
+                h, g, s = acts[i][:, :H], acts[i][:, H:], states[i]
+                dh = ds * g
+                d = torch.cat([dh * (1 - h * h), ds * (h - s) * g * (1 - g)], dim=1)
+                d_pre[i] = d
+                ds_in = d @ Rt[k]
+                ds = ds - dh + (ds_in if mh is None else ds_in * mh)  # ds (1 - t) + dropped-path gradient
+        ctx.states = ctx.acts = None
+        dR, db = torch.empty_like(R), torch.zeros(D, 2 * H, dtype=R.dtype, device=R.device)
+        for k in range(D):
+            a = torch.cat(states[k::D])
+            a = a if mh is None else a * mh.repeat(T, 1)
+            dk = torch.cat(d_pre[k::D])
+            torch.mm(a.t(), dk, out=dR[k])
+            if k:
+                db[k] = dk.sum(0)
+        d_px = torch.stack(d_pre[0::D], dim=1)
+        return d_px, ds, None, dR, db
 
 
 class RHNLanguageModel(nn.Module):
