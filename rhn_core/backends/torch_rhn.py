@@ -31,7 +31,7 @@ class RHN(nn.Module):
         masks = [torch.bernoulli(torch.full((8, n), 0.75)) / 0.75 for n in (128, 256)]
         out, state = rhn(x, input_masks=masks)           # input dropout 0.25
 
-    Initialisation follows the paper's code: U(-init_scale, init_scale), and
+    Masks are constants (no gradient flows into them). Initialisation follows the paper's code: U(-init_scale, init_scale), and
     ``init_bias`` (negative: start close to carrying the state) for every T bias.
     """
 
@@ -59,8 +59,7 @@ class RHN(nn.Module):
             mh = None if state_masks is None else state_masks[l]
             # The input projection of micro-layer 0 for all T steps in one product.
             px = torch.matmul(x, self.W[l]) + self.b[l][0]
-            out, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l])
-            input = out
+            input, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l])
             finals.append(s)
         return input, torch.stack(finals)
 
