@@ -7,6 +7,9 @@ at once, outside the time loop), and one recurrent matrix per micro-layer for H
 and T together (``R``: D x H x 2H, ``b``: D x 2H). ``get_params`` / ``set_params``
 translate to and from the canonical names of ``rhn_core.params``.
 """
+import ctypes
+import sys
+
 import numpy as np
 import torch
 from torch import nn
@@ -158,6 +161,25 @@ class RHNLanguageModel(nn.Module):
         return nll / x.shape[0], state
 
 
+def keep_freed_memory():
+    """Ask glibc to keep large freed blocks instead of unmapping them after every step.
+
+    Each CPU training step allocates and frees the same large tensors (B*T x V logits
+    and their gradients: 90 MB for B=64, T=35, V=10,000). By default glibc returns
+    blocks over 32 MB to the OS, so every step pays for page faults on fresh memory
+    (measured: 148 -> 71 ms per step for that shape, about 5 % for ptb_sota). The
+    memory stays with the process, which is what a training loop wants anyway.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
 def pick_device(device):
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,6 +194,8 @@ class Backend:
     def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32"):
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
         self.device, self.dtype = pick_device(device), getattr(torch, dtype)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model = RHNLanguageModel(spec).to(self.device, self.dtype)
         self.params = list(self.model.parameters())
         self.set_params(params)
