@@ -39,7 +39,7 @@ def hyperparameters():
     drop_o = 0.75  # dropout of the top layer's output before the softmax
     tied = True  # tie the softmax weights to the embedding
     load_model = ''  # checkpoint (.npz) scored by the evaluate command
-    mc_steps = 0  # number of accepted MC-dropout samples (evaluate_mc)
+    mc_steps = 0  # accepted MC-dropout samples of the original's evaluate_mc (that command is not ported yet)
     vocab_size = VOCAB_SIZES.get(dataset, 0)  # V, derived from dataset; 0 = taken from the data (chars)
     # --- added by this port; the defaults keep the original behaviour ---
     device = 'auto'  # cpu, cuda, cuda:N; auto = cuda when available

@@ -74,61 +74,71 @@ class RHNRecurrence(torch.autograd.Function):
     (bias included) for all steps; s0 B x H; mh B x H or None; R D x H x 2H; b D x 2H
     (b[0] unused here: it is in px). Returns (outputs B x T x H, final state B x H).
 
-    Why by hand: autograd would record ~8 nodes per micro-step (T x D of them per
-    minibatch) and compute the weight gradient as T small products per micro-layer;
-    here the backward loop only carries the state gradient, and dR, db are one large
-    product per micro-layer over all B x T positions at the end.
+    Why by hand: autograd records ~8 nodes per micro-step (T x D of them per
+    minibatch), and on a CPU the per-operation overhead, not arithmetic, bounds small
+    models. Here the forward loop writes into preallocated buffers, the gate
+    derivatives are computed for all micro-steps at once, the backward loop carries
+    only the state gradient (3-4 operations per micro-step), and dR, db are one large
+    product per micro-layer over all B x T positions.
     """
 
     @staticmethod
     def forward(ctx, px, s0, mh, R, b):
-        H, D = s0.shape[-1], R.shape[0]
-        Rs, bs = R.unbind(0), b.unbind(0)
-        s, states, acts, outputs = s0, [], [], []
-        for px_t in px.unbind(1):
+        B, T, H = px.shape[0], px.shape[1], s0.shape[-1]
+        D = R.shape[0]
+        N = T * D  # micro-steps; micro-step i = t * D + k reads S[i] and writes S[i + 1]
+        S = px.new_empty(N + 1, B, H)
+        S[0] = s0
+        A = px.new_empty(N, B, 2 * H)  # activations [h | t] of every micro-step
+        Rs, bs, Ss, As = R.unbind(0), b.unbind(0), S.unbind(0), A.unbind(0)
+        Hs, Gs = A[..., :H].unbind(0), A[..., H:].unbind(0)
+        for t, px_t in enumerate(px.unbind(1)):
             for k in range(D):
-                states.append(s)
+                i = t * D + k
+                s = Ss[i]
                 # H and T of a micro-layer in one product; only micro-layer 0 sees the input.
-                pre = torch.addmm(px_t if k == 0 else bs[k], s if mh is None else s * mh, Rs[k])
-                pre[:, :H].tanh_()
-                pre[:, H:].sigmoid_()
-                acts.append(pre)
-                s = torch.addcmul(s, pre[:, H:], pre[:, :H] - s)  # s + t (h - s): carry is undropped
-            outputs.append(s)
-        ctx.states, ctx.acts = states, acts
+                torch.addmm(px_t if k == 0 else bs[k], s if mh is None else s * mh, Rs[k], out=As[i])
+                Hs[i].tanh_()
+                Gs[i].sigmoid_()
+                torch.addcmul(s, Gs[i], Hs[i] - s, out=Ss[i + 1])  # s + t (h - s): carry is undropped
+        ctx.S, ctx.A = S, A
         ctx.save_for_backward(mh, R)
-        return torch.stack(outputs, dim=1), s
+        return S[D::D].transpose(0, 1).contiguous(), S[N].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_final):
         mh, R = ctx.saved_tensors
-        states, acts = ctx.states, ctx.acts
+        S, A = ctx.S, ctx.A
+        ctx.S = ctx.A = None
         B, T, H = d_out.shape
         D = R.shape[0]
+        N = T * D
+        h, g, s_in = A[..., :H], A[..., H:], S[:N]
+        # dJ/d[pre_h | pre_t] = ds * P and the carried part ds * (1 - t), for all micro-steps at once
+        P = torch.cat([g * (1 - h * h), (h - s_in) * g * (1 - g)], dim=-1)
+        carry = 1 - g
+        d_pre = torch.empty_like(A)
         Rt = [r.t() for r in R.unbind(0)]
-        ds = d_final if d_final is not None else d_out.new_zeros(B, H)
-        d_pre = [None] * len(acts)
+        Ps, Cs, Ds = P.view(N, B, 2, H).unbind(0), carry.unbind(0), d_pre.unbind(0)
+        Ds3 = d_pre.view(N, B, 2, H).unbind(0)
+        ds = d_final
         for t in reversed(range(T)):
             ds = ds + d_out[:, t]
             for k in reversed(range(D)):
                 i = t * D + k
-                h, g, s = acts[i][:, :H], acts[i][:, H:], states[i]
-                dh = ds * g
-                d = torch.cat([dh * (1 - h * h), ds * (h - s) * g * (1 - g)], dim=1)
-                d_pre[i] = d
-                ds_in = d @ Rt[k]
-                ds = ds - dh + (ds_in if mh is None else ds_in * mh)  # ds (1 - t) + dropped-path gradient
-        ctx.states = ctx.acts = None
+                torch.mul(Ps[i], ds.unsqueeze(1), out=Ds3[i])
+                ds_in = torch.mm(Ds[i], Rt[k])
+                if mh is not None:
+                    ds_in.mul_(mh)
+                ds = torch.addcmul(ds_in, ds, Cs[i])
         dR, db = torch.empty_like(R), torch.zeros(D, 2 * H, dtype=R.dtype, device=R.device)
         for k in range(D):
-            a = torch.cat(states[k::D])
-            a = a if mh is None else a * mh.repeat(T, 1)
-            dk = torch.cat(d_pre[k::D])
-            torch.mm(a.t(), dk, out=dR[k])
+            a = S[k:N:D] if mh is None else S[k:N:D] * mh
+            dk = d_pre[k::D].reshape(-1, 2 * H)
+            torch.mm(a.reshape(-1, H).t(), dk, out=dR[k])
             if k:
                 db[k] = dk.sum(0)
-        d_px = torch.stack(d_pre[0::D], dim=1)
-        return d_px, ds, None, dR, db
+        return d_pre[0::D].transpose(0, 1), ds, None, dR, db
 
 
 class RHNLanguageModel(nn.Module):
