@@ -149,3 +149,16 @@ def test_core_imports_no_framework():
             "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_recurrence_gradcheck_including_the_initial_state(with_mask):
+    from rhn_core.backends.torch_rhn import RHNRecurrence
+    g = torch.Generator().manual_seed(0)
+    B, T, H, D = 2, 3, 4, 3
+    px = torch.randn(B, T, 2 * H, generator=g, dtype=torch.float64, requires_grad=True)
+    s0 = torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True)
+    R = (0.7 * torch.randn(D, H, 2 * H, generator=g, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(D, 2 * H, generator=g, dtype=torch.float64, requires_grad=True)
+    mh = (torch.rand(B, H, generator=g, dtype=torch.float64) > 0.3).double() / 0.7 if with_mask else None
+    assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3]), (px, s0, R, b))

@@ -101,15 +101,12 @@ class RHNRecurrence(torch.autograd.Function):
                 Hs[i].tanh_()
                 Gs[i].sigmoid_()
                 torch.addcmul(s, Gs[i], Hs[i] - s, out=Ss[i + 1])  # s + t (h - s): carry is undropped
-        ctx.S, ctx.A = S, A
-        ctx.save_for_backward(mh, R)
+        ctx.save_for_backward(mh, R, S, A)  # freed after backward unless the graph is retained
         return S[D::D].transpose(0, 1).contiguous(), S[N].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_final):
-        mh, R = ctx.saved_tensors
-        S, A = ctx.S, ctx.A
-        ctx.S = ctx.A = None
+        mh, R, S, A = ctx.saved_tensors
         B, T, H = d_out.shape
         D = R.shape[0]
         N = T * D
