@@ -174,7 +174,7 @@ def keep_freed_memory():
     Each CPU training step allocates and frees the same large tensors (B*T x V logits
     and their gradients: 90 MB for B=64, T=35, V=10,000). By default glibc returns
     blocks over 32 MB to the OS, so every step pays for page faults on fresh memory
-    (measured: 148 -> 71 ms per step for that shape, about 5 % for ptb_sota). The
+    (measured: 148 -> 74 ms per step for that shape, about 5 % for ptb_sota). The
     memory stays with the process, which is what a training loop wants anyway.
     """
     if not sys.platform.startswith("linux"):
