@@ -83,7 +83,7 @@ def demo():
     batch_size = 32  # B
     learning_rate = 0.5  # a short run on a small model can take a larger step (1.0 diverges)
     max_epoch = 12  # epochs at the initial learning rate
-    max_max_epoch = 20  # about 80 s on 2 CPU cores
+    max_max_epoch = 20  # about a minute on 2 CPU cores
     lr_decay = 1.1  # decay fast: the run is short
     drop_x = 0.0  # a small model on a small text needs little dropout
     drop_i = 0.1  # input dropout
