@@ -140,6 +140,8 @@ class Trainer:
             params = self._restore(cfg["resume"])
         self.run_dir = cfg["save_dir"] or (os.path.dirname(os.path.abspath(cfg["resume"])) if cfg["resume"]
                                            else os.path.join("runs", f"{cfg['dataset']}_{cfg['seed']}"))
+        if cfg["resume"]:
+            self._carry_best_over(os.path.dirname(os.path.abspath(cfg["resume"])))
         self.backend = make_backend(cfg, backend_name, self.spec, params)
         self.backend_name = backend_name
         self.masks = sampler(cfg, self.spec)
@@ -175,6 +177,12 @@ class Trainer:
         self.hidden = list(st["hidden"]) if "hidden" in st else None
         print(f"Resuming from {path}: epoch {self.epoch}, step {self.step}")
         return params
+
+    def _carry_best_over(self, old_dir):
+        """A run resumed into another save_dir brings its best.npz along (the final pass needs it)."""
+        old, new = os.path.join(old_dir, "best.npz"), self.path("best.npz")
+        if os.path.isfile(old) and os.path.abspath(old) != os.path.abspath(new):
+            save_checkpoint(new, *load_checkpoint(old))
 
     def _save_last(self):
         save_checkpoint(self.path("last.npz"), self.backend.get_params(), self._train_state())
@@ -249,10 +257,12 @@ class Trainer:
                     self._epoch()
                 return self._final()
             except _Stop:
-                if self.epoch <= cfg["max_max_epoch"]:  # else last.npz of the last epoch is on disk
+                where = f"in epoch {self.epoch} at step {self.step}"
+                if self.epoch <= cfg["max_max_epoch"]:
                     self._save_last()
-                raise TrainingInterrupted(f"stopped in epoch {self.epoch} at step {self.step}; continue with "
-                                          f"resume={self.path('last.npz')}")
+                else:  # the last epoch's last.npz is on disk; resuming runs the final pass
+                    where = "during the final evaluation"
+                raise TrainingInterrupted(f"stopped {where}; continue with resume={self.path('last.npz')}")
 
     def _epoch(self):
         lr = lr_at(self.cfg, self.epoch)
