@@ -110,6 +110,40 @@ def check_params(params, spec, source="checkpoint"):
                        f"vocab_size): " + "; ".join(problems))
 
 
+def fuse(params, spec):
+    """Canonical dict -> the backends' fused layout (NumPy), per layer l:
+
+        W<l>  in_l x 2H    input rows of micro-layer 0, [H | T] side by side
+        R<l>  D x H x 2H   recurrent rows of every micro-layer, [H | T]
+        b<l>  D x 2H       biases, [H | T]
+
+    plus ``embedding``, ``softmax_w`` (untied) and ``softmax_b`` unchanged. One
+    product per micro-layer computes both H and T, and the input part of
+    micro-layer 0 can be applied to all time steps at once.
+    """
+    fused = {n: params[n] for n in ("embedding", "softmax_w", "softmax_b") if n in params}
+    for l, n_in in enumerate(spec.layer_input_sizes):
+        names = [layer_names(l, k) for k in range(spec.depth)]
+        rows = [np.concatenate([params[hm], params[tm]], axis=1) for hm, _, tm, _ in names]
+        fused[f"W{l}"] = rows[0][:n_in]
+        fused[f"R{l}"] = np.stack([rows[0][n_in:]] + rows[1:])
+        fused[f"b{l}"] = np.stack([np.concatenate([params[hb], params[tb]]) for _, hb, _, tb in names])
+    return fused
+
+
+def unfuse(fused, spec):
+    """The inverse of ``fuse``: canonical names, in canonical order."""
+    H, params = spec.hidden_size, {}
+    for l in range(spec.num_layers):
+        W, R, b = (np.asarray(fused[f"{p}{l}"]) for p in "WRb")
+        for k in range(spec.depth):
+            rows = np.concatenate([W, R[0]]) if k == 0 else R[k]
+            hm, hb, tm, tb = layer_names(l, k)
+            params.update({hm: rows[:, :H], hb: b[k, :H], tm: rows[:, H:], tb: b[k, H:]})
+    params.update({n: np.asarray(fused[n]) for n in ("embedding", "softmax_w", "softmax_b") if n in fused})
+    return {n: np.array(params[n]) for n in param_shapes(spec)}
+
+
 def describe(spec):
     """Lines listing every parameter and the total, as the original prints at start."""
     lines = [f"{name}: {shape}" for name, shape in param_shapes(spec).items()]

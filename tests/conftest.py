@@ -2,10 +2,15 @@
 import os
 import warnings
 
-# Frameworks first (Keras' own test setup imports torch before tensorflow).
+# Frameworks first, torch before tensorflow (as Keras' own test setup does, to avoid a crash).
 try:
     import torch  # noqa: F401
 except ImportError:  # the core's tests still run
+    pass
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+try:
+    import tensorflow  # noqa: F401
+except ImportError:
     pass
 
 import numpy as np
@@ -83,19 +88,19 @@ def small_text(tmp_path_factory):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_experiment(command="main", named=(), **updates):
-    """Run the torch experiment in-process through Sacred, as the command line would."""
+def run_experiment(command="main", named=(), backend="torch", **updates):
+    """Run the experiment in-process through Sacred, as the command line would."""
     from sacred import SETTINGS
     from rhn_core.experiment import make_experiment
     SETTINGS.CAPTURE_MODE = "sys"  # leave file descriptors to pytest
     updates.setdefault("progress", False)
-    return make_experiment("torch").run(command, config_updates=updates, named_configs=list(named),
+    return make_experiment(backend).run(command, config_updates=updates, named_configs=list(named),
                                         options={"--loglevel": "ERROR"})
 
 
-def run_cli(*args, timeout=300):
-    """``python rhn_train_torch.py ARGS`` in a subprocess; returns the CompletedProcess."""
+def run_cli(*args, backend="torch", timeout=300):
+    """``python rhn_train_<backend>.py ARGS`` in a subprocess; returns the CompletedProcess."""
     import subprocess
     import sys
-    return subprocess.run([sys.executable, "-W", "ignore", os.path.join(REPO, "rhn_train_torch.py"), *args],
+    return subprocess.run([sys.executable, "-W", "ignore", os.path.join(REPO, f"rhn_train_{backend}.py"), *args],
                           capture_output=True, text=True, timeout=timeout)

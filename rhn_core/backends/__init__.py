@@ -8,11 +8,12 @@ device, dtype)`` with the narrow interface the training loop uses:
     train_step(x, y, masks, state, lr) -> (J, state)   one clipped SGD step, J stays on device
     eval_step(x, y, state) -> (C, state)                no dropout, no update
     gradients(x, y, masks, state) -> (J, dict)  canonical gradients (for tests)
+    log_probs(x, state, masks) -> (array, list) log-probabilities B x T x V, final state
     to_numpy(values) -> np.ndarray              the only device -> host read
 """
 import importlib
 
-BACKENDS = {"torch": "rhn_core.backends.torch_rhn"}
+BACKENDS = {"torch": "rhn_core.backends.torch_rhn", "tf": "rhn_core.backends.tf_rhn"}
 
 
 def load_backend(name):

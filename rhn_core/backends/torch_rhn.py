@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..params import check_params, layer_names, param_shapes
+from ..params import check_params, fuse, unfuse
 
 
 class RHN(nn.Module):
@@ -208,41 +208,23 @@ class Backend:
         self.set_params(params)
 
     # --- canonical parameters -------------------------------------------------
+    def _fused_names(self):
+        """Fused-layout names (``params.fuse``) of the model's parameters, in order."""
+        return [n.replace("rhn.", "").replace(".", "") for n, _ in self.model.named_parameters()]
+
     def _canonical(self, tensors):
-        """Canonical dict of NumPy arrays from model-shaped tensors (params or grads)."""
-        spec, H = self.spec, self.spec.hidden_size
-        by_name = dict(zip((n for n, _ in self.model.named_parameters()), tensors))
-        out = {"embedding": by_name["embedding"], "softmax_b": by_name["softmax_b"]}
-        if not spec.tied:
-            out["softmax_w"] = by_name["softmax_w"]
-        for l in range(spec.num_layers):
-            W, R, b = (by_name[f"rhn.{p}.{l}"] for p in "WRb")
-            for k in range(spec.depth):
-                rows = torch.cat([W, R[0]]) if k == 0 else R[k]
-                hm, hb, tm, tb = layer_names(l, k)
-                out.update({hm: rows[:, :H], hb: b[k, :H], tm: rows[:, H:], tb: b[k, H:]})
-        return {n: out[n].detach().cpu().numpy().copy() for n in param_shapes(spec)}
+        """Canonical dict of NumPy arrays from model-ordered tensors (params or grads)."""
+        return unfuse({n: t.detach().cpu().numpy() for n, t in zip(self._fused_names(), tensors)}, self.spec)
 
     def get_params(self):
         return self._canonical(self.params)
 
     def set_params(self, params):
         check_params(params, self.spec, "parameters")
-        H, m = self.spec.hidden_size, self.model
-        t = {n: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device) for n, a in params.items()}
+        fused = fuse(params, self.spec)
         with torch.no_grad():
-            m.embedding.copy_(t["embedding"])
-            m.softmax_b.copy_(t["softmax_b"])
-            if m.softmax_w is not None:
-                m.softmax_w.copy_(t["softmax_w"])
-            for l, n_in in enumerate(self.spec.layer_input_sizes):
-                for k in range(self.spec.depth):
-                    hm, hb, tm, tb = (t[n] for n in layer_names(l, k))
-                    rows = torch.cat([hm, tm], dim=1)
-                    if k == 0:
-                        m.rhn.W[l].copy_(rows[:n_in])
-                    m.rhn.R[l][k].copy_(rows[-H:])
-                    m.rhn.b[l][k].copy_(torch.cat([hb, tb]))
+            for name, p in zip(self._fused_names(), self.params):
+                p.copy_(torch.as_tensor(fused[name], dtype=self.dtype))
 
     # --- state and data -------------------------------------------------------
     def zero_state(self, batch_size):
@@ -295,6 +277,12 @@ class Backend:
         with torch.no_grad():
             loss, state = self.model.loss(self._ids(x), self._ids(y), state)
         return loss, state
+
+    def log_probs(self, x, state, masks=None):
+        """Log-probabilities (B x T x V) and the final state, as NumPy (tests, MC evaluation)."""
+        with torch.no_grad():
+            logits, state = self.model(self._ids(x), state, self._masks(masks))
+            return torch.log_softmax(logits, -1).cpu().numpy(), self.state_to_numpy(state)
 
     def gradients(self, x, y, masks, state):
         objective, grads, _ = self._objective_and_grads(x, y, masks, state)

@@ -1,16 +1,16 @@
-"""The PyTorch backend against the float64 NumPy reference, and the RHN module on its own."""
+"""Every backend against the float64 NumPy reference and against each other; the
+reusable RHN modules on their own."""
+import importlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from rhn_core import reference  # noqa: E402
-from rhn_core.backends.torch_rhn import RHN, Backend  # noqa: E402
-from rhn_core.masks import sample_masks  # noqa: E402
-from rhn_core.params import ModelSpec, init_params  # noqa: E402
+from rhn_core import reference
+from rhn_core.backends import BACKENDS
+from rhn_core.masks import sample_masks
+from rhn_core.params import ModelSpec, init_params
 
 WD = 0.01
 
@@ -23,7 +23,17 @@ SPECS = {  # word-like (V >= H, tied or not), character-like (V < H: V x V embed
 }
 
 
-def setup_case(spec, seed=0, B=3, T=5, dtype="float64", drops=(0.3, 0.3, 0.3, 0.3)):
+def backend_module(name):
+    pytest.importorskip({"torch": "torch", "tf": "tensorflow"}[name])
+    return importlib.import_module(BACKENDS[name])
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def Backend(request):
+    return backend_module(request.param).Backend
+
+
+def setup_case(Backend, spec, seed=0, B=3, T=5, dtype="float64", drops=(0.3, 0.3, 0.3, 0.3)):
     rng = np.random.default_rng(seed)
     params = init_params(spec, rng)
     x, y = rng.integers(0, spec.vocab_size, (B, T)), rng.integers(0, spec.vocab_size, (B, T))
@@ -34,21 +44,20 @@ def setup_case(spec, seed=0, B=3, T=5, dtype="float64", drops=(0.3, 0.3, 0.3, 0.
 
 
 @pytest.mark.parametrize("name", SPECS)
-def test_log_probs_and_final_state(name):
+def test_log_probs_and_final_state(Backend, name):
     spec = SPECS[name]
-    params, x, y, state, masks, backend = setup_case(spec)
+    params, x, y, state, masks, backend = setup_case(Backend, spec)
     ref_lp, ref_final, _ = reference.forward(params, spec, x, state, masks)
     assert ref_lp.std() > 0.05  # logits large enough for the comparison to mean something
-    logits, final = backend.model(torch.as_tensor(x), backend.state_from_numpy(state), backend._masks(masks))
-    lp = torch.log_softmax(logits, -1).detach().numpy()
+    lp, final = backend.log_probs(x, backend.state_from_numpy(state), masks)
     np.testing.assert_allclose(lp, ref_lp, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(np.stack(backend.state_to_numpy(final)), np.stack(ref_final), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.stack(final), np.stack(ref_final), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", SPECS)
-def test_loss_and_gradients_of_every_parameter(name):
+def test_loss_and_gradients_of_every_parameter(Backend, name):
     spec = SPECS[name]
-    params, x, y, state, masks, backend = setup_case(spec, seed=1)
+    params, x, y, state, masks, backend = setup_case(Backend, spec, seed=1)
     objective, grads = backend.gradients(x, y, masks, backend.state_from_numpy(state))
     assert objective == pytest.approx(reference.objective(params, spec, x, y, state, masks, WD)[0], abs=1e-11)
     ref = reference.gradients(params, spec, x, y, state, masks, WD)
@@ -59,9 +68,9 @@ def test_loss_and_gradients_of_every_parameter(name):
 
 
 @pytest.mark.parametrize("max_grad_norm", [0.5, 1e6])  # clipping active, and not
-def test_one_clipped_sgd_step_with_weight_decay(max_grad_norm):
+def test_one_clipped_sgd_step_with_weight_decay(Backend, max_grad_norm):
     spec = SPECS["untied_2layers"]
-    params, x, y, state, masks, backend = setup_case(spec, seed=2)
+    params, x, y, state, masks, backend = setup_case(Backend, spec, seed=2)
     backend.max_grad_norm = max_grad_norm
     ref_grads = reference.gradients(params, spec, x, y, state, masks, WD)
     norm = np.sqrt(sum((g ** 2).sum() for g in ref_grads.values()))
@@ -73,11 +82,11 @@ def test_one_clipped_sgd_step_with_weight_decay(max_grad_norm):
         assert np.abs(expected[n] - params[n]).max() > 1e-4, n  # the step moved every parameter
         np.testing.assert_allclose(got[n], expected[n], rtol=0, atol=1e-12, err_msg=n)
     j, _, ref_final = reference.objective(params, spec, x, y, state, masks, WD)
-    assert float(objective) == pytest.approx(j, abs=1e-11)
+    assert float(backend.to_numpy([objective])[0]) == pytest.approx(j, abs=1e-11)
     np.testing.assert_allclose(np.stack(backend.state_to_numpy(new_state)), np.stack(ref_final), atol=1e-12)
 
 
-def test_multi_step_trace_with_dropout_and_carried_state():
+def test_multi_step_trace_with_dropout_and_carried_state(Backend):
     spec = SPECS["char_2layers"]
     rng = np.random.default_rng(3)
     params = init_params(spec, rng)
@@ -104,9 +113,9 @@ def test_multi_step_trace_with_dropout_and_carried_state():
         np.testing.assert_allclose(final[n], params[n], rtol=0, atol=1e-10, err_msg=n)
 
 
-def test_float32_short_check():
+def test_float32_short_check(Backend):
     spec = SPECS["tied"]
-    params, x, y, state, masks, backend = setup_case(spec, seed=4, T=3, dtype="float32")
+    params, x, y, state, masks, backend = setup_case(Backend, spec, seed=4, T=3, dtype="float32")
     objective, grads = backend.gradients(x, y, masks, backend.state_from_numpy(state))
     assert objective == pytest.approx(reference.objective(params, spec, x, y, state, masks, WD)[0], rel=1e-5)
     ref = reference.gradients(params, spec, x, y, state, masks, WD)
@@ -115,16 +124,19 @@ def test_float32_short_check():
     assert backend.get_params()["embedding"].dtype == np.float32
 
 
-def test_eval_step_is_the_loss_without_dropout():
+def test_eval_step_is_the_loss_without_dropout(Backend):
     spec = SPECS["untied_2layers"]
-    params, x, y, state, _, backend = setup_case(spec, seed=5)
+    params, x, y, state, _, backend = setup_case(Backend, spec, seed=5)
     loss, final = backend.eval_step(x, y, backend.state_from_numpy(state))
     _, c, ref_final = reference.objective(params, spec, x, y, state)
-    assert float(loss) == pytest.approx(c, abs=1e-12)
+    assert backend.to_numpy([loss])[0] == pytest.approx(c, abs=1e-12)
+    np.testing.assert_allclose(np.stack(backend.state_to_numpy(final)), np.stack(ref_final), atol=1e-12)
     assert backend.get_params()["softmax_b"] == pytest.approx(params["softmax_b"])  # no update
 
 
-def test_rhn_module_on_its_own():
+def test_torch_rhn_module_on_its_own():
+    torch = pytest.importorskip("torch")
+    from rhn_core.backends.torch_rhn import RHN
     torch.manual_seed(0)
     rhn = RHN(input_size=6, hidden_size=10, depth=3, num_layers=2, init_scale=0.1, init_bias=-3.0)
     assert torch.all(rhn.b[1][:, 10:] == -3.0) and rhn.b[1][:, :10].abs().max() <= 0.1
@@ -152,7 +164,8 @@ def test_core_imports_no_framework():
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_recurrence_gradcheck_including_the_initial_state(with_mask):
+def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask):
+    torch = pytest.importorskip("torch")
     from rhn_core.backends.torch_rhn import RHNRecurrence
     g = torch.Generator().manual_seed(0)
     B, T, H, D = 2, 3, 4, 3
@@ -162,3 +175,53 @@ def test_recurrence_gradcheck_including_the_initial_state(with_mask):
     b = torch.randn(D, 2 * H, generator=g, dtype=torch.float64, requires_grad=True)
     mh = (torch.rand(B, H, generator=g, dtype=torch.float64) > 0.3).double() / 0.7 if with_mask else None
     assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3]), (px, s0, R, b))
+
+
+def test_tf_cell_inside_keras_rnn_and_the_fused_layer_agree():
+    pytest.importorskip("tensorflow")
+    import keras
+    import tensorflow as tf
+    from rhn_core.backends.tf_rhn import RHN, RHNCell
+    keras.utils.set_random_seed(0)
+    x = tf.random.normal([4, 9, 6], dtype=tf.float64)
+    rnn = keras.layers.RNN(RHNCell(10, depth=3, init_scale=0.3, init_bias=-3.0, dtype="float64"),
+                           return_sequences=True, return_state=True, dtype="float64")
+    out, final = rnn(x)
+    cell = rnn.cell
+    assert np.all(cell.b.numpy()[:, 10:] == -3.0) and np.abs(cell.b.numpy()[:, :10]).max() <= 0.3
+    # the stacked, hoisted layer with the same weights computes the same sequence
+    stack = RHN(10, 3, num_layers=1, dtype="float64")
+    stack.build((None, None, 6))
+    for mine, theirs in zip(stack.cells[0].weights, cell.weights):
+        mine.assign(theirs)
+    out2, state2 = stack(x)
+    np.testing.assert_allclose(out2.numpy(), out.numpy(), atol=1e-12)
+    np.testing.assert_allclose(state2.numpy()[0], final.numpy(), atol=1e-12)
+    first, mid = stack(x[:, :4])
+    second, _ = stack(x[:, 4:], mid)  # truncated BPTT: the carried state continues the sequence
+    np.testing.assert_allclose(np.concatenate([first, second], 1), out.numpy(), atol=1e-12)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(rnn(x)[0])
+    assert all(float(tf.reduce_sum(tf.abs(g))) > 0 for g in tape.gradient(loss, rnn.trainable_variables))
+
+
+def test_torch_and_tf_agree_on_a_training_trace_with_dropout():
+    pytest.importorskip("torch")
+    pytest.importorskip("tensorflow")
+    spec = SPECS["char_2layers"]
+    rng = np.random.default_rng(9)
+    params = init_params(spec, rng)
+    backends = [backend_module(n).Backend(spec, params, WD, 2.0, "cpu", "float64") for n in ("torch", "tf")]
+    states = [b.zero_state(4) for b in backends]
+    data = rng.integers(0, spec.vocab_size, (4, 26))
+    traces = [[], []]
+    for i in range(5):
+        x, y = data[:, 5 * i:5 * i + 5], data[:, 5 * i + 1:5 * i + 6]
+        masks = sample_masks(rng, x, spec, 0.2, 0.3, 0.2, 0.3)
+        for j, b in enumerate(backends):
+            objective, states[j] = b.train_step(x, y, masks, states[j], 0.5)
+            traces[j].append(objective)
+    np.testing.assert_allclose(backends[0].to_numpy(traces[0]), backends[1].to_numpy(traces[1]), rtol=0, atol=1e-10)
+    a, b = (be.get_params() for be in backends)
+    for n in a:
+        np.testing.assert_allclose(a[n], b[n], rtol=0, atol=1e-10, err_msg=n)

@@ -1,0 +1,63 @@
+"""The TensorFlow entry point: same configs and commands, checkpoints shared with torch."""
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("torch")
+
+from conftest import run_cli, run_experiment  # noqa: E402
+from rhn_core.checkpoint import load_checkpoint  # noqa: E402
+
+
+@pytest.mark.parametrize("named", ["", "ptb_sota", "enwik8_sota", "text8_sota", "demo", "tiny"])
+def test_both_entry_points_print_identical_configs(named):
+    args = ["print_config", "with", named, "seed=7"] if named else ["print_config", "with", "seed=7"]
+    torch_out, tf_out = (run_cli(*args, backend=b) for b in ("torch", "tf"))
+    assert torch_out.returncode == tf_out.returncode == 0, torch_out.stderr + tf_out.stderr
+    assert "hidden_size = " in torch_out.stdout
+    assert torch_out.stdout == tf_out.stdout
+
+
+@pytest.mark.parametrize("named", [None, "ptb_sota", "enwik8_sota", "text8_sota", "demo"])
+def test_every_named_config_runs_at_tiny_size_with_tf(named, synthetic_ptb, synthetic_char_dirs, tmp_path):
+    from test_experiment import smoke_data
+    names = ([named] if named else []) + ["tiny"]
+    run = run_experiment(named=names, backend="tf", save_dir=str(tmp_path), seed=3,
+                         **smoke_data(named, synthetic_ptb, synthetic_char_dirs))
+    assert np.isfinite(run.result) and np.isfinite(run.info["full_test_perplexity"])
+    assert (tmp_path / "best.npz").is_file() and (tmp_path / "last.npz").is_file()
+
+
+def char_updates(small_text, **more):
+    return dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10, dtype="float64", seed=11,
+                **more)
+
+
+@pytest.mark.parametrize("writer, reader", [("torch", "tf"), ("tf", "torch")])
+def test_checkpoints_cross_over(small_text, tmp_path, writer, reader):
+    trained = run_experiment(named=["tiny"], backend=writer, **char_updates(small_text, save_dir=str(tmp_path)))
+    # evaluate: the other backend scores the best weights exactly as the training run did
+    result = run_experiment("evaluate", ["tiny"], backend=reader,
+                            **char_updates(small_text, load_model=str(tmp_path / "best.npz"))).result
+    assert result["full_test_perplexity"] == pytest.approx(trained.info["full_test_perplexity"], rel=1e-10)
+    assert result["full_valid_perplexity"] == pytest.approx(trained.info["full_best_valid_perplexity"], rel=1e-10)
+    # resume: the other backend continues the run for a third epoch
+    resumed = run_experiment(named=["tiny"], backend=reader,
+                             **char_updates(small_text, max_max_epoch=3, resume=str(tmp_path / "last.npz")))
+    assert resumed.info["epoch_nr"] == 3 and len(resumed.info["logs"]["valid_perplexity"]) == 4
+    _, state = load_checkpoint(str(tmp_path / "last.npz"))
+    assert int(state["epoch"]) == 4 and str(state["backend"]) == reader
+
+
+def test_resume_across_backends_matches_a_single_backend_run(small_text, tmp_path):
+    """Two epochs in torch then one in TF end with the weights of three epochs in torch (float64)."""
+    straight = run_experiment(named=["tiny"], **char_updates(small_text, max_max_epoch=3,
+                                                             save_dir=str(tmp_path / "straight")))
+    run_experiment(named=["tiny"], **char_updates(small_text, save_dir=str(tmp_path / "mixed")))
+    mixed = run_experiment(named=["tiny"], backend="tf",
+                           **char_updates(small_text, max_max_epoch=3, resume=str(tmp_path / "mixed" / "last.npz")))
+    a, _ = load_checkpoint(str(tmp_path / "straight" / "last.npz"))
+    b, _ = load_checkpoint(str(tmp_path / "mixed" / "last.npz"))
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-9, err_msg=name)
+    assert mixed.info["full_test_perplexity"] == pytest.approx(straight.info["full_test_perplexity"], rel=1e-9)
