@@ -3,8 +3,9 @@
     python benchmarks/throughput.py                                # ptb_sota, a small PTB RHN, demo
     python benchmarks/throughput.py --config ptb_sota --steps 5 --device cuda
     python benchmarks/throughput.py --config "ptb_sota hidden_size=200 depth=3"
+    python benchmarks/throughput.py --backend torch                # only one backend
 
-Each row times full training steps exactly as the loop runs them (masks drawn
+Each row times full training steps (of each backend) exactly as the loop runs them (masks drawn
 with NumPy, clipped SGD with weight decay, state carried), after warm-up steps,
 on random token ids of the config's vocabulary. The baseline is a one-layer
 torch.nn.LSTM language model with about the same number of parameters, the
@@ -13,6 +14,7 @@ ratio column, measured in one run, rather than absolute numbers across runs.
 """
 import argparse
 import ast
+import importlib.util
 import os
 import sys
 import time
@@ -24,7 +26,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rhn_core.backends.torch_rhn import Backend, pick_device  # noqa: E402
+from rhn_core.backends import BACKENDS, load_backend  # noqa: E402
+from rhn_core.backends.torch_rhn import pick_device  # noqa: E402
 from rhn_core.hyperparams import resolve_config  # noqa: E402
 from rhn_core.masks import sampler  # noqa: E402
 from rhn_core.params import count_params, init_params, spec_from_config  # noqa: E402
@@ -87,10 +90,11 @@ def time_steps(step, warmup, steps, sync):
     return (time.perf_counter() - start) / steps
 
 
-def bench_rhn(cfg, device, dtype, warmup, steps):
+def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):
     spec = spec_from_config(cfg)
     rng = np.random.default_rng(0)
-    backend = Backend(spec, init_params(spec, rng), cfg["weight_decay"], cfg["max_grad_norm"], device, dtype)
+    backend = load_backend(backend_name).Backend(spec, init_params(spec, rng), cfg["weight_decay"],
+                                                 cfg["max_grad_norm"], device, dtype)
     masks = sampler(cfg, spec)
     B, T = cfg["batch_size"], cfg["num_steps"]
     data = rng.integers(0, spec.vocab_size, (B, T + 1))
@@ -138,23 +142,27 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--backend", action="append", choices=sorted(BACKENDS),
+                        help="RHN backends to time (default: torch, and tf when TensorFlow is installed)")
     args = parser.parse_args()
+    backends = args.backend or ["torch"] + (["tf"] if importlib.util.find_spec("tensorflow") else [])
     device = pick_device(args.device)
     print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} timed steps after {args.warmup} warm-up\n")
-    header = f"{'config':<36} {'model':<12} {'params':>12} {'B x T':>9} {'ms/step':>9} {'tokens/s':>10} {'vs LSTM':>8}"
+    header = f"{'config':<36} {'model':<18} {'params':>12} {'B x T':>9} {'ms/step':>9} {'tokens/s':>10} {'vs LSTM':>8}"
     print(header)
     print("-" * len(header))
     for text in args.config or DEFAULT_CONFIGS:
         cfg = parse(text)
         tokens = cfg["batch_size"] * cfg["num_steps"]
-        n, rhn_s = bench_rhn(cfg, device, args.dtype, args.warmup, args.steps)
-        n_lstm, h_lstm, lstm_s = bench_lstm(cfg, n, device, args.dtype, args.warmup, args.steps)
         shape = f"{cfg['batch_size']}x{cfg['num_steps']}"
-        print(f"{text:<36} {'RHN D=' + str(cfg['depth']):<12} {n:>12,} {shape:>9} {1e3 * rhn_s:>9.1f} "
-              f"{tokens / rhn_s:>10,.0f} {lstm_s / rhn_s:>7.2f}x")
-        print(f"{'':<36} {'LSTM H=' + str(h_lstm):<12} {n_lstm:>12,} {shape:>9} {1e3 * lstm_s:>9.1f} "
-              f"{tokens / lstm_s:>10,.0f} {1.0:>7.2f}x")
+        rows = [(f"RHN D={cfg['depth']} {name}",) + bench_rhn(name, cfg, device.type, args.dtype, args.warmup,
+                                                               args.steps) for name in backends]
+        n_lstm, h_lstm, lstm_s = bench_lstm(cfg, rows[0][1], device, args.dtype, args.warmup, args.steps)
+        rows.append((f"LSTM H={h_lstm} torch", n_lstm, lstm_s))
+        for i, (model, n, seconds) in enumerate(rows):
+            print(f"{text if i == 0 else '':<36} {model:<18} {n:>12,} {shape:>9} {1e3 * seconds:>9.1f} "
+                  f"{tokens / seconds:>10,.0f} {lstm_s / seconds:>7.2f}x")
 
 
 if __name__ == "__main__":
