@@ -49,6 +49,8 @@ def hyperparameters():
     full_eval_num_steps = 1000  # window of the final B=1 pass; any value scores exactly like T=1
     num_test_symbols = 5000000  # enwik8/text8: symbols in each of valid and test (original split)
     progress = True  # show progress bars
+    tied_noise = True  # H and T share dropout masks (TF original); False: separate masks (Torch7, Theano option)
+    init_other_bias = 'uniform'  # H and softmax biases: 'uniform' as TF, or a number (Theano's init_other_bias)
 
 
 def ptb_sota():
@@ -141,6 +143,9 @@ def check_config(cfg):
             raise RHNError(f"{key}={cfg[key]!r} must be a positive number")
     if cfg["weight_decay"] < 0:
         raise RHNError(f"weight_decay={cfg['weight_decay']!r} must be >= 0")
+    other = cfg["init_other_bias"]
+    if other != "uniform" and (isinstance(other, bool) or not isinstance(other, (int, float))):
+        raise RHNError(f"init_other_bias={other!r}: use 'uniform' or a number such as 0")
     if cfg["dtype"] not in DTYPES:
         raise RHNError(f"dtype={cfg['dtype']!r}: use float32 or float64")
     if cfg["vocab_size"] < 0 or (cfg["vocab_size"] == 0 and cfg["dataset"] != "chars"):

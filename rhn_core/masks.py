@@ -15,6 +15,7 @@ class Masks(NamedTuple):
     x: Optional[np.ndarray]             # B x T: whole embedding vector per token
     i: Optional[Tuple[np.ndarray, ...]]  # B x in_size (layer 0), B x H (layers > 0): layer input
     h: Optional[Tuple[np.ndarray, ...]]  # B x H: recurrent state in every micro-layer, H and T
+    # (with tied_noise=False, i and h are twice as wide: [mask for H | mask for T])
     o: Optional[np.ndarray]             # B x H: top layer's output
 
 
@@ -42,18 +43,21 @@ def tie_repeated_tokens(mask, x):
     return tied
 
 
-def sample_masks(rng, x, spec, drop_x, drop_i, drop_h, drop_o):
+def sample_masks(rng, x, spec, drop_x, drop_i, drop_h, drop_o, tied_noise=True):
     """Masks for the minibatch ``x`` (B x T ids) of a model with ``spec`` (params.ModelSpec).
 
     Drawn in a fixed order (x, i per layer, h per layer, o) from ``rng``, a
-    ``numpy.random.Generator``, so a run is reproducible from its seed.
+    ``numpy.random.Generator``, so a run is reproducible from its seed. With
+    ``tied_noise`` (the TensorFlow original) the H and T transforms share the input
+    and state masks; without it each has its own (Torch7; Theano's tied_noise=False).
     """
     B, T = x.shape
+    per_gate = 1 if tied_noise else 2
     mx = bernoulli_mask(rng, (B, T), drop_x)
     if mx is not None:
         mx = tie_repeated_tokens(mx, x)
-    mi = tuple(bernoulli_mask(rng, (B, n), drop_i) for n in spec.layer_input_sizes) if drop_i else None
-    mh = tuple(bernoulli_mask(rng, (B, spec.hidden_size), drop_h)
+    mi = tuple(bernoulli_mask(rng, (B, per_gate * n), drop_i) for n in spec.layer_input_sizes) if drop_i else None
+    mh = tuple(bernoulli_mask(rng, (B, per_gate * spec.hidden_size), drop_h)
                for _ in range(spec.num_layers)) if drop_h else None
     mo = bernoulli_mask(rng, (B, spec.hidden_size), drop_o)
     return Masks(mx, mi, mh, mo)
@@ -61,5 +65,5 @@ def sample_masks(rng, x, spec, drop_x, drop_i, drop_h, drop_o):
 
 def sampler(cfg, spec):
     """``f(rng, x) -> Masks`` with the training drop probabilities of ``cfg``."""
-    drops = {k: cfg[k] for k in ("drop_x", "drop_i", "drop_h", "drop_o")}
+    drops = {k: cfg[k] for k in ("drop_x", "drop_i", "drop_h", "drop_o", "tied_noise")}
     return lambda rng, x: sample_masks(rng, x, spec, **drops)

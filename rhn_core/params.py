@@ -29,6 +29,7 @@ class ModelSpec:
     tied: bool = True
     init_scale: float = 0.04
     init_bias: float = -2.0
+    init_other_bias: object = "uniform"  # H and softmax biases: 'uniform' (TF) or a constant (Theano)
 
     @property
     def in_size(self):
@@ -52,7 +53,8 @@ def spec_from_config(cfg, vocab_size=None):
     """ModelSpec of a config; ``vocab_size`` overrides the config's (data-derived V)."""
     return ModelSpec(vocab_size=vocab_size or cfg["vocab_size"], hidden_size=cfg["hidden_size"],
                      depth=cfg["depth"], num_layers=cfg["num_layers"], tied=bool(cfg["tied"]),
-                     init_scale=cfg["init_scale"], init_bias=cfg["init_bias"])
+                     init_scale=cfg["init_scale"], init_bias=cfg["init_bias"],
+                     init_other_bias=cfg.get("init_other_bias", "uniform"))
 
 
 def layer_names(l, k):
@@ -85,7 +87,8 @@ def is_t_bias(name):
 
 
 def init_params(spec, rng):
-    """Original initialisation: U(-init_scale, init_scale), T biases = init_bias.
+    """Original initialisation: U(-init_scale, init_scale), T biases = init_bias; the
+    other biases (H, softmax) uniform too, or the constant ``init_other_bias``.
 
     ``rng`` is a ``numpy.random.Generator``; float64 arrays, cast by the backend.
     """
@@ -93,6 +96,8 @@ def init_params(spec, rng):
     for name, shape in param_shapes(spec).items():
         if is_t_bias(name):
             params[name] = np.full(shape, spec.init_bias, dtype=np.float64)
+        elif spec.init_other_bias != "uniform" and (name.endswith("/Bias") or name == "softmax_b"):
+            params[name] = np.full(shape, float(spec.init_other_bias), dtype=np.float64)
         else:
             params[name] = rng.uniform(-spec.init_scale, spec.init_scale, size=shape)
     return params

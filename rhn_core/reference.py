@@ -6,6 +6,7 @@ micro-layer 0), deliberately unlike the backends' hoisted, fused form:
 
     micro-layer k:  a = [x * m_i, s * m_h] (k = 0)  or  s * m_h (k > 0)
                     h = tanh(a M_H,k + b_H,k),  t = sigmoid(a M_T,k + b_T,k)
+                    (with tied_noise=False, H and T each have their own m_i, m_h)
                     s = s + t * (h - s)
     loss C = sum_t mean_b NLL,   objective J = C + weight_decay/2 * sum(theta^2)
 
@@ -29,6 +30,15 @@ def _mask(masks, field, layer=None):
     return value if layer is None else value[layer]
 
 
+def _gate_masks(masks, field, layer, width):
+    """(mask for H, mask for T): the same array when H and T share masks (tied_noise),
+    the two halves of a B x 2*width array when they do not."""
+    m = _mask(masks, field, layer)
+    if np.ndim(m) and m.shape[1] == 2 * width:
+        return m[:, :width], m[:, width:]
+    return m, m
+
+
 def forward(params, spec, x, state, masks=NO_MASKS):
     """Log-probabilities (B x T x V), final state (list of L arrays B x H), and a cache.
 
@@ -40,17 +50,22 @@ def forward(params, spec, x, state, masks=NO_MASKS):
     cache = {"x": x, "layers": [], "inputs": []}
     final = []
     for l in range(spec.num_layers):
-        mi, mh = _mask(masks, "i", l), _mask(masks, "h", l)
+        n_in, H = inp.shape[-1], spec.hidden_size
+        (mi_h, mi_t), (mh_h, mh_t) = _gate_masks(masks, "i", l, n_in), _gate_masks(masks, "h", l, H)
         s = np.array(state[l], dtype=np.float64)
         steps, outputs = [], []
         for t in range(T):
             micro = []
             for k in range(spec.depth):
                 hm, hb, tm, tb = (params[n] for n in layer_names(l, k))
-                a = np.concatenate([inp[:, t] * mi, s * mh], axis=1) if k == 0 else s * mh
-                h = np.tanh(a @ hm + hb)
-                g = _sigmoid(a @ tm + tb)
-                micro.append((a, s, h, g))
+                if k == 0:
+                    a_h = np.concatenate([inp[:, t] * mi_h, s * mh_h], axis=1)
+                    a_t = np.concatenate([inp[:, t] * mi_t, s * mh_t], axis=1)
+                else:
+                    a_h, a_t = s * mh_h, s * mh_t
+                h = np.tanh(a_h @ hm + hb)
+                g = _sigmoid(a_t @ tm + tb)
+                micro.append((a_h, a_t, s, h, g))
                 s = s + g * (h - s)
             steps.append(micro)
             outputs.append(s)
@@ -101,28 +116,28 @@ def gradients(params, spec, x, y, state, masks=NO_MASKS, weight_decay=0.0):
     mo = _mask(masks, "o")
     dout = (dlogits @ w.T) * (mo[:, None, :] if np.ndim(mo) else mo)
     for l in reversed(range(spec.num_layers)):
-        mi, mh = _mask(masks, "i", l), _mask(masks, "h", l)
         n_in = cache["inputs"][l].shape[-1]
+        (mi_h, mi_t), (mh_h, mh_t) = _gate_masks(masks, "i", l, n_in), _gate_masks(masks, "h", l, spec.hidden_size)
         dinp = np.zeros_like(cache["inputs"][l])
         ds = np.zeros_like(dout[:, 0])
         for t in reversed(range(T)):
             ds = ds + dout[:, t]
             for k in reversed(range(spec.depth)):
-                a, s, h, g = cache["layers"][l][t][k]
+                a_h, a_t, s, h, g = cache["layers"][l][t][k]
                 hm, hb, tm, tb = layer_names(l, k)
                 dzh = ds * g * (1 - h ** 2)
                 dzt = ds * (h - s) * g * (1 - g)
-                grads[hm] += a.T @ dzh
+                grads[hm] += a_h.T @ dzh
                 grads[hb] += dzh.sum(axis=0)
-                grads[tm] += a.T @ dzt
+                grads[tm] += a_t.T @ dzt
                 grads[tb] += dzt.sum(axis=0)
-                da = dzh @ params[hm].T + dzt @ params[tm].T
+                da_h, da_t = dzh @ params[hm].T, dzt @ params[tm].T
                 ds = ds * (1 - g)
                 if k == 0:
-                    dinp[:, t] = da[:, :n_in] * mi
-                    ds = ds + da[:, n_in:] * mh
+                    dinp[:, t] = da_h[:, :n_in] * mi_h + da_t[:, :n_in] * mi_t
+                    ds = ds + da_h[:, n_in:] * mh_h + da_t[:, n_in:] * mh_t
                 else:
-                    ds = ds + da * mh
+                    ds = ds + da_h * mh_h + da_t * mh_t
         dout = dinp
     mx = _mask(masks, "x")
     demb = dout * (mx[..., None] if np.ndim(mx) else mx)

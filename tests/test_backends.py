@@ -20,7 +20,14 @@ SPECS = {  # word-like (V >= H, tied or not), character-like (V < H: V x V embed
                                 init_bias=-1.0),
     "char_2layers": ModelSpec(vocab_size=5, hidden_size=8, depth=3, num_layers=2, tied=False, init_scale=0.5,
                               init_bias=-2.0),
+    # the options of the other original implementations: separate H/T masks, constant other biases
+    "separate_masks": ModelSpec(vocab_size=5, hidden_size=8, depth=3, num_layers=2, tied=False, init_scale=0.5,
+                                init_bias=-2.0, init_other_bias=0.1),
 }
+
+
+def tied_noise(spec):
+    return spec.init_other_bias == "uniform"  # the options travel together in these cases
 
 
 def backend_module(name):
@@ -38,7 +45,7 @@ def setup_case(Backend, spec, seed=0, B=3, T=5, dtype="float64", drops=(0.3, 0.3
     params = init_params(spec, rng)
     x, y = rng.integers(0, spec.vocab_size, (B, T)), rng.integers(0, spec.vocab_size, (B, T))
     state = [0.5 * rng.normal(size=(B, spec.hidden_size)) for _ in range(spec.num_layers)]
-    masks = sample_masks(rng, x, spec, *drops)
+    masks = sample_masks(rng, x, spec, *drops, tied_noise=tied_noise(spec))
     backend = Backend(spec, params, weight_decay=WD, max_grad_norm=1.0, device="cpu", dtype=dtype)
     return params, x, y, state, masks, backend
 
@@ -68,8 +75,9 @@ def test_loss_and_gradients_of_every_parameter(Backend, name):
 
 
 @pytest.mark.parametrize("max_grad_norm", [0.5, 1e6])  # clipping active, and not
-def test_one_clipped_sgd_step_with_weight_decay(Backend, max_grad_norm):
-    spec = SPECS["untied_2layers"]
+@pytest.mark.parametrize("name", ["untied_2layers", "separate_masks"])
+def test_one_clipped_sgd_step_with_weight_decay(Backend, max_grad_norm, name):
+    spec = SPECS[name]
     params, x, y, state, masks, backend = setup_case(Backend, spec, seed=2)
     backend.max_grad_norm = max_grad_norm
     ref_grads = reference.gradients(params, spec, x, y, state, masks, WD)
@@ -86,8 +94,9 @@ def test_one_clipped_sgd_step_with_weight_decay(Backend, max_grad_norm):
     np.testing.assert_allclose(np.stack(backend.state_to_numpy(new_state)), np.stack(ref_final), atol=1e-12)
 
 
-def test_multi_step_trace_with_dropout_and_carried_state(Backend):
-    spec = SPECS["char_2layers"]
+@pytest.mark.parametrize("name", ["char_2layers", "separate_masks"])
+def test_multi_step_trace_with_dropout_and_carried_state(Backend, name):
+    spec = SPECS[name]
     rng = np.random.default_rng(3)
     params = init_params(spec, rng)
     data = rng.integers(0, spec.vocab_size, (4, 31))
@@ -97,7 +106,7 @@ def test_multi_step_trace_with_dropout_and_carried_state(Backend):
     trace, ref_trace = [], []
     for i in range(6):
         x, y = data[:, 5 * i:5 * i + 5], data[:, 5 * i + 1:5 * i + 6]
-        masks = sample_masks(rng, x, spec, 0.2, 0.3, 0.2, 0.3)
+        masks = sample_masks(rng, x, spec, 0.2, 0.3, 0.2, 0.3, tied_noise=tied_noise(spec))
         j, _, next_ref = reference.objective(params, spec, x, y, state_ref, masks, WD)
         params = reference.clipped_sgd_step(params, reference.gradients(params, spec, x, y, state_ref, masks, WD),
                                             0.5, 2.0)
@@ -163,7 +172,7 @@ def test_core_imports_no_framework():
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True, "separate"])
 def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask):
     torch = pytest.importorskip("torch")
     from rhn_core.backends.torch_rhn import RHNRecurrence
@@ -173,7 +182,8 @@ def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask):
     s0 = torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True)
     R = (0.7 * torch.randn(D, H, 2 * H, generator=g, dtype=torch.float64)).requires_grad_()
     b = torch.randn(D, 2 * H, generator=g, dtype=torch.float64, requires_grad=True)
-    mh = (torch.rand(B, H, generator=g, dtype=torch.float64) > 0.3).double() / 0.7 if with_mask else None
+    width = 2 * H if with_mask == "separate" else H
+    mh = (torch.rand(B, width, generator=g, dtype=torch.float64) > 0.3).double() / 0.7 if with_mask else None
     assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3]), (px, s0, R, b))
 
 

@@ -72,6 +72,7 @@ def test_truncated_plain_ptb_is_caught_by_its_vocabulary(tmp_path, synthetic_ptb
     (dict(dtype="float16"), r"dtype='float16'"),
     (dict(device="tpu"), r"cannot start on device='tpu'"),
     (dict(vocab_size=0), r"vocab_size=0 must be positive"),
+    (dict(init_other_bias="zero"), r"init_other_bias='zero': use 'uniform' or a number"),
 ])
 def test_config_values_that_cannot_work(updates, match, synthetic_ptb):
     expect_error(match, data_path=synthetic_ptb, **updates)

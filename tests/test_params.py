@@ -62,3 +62,10 @@ def test_mismatch_lists_every_problem():
     assert "unexpected extra" in message
     assert "RHN0/h_1/Matrix is (8, 9), config needs (8, 8)" in message
     assert "\n" not in message
+
+
+def test_constant_other_biases_option():
+    spec = ModelSpec(30, 8, 3, tied=False, init_bias=-4.0, init_other_bias=0)
+    params = init_params(spec, np.random.default_rng(0))
+    assert np.all(params["softmax_b"] == 0) and np.all(params["RHN0/h_2/Bias"] == 0)
+    assert np.all(params["RHN0/t_1/Bias"] == -4.0) and np.abs(params["RHN0/h_1/Matrix"]).max() > 0

@@ -61,3 +61,11 @@ def test_resume_across_backends_matches_a_single_backend_run(small_text, tmp_pat
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-9, err_msg=name)
     assert mixed.info["full_test_perplexity"] == pytest.approx(straight.info["full_test_perplexity"], rel=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_options_of_the_other_implementations_run(small_text, tmp_path, backend):
+    run = run_experiment(named=["tiny"], backend=backend, **char_updates(
+        small_text, save_dir=str(tmp_path), tied_noise=False, init_other_bias=0, drop_i=0.3, drop_h=0.3))
+    assert np.isfinite(run.result)
+    assert run.config["tied_noise"] is False and run.config["init_other_bias"] == 0

@@ -26,9 +26,13 @@ def micro_steps(px_t, s, mh, R, b):
     """One time step: D micro-layers from state ``s`` (B x H); ``px_t`` (B x 2H) is
     micro-layer 0's input projection with its bias; R, b are lists over micro-layers."""
     H = s.shape[-1]
+    split = mh is not None and mh.shape[-1] == 2 * H  # separate masks for H and T: [for H | for T]
     for k in range(len(R)):
-        # H and T of a micro-layer in one product; only micro-layer 0 sees the input.
-        pre = tf.matmul(s if mh is None else s * mh, R[k]) + (px_t if k == 0 else b[k])
+        bias = px_t if k == 0 else b[k]
+        if split:
+            pre = tf.concat([tf.matmul(s * mh[:, :H], R[k][:, :H]), tf.matmul(s * mh[:, H:], R[k][:, H:])], 1) + bias
+        else:  # H and T of a micro-layer in one product; only micro-layer 0 sees the input
+            pre = tf.matmul(s if mh is None else s * mh, R[k]) + bias
         h, t = tf.tanh(pre[:, :H]), tf.sigmoid(pre[:, H:])
         s = s + t * (h - s)  # carry path uses the undropped state
     return s
@@ -111,9 +115,17 @@ class RHN(keras.layers.Layer):
             state = tf.zeros([self.num_layers, tf.shape(inputs)[0], self.hidden_size], dtype=inputs.dtype)
         finals = []
         for l, cell in enumerate(self.cells):
-            x = inputs if input_masks is None else inputs * input_masks[l][:, None, :]
+            mi = None if input_masks is None else input_masks[l]
             mh = None if state_masks is None else state_masks[l]
-            inputs, s = recurrence(tf.matmul(x, cell.W) + cell.b[0], state[l], mh, cell.R, cell.b)
+            # The input projection of micro-layer 0 for all T steps (two products when H
+            # and T have separate masks, i.e. a mask twice the input width).
+            n_in, H = inputs.shape[-1], self.hidden_size
+            if mi is not None and mi.shape[-1] == 2 * n_in:
+                px = tf.concat([tf.matmul(inputs * mi[:, None, :n_in], cell.W[:, :H]),
+                                tf.matmul(inputs * mi[:, None, n_in:], cell.W[:, H:])], -1)
+            else:
+                px = tf.matmul(inputs if mi is None else inputs * mi[:, None, :], cell.W)
+            inputs, s = recurrence(px + cell.b[0], state[l], mh, cell.R, cell.b)
             finals.append(s)
         return inputs, tf.stack(finals)
 

@@ -58,10 +58,16 @@ class RHN(nn.Module):
             state = input.new_zeros(self.num_layers, B, H)
         finals = []
         for l in range(self.num_layers):
-            x = input if input_masks is None else input * input_masks[l][:, None, :]
+            mi = None if input_masks is None else input_masks[l]
             mh = None if state_masks is None else state_masks[l]
-            # The input projection of micro-layer 0 for all T steps in one product.
-            px = torch.matmul(x, self.W[l]) + self.b[l][0]
+            # The input projection of micro-layer 0 for all T steps in one product
+            # (two when H and T have separate masks, i.e. a mask twice the input width).
+            W, n_in = self.W[l], input.shape[-1]
+            if mi is not None and mi.shape[-1] == 2 * n_in:
+                px = torch.cat([torch.matmul(input * mi[:, None, :n_in], W[:, :H]),
+                                torch.matmul(input * mi[:, None, n_in:], W[:, H:])], dim=-1) + self.b[l][0]
+            else:
+                px = torch.matmul(input if mi is None else input * mi[:, None, :], W) + self.b[l][0]
             input, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l])
             finals.append(s)
         return input, torch.stack(finals)
@@ -71,7 +77,8 @@ class RHNRecurrence(torch.autograd.Function):
     """The time and micro-layer loops of one layer, with a hand-written backward pass.
 
     ``apply(px, s0, mh, R, b)``: px B x T x 2H is the input projection of micro-layer 0
-    (bias included) for all steps; s0 B x H; mh B x H or None; R D x H x 2H; b D x 2H
+    (bias included) for all steps; s0 B x H; mh B x H (shared by H and T), B x 2H
+    ([for H | for T]) or None; R D x H x 2H; b D x 2H
     (b[0] unused here: it is in px). Returns (outputs B x T x H, final state B x H).
 
     Why by hand: autograd records ~8 nodes per micro-step (T x D of them per
@@ -92,12 +99,17 @@ class RHNRecurrence(torch.autograd.Function):
         A = px.new_empty(N, B, 2 * H)  # activations [h | t] of every micro-step
         Rs, bs, Ss, As = R.unbind(0), b.unbind(0), S.unbind(0), A.unbind(0)
         Hs, Gs = A[..., :H].unbind(0), A[..., H:].unbind(0)
+        split = mh is not None and mh.shape[-1] == 2 * H
         for t, px_t in enumerate(px.unbind(1)):
             for k in range(D):
                 i = t * D + k
                 s = Ss[i]
-                # H and T of a micro-layer in one product; only micro-layer 0 sees the input.
-                torch.addmm(px_t if k == 0 else bs[k], s if mh is None else s * mh, Rs[k], out=As[i])
+                bias = px_t if k == 0 else bs[k]
+                if split:  # separate masks: one product for H, one for T
+                    torch.addmm(bias[..., :H], s * mh[:, :H], Rs[k][:, :H], out=Hs[i])
+                    torch.addmm(bias[..., H:], s * mh[:, H:], Rs[k][:, H:], out=Gs[i])
+                else:  # H and T of a micro-layer in one product; only micro-layer 0 sees the input
+                    torch.addmm(bias, s if mh is None else s * mh, Rs[k], out=As[i])
                 Hs[i].tanh_()
                 Gs[i].sigmoid_()
                 torch.addcmul(s, Gs[i], Hs[i] - s, out=Ss[i + 1])  # s + t (h - s): carry is undropped
@@ -115,7 +127,9 @@ class RHNRecurrence(torch.autograd.Function):
         P = torch.cat([g * (1 - h * h), (h - s_in) * g * (1 - g)], dim=-1)
         carry = 1 - g
         d_pre = torch.empty_like(A)
+        split = mh is not None and mh.shape[-1] == 2 * H
         Rt = [r.t() for r in R.unbind(0)]
+        RtH, RtT = [r[:, :H].t() for r in R.unbind(0)], [r[:, H:].t() for r in R.unbind(0)]
         Ps, Cs, Ds = P.view(N, B, 2, H).unbind(0), carry.unbind(0), d_pre.unbind(0)
         Ds3 = d_pre.view(N, B, 2, H).unbind(0)
         ds = d_final
@@ -124,15 +138,22 @@ class RHNRecurrence(torch.autograd.Function):
             for k in reversed(range(D)):
                 i = t * D + k
                 torch.mul(Ps[i], ds.unsqueeze(1), out=Ds3[i])
-                ds_in = torch.mm(Ds[i], Rt[k])
-                if mh is not None:
-                    ds_in.mul_(mh)
+                if split:
+                    ds_in = torch.mm(Ds[i][:, :H], RtH[k]) * mh[:, :H] + torch.mm(Ds[i][:, H:], RtT[k]) * mh[:, H:]
+                else:
+                    ds_in = torch.mm(Ds[i], Rt[k])
+                    if mh is not None:
+                        ds_in.mul_(mh)
                 ds = torch.addcmul(ds_in, ds, Cs[i])
         dR, db = torch.empty_like(R), torch.zeros(D, 2 * H, dtype=R.dtype, device=R.device)
         for k in range(D):
-            a = S[k:N:D] if mh is None else S[k:N:D] * mh
             dk = d_pre[k::D].reshape(-1, 2 * H)
-            torch.mm(a.reshape(-1, H).t(), dk, out=dR[k])
+            if split:
+                for cols in (slice(None, H), slice(H, None)):
+                    dR[k][:, cols] = (S[k:N:D] * mh[:, cols]).reshape(-1, H).t() @ dk[:, cols]
+            else:
+                a = S[k:N:D] if mh is None else S[k:N:D] * mh
+                torch.mm(a.reshape(-1, H).t(), dk, out=dR[k])
             if k:
                 db[k] = dk.sum(0)
         return d_pre[0::D].transpose(0, 1), ds, None, dR, db
