@@ -4,8 +4,9 @@ it, and the train / eval steps the core loop drives, compiled with ``tf.function
 
 The mirror image of ``torch_rhn.py``: the same fused parameter layout
 (``rhn_core.params.fuse``: W in x 2H, R D x H x 2H, b D x 2H per layer), the input
-projection of micro-layer 0 applied to all time steps outside the time loop, and
-one product per micro-layer for H and T together.
+projection of micro-layer 0 applied to all time steps outside the time loop, one
+product per micro-layer for H and T together, and a hand-written gradient of the
+recurrence (``recurrence``; the cell alone uses TensorFlow's autodiff).
 """
 import os
 
@@ -22,37 +23,108 @@ if keras.backend.backend() != "tensorflow":
                       f"unset KERAS_BACKEND or set it to tensorflow")
 
 
+def _split(mh, H):
+    """True when H and T have separate state masks: mh is B x 2H, [for H | for T]."""
+    return mh is not None and mh.shape[-1] == 2 * H
+
+
+def masked_product(s, mh, R_k, H):
+    """[s * m_H] R_H | [s * m_T] R_T: one product for H and T when they share the mask."""
+    if _split(mh, H):
+        return tf.concat([tf.matmul(s * mh[:, :H], R_k[:, :H]), tf.matmul(s * mh[:, H:], R_k[:, H:])], 1)
+    return tf.matmul(s if mh is None else s * mh, R_k)
+
+
+def masked_product_grad(d, mh, R_k, H):
+    """Gradient of ``masked_product`` with respect to s, given d = dJ/d(its output)."""
+    if _split(mh, H):
+        return (tf.matmul(d[:, :H], R_k[:, :H], transpose_b=True) * mh[:, :H] +
+                tf.matmul(d[:, H:], R_k[:, H:], transpose_b=True) * mh[:, H:])
+    g = tf.matmul(d, R_k, transpose_b=True)
+    return g if mh is None else g * mh
+
+
+def weight_grad(S_k, D_k, mh, H):
+    """dJ/dR_k from the states entering micro-layer k (T x B x H) and their d (T x B x 2H)."""
+    def product(a, d):
+        return tf.matmul(tf.reshape(a, [-1, H]), tf.reshape(d, [-1, d.shape[-1]]), transpose_a=True)
+    if _split(mh, H):
+        return tf.concat([product(S_k * mh[:, :H], D_k[..., :H]), product(S_k * mh[:, H:], D_k[..., H:])], 1)
+    return product(S_k if mh is None else S_k * mh, D_k)
+
+
 def micro_steps(px_t, s, mh, R, b):
     """One time step: D micro-layers from state ``s`` (B x H); ``px_t`` (B x 2H) is
     micro-layer 0's input projection with its bias; R, b are lists over micro-layers."""
     H = s.shape[-1]
-    split = mh is not None and mh.shape[-1] == 2 * H  # separate masks for H and T: [for H | for T]
     for k in range(len(R)):
-        bias = px_t if k == 0 else b[k]
-        if split:
-            pre = tf.concat([tf.matmul(s * mh[:, :H], R[k][:, :H]), tf.matmul(s * mh[:, H:], R[k][:, H:])], 1) + bias
-        else:  # H and T of a micro-layer in one product; only micro-layer 0 sees the input
-            pre = tf.matmul(s if mh is None else s * mh, R[k]) + bias
+        # H and T of a micro-layer in one product; only micro-layer 0 sees the input.
+        pre = masked_product(s, mh, R[k], H) + (px_t if k == 0 else b[k])
         h, t = tf.tanh(pre[:, :H]), tf.sigmoid(pre[:, H:])
         s = s + t * (h - s)  # carry path uses the undropped state
     return s
 
 
 def recurrence(px, s0, mh, R, b):
-    """All time steps of one layer: px B x T x 2H -> (outputs B x T x H, final state B x H)."""
-    R, b = tf.unstack(R), tf.unstack(b)  # once: slicing per micro-step costs a full-size gradient each
-    steps = tf.transpose(px, [1, 0, 2])
-    T = tf.shape(steps)[0]
+    """All time steps of one layer: px B x T x 2H -> (outputs B x T x H, final state B x H).
 
-    def step(t, s, outputs):
-        s = micro_steps(steps[t], s, mh, R, b)
-        return t + 1, s, outputs.write(t, s)
+    Loops are ``tf.while_loop`` (any T in one traced graph; the final B = 1 pass uses
+    T = 1000). The gradient is written by hand, as in the PyTorch backend: the backward
+    loop carries only the state gradient, the gate derivatives are computed for all
+    micro-steps at once, and dR, db are one large product per micro-layer.
+    """
+    H, D = s0.shape[-1], R.shape[0]
 
-    # A while loop, not a Python one: any T runs in one traced graph (the final B = 1
-    # pass uses T = 1000), and the graph does not grow with T.
-    _, s, outputs = tf.while_loop(lambda t, *_: t < T, step, (0, s0, tf.TensorArray(px.dtype, size=T)),
-                                  maximum_iterations=T)  # XLA (jit_compile) needs the bound
-    return tf.transpose(outputs.stack(), [1, 0, 2]), s
+    @tf.custom_gradient
+    def run(px, s0, R, b):
+        Rs, bs = tf.unstack(R), tf.unstack(b)
+        steps = tf.transpose(px, [1, 0, 2])
+        T = tf.shape(steps)[0]
+        N = T * D
+
+        def step(t, s, S, A, outputs):
+            for k in range(D):
+                S = S.write(t * D + k, s)  # the state entering micro-step t * D + k
+                pre = masked_product(s, mh, Rs[k], H) + (steps[t] if k == 0 else bs[k])
+                h, g = tf.tanh(pre[:, :H]), tf.sigmoid(pre[:, H:])
+                A = A.write(t * D + k, tf.concat([h, g], 1))
+                s = s + g * (h - s)  # carry path uses the undropped state
+            return t + 1, s, S, A, outputs.write(t, s)
+
+        arrays = [tf.TensorArray(px.dtype, size=n) for n in (N, N, T)]
+        _, s, S, A, outputs = tf.while_loop(lambda t, *_: t < T, step, (0, s0, *arrays),
+                                            maximum_iterations=T)  # XLA (jit_compile) needs the bound
+        S, A = S.stack(), A.stack()
+
+        def grad(d_out, d_final):
+            d_out = tf.zeros_like(outputs_bt) if d_out is None else d_out  # an unused output
+            d_final = tf.zeros_like(s) if d_final is None else d_final
+            h, g = A[..., :H], A[..., H:]
+            P = tf.concat([g * (1 - h * h), (h - S) * g * (1 - g)], -1)  # d pre = P * [ds, ds]
+            carry = 1 - g
+            d_steps = tf.transpose(d_out, [1, 0, 2])
+
+            def back(t, ds, d_pre):
+                ds = ds + d_steps[t]
+                for k in reversed(range(D)):
+                    i = t * D + k
+                    d = P[i] * tf.concat([ds, ds], 1)
+                    d_pre = d_pre.write(i, d)
+                    ds = masked_product_grad(d, mh, Rs[k], H) + ds * carry[i]
+                return t - 1, ds, d_pre
+
+            _, ds, d_pre = tf.while_loop(lambda t, *_: t >= 0, back,
+                                         (T - 1, d_final, tf.TensorArray(px.dtype, size=N)), maximum_iterations=T)
+            d_pre = tf.reshape(d_pre.stack(), [T, D, -1, 2 * H])
+            S_k = tf.reshape(S, [T, D, -1, H])
+            dR = tf.stack([weight_grad(S_k[:, k], d_pre[:, k], mh, H) for k in range(D)])
+            db = tf.stack([tf.zeros([2 * H], px.dtype)] + [tf.reduce_sum(d_pre[:, k], [0, 1]) for k in range(1, D)])
+            return tf.transpose(d_pre[:, 0], [1, 0, 2]), ds, dR, db
+
+        outputs_bt = tf.transpose(outputs.stack(), [1, 0, 2])
+        return (outputs_bt, s), grad
+
+    return run(px, s0, tf.convert_to_tensor(R), tf.convert_to_tensor(b))
 
 
 class RHNCell(keras.layers.Layer):
@@ -196,7 +268,7 @@ class Backend:
         self.vars = self.model.trainable_variables
         self.names = [fused_name(v.path) for v in self.vars]
         self.set_params(params)
-        # XLA (jit_compile) measured on 2 CPU cores: ptb_sota step 1081 -> 993 ms, demo 66 -> 56 ms.
+        # XLA (jit_compile) measured on 2 CPU cores: ptb_sota step 801 -> 724 ms, demo 52 -> 48 ms.
         compile = dict(jit_compile=jit_compile, reduce_retracing=True)
         self._train = tf.function(self._train_step, **compile)
         self._eval = tf.function(self._eval_step, **compile)
