@@ -20,6 +20,6 @@ setup(
     packages=find_packages(include=["rhn_core", "rhn_core.*"]),
     package_data={"rhn_core": ["demo_data/*.xz"]},
     py_modules=["rhn_train_torch", "rhn_train_tf"],
-    install_requires=["numpy>=1.22", "sacred>=0.8.4", "tqdm>=4.60", "setuptools<82"],
+    install_requires=["numpy>=1.22", "sacred>=0.8.4", "tqdm>=4.60", "matplotlib>=3.5", "setuptools<82"],
     extras_require=EXTRAS,
 )

@@ -8,7 +8,7 @@ from sacred import Experiment
 from sacred.commands import print_config
 from sacred.utils import apply_backspaces_and_linefeeds
 
-from . import loop
+from . import loop, mc
 from .hyperparams import NAMED_CONFIGS, hyperparameters
 
 
@@ -33,5 +33,10 @@ def make_experiment(backend_name):
     def evaluate(_config, _run):
         """Score load_model: batched valid, full (B=1) valid and full test."""
         return loop.evaluate(_config, backend_name, _run)
+
+    @ex.command
+    def evaluate_mc(_config, _run):
+        """MC-dropout test perplexity of load_model with mc_steps accepted samples."""
+        return mc.evaluate_mc(_config, backend_name, _run)
 
     return ex

@@ -39,7 +39,7 @@ def hyperparameters():
     drop_o = 0.75  # dropout of the top layer's output before the softmax
     tied = True  # tie the softmax weights to the embedding
     load_model = ''  # checkpoint (.npz) scored by the evaluate command
-    mc_steps = 0  # accepted MC-dropout samples of the original's evaluate_mc (that command is not ported yet)
+    mc_steps = 0  # accepted MC-dropout samples for evaluate_mc (the README's 64.4 used 1000)
     vocab_size = VOCAB_SIZES.get(dataset, 0)  # V, derived from dataset; 0 = taken from the data (chars)
     # --- added by this port; the defaults keep the original behaviour ---
     device = 'auto'  # cpu, cuda, cuda:N; auto = cuda when available
@@ -49,6 +49,9 @@ def hyperparameters():
     full_eval_num_steps = 1000  # window of the final B=1 pass; any value scores exactly like T=1
     num_test_symbols = 5000000  # enwik8/text8: symbols in each of valid and test (original split)
     progress = True  # show progress bars
+    mc_mode = 'faithful'  # evaluate_mc: faithful (the original's quirks) or corrected (see rhn_core/mc.py)
+    mc_accept_perplexity = 500  # evaluate_mc: a sample counts only if its own perplexity is below this
+    mc_batch_size = 32  # evaluate_mc: samples run in parallel as the rows of one batch
     tied_noise = True  # H and T share dropout masks (TF original); False: separate masks (Torch7, Theano option)
     init_other_bias = 'uniform'  # H and softmax biases: 'uniform' as TF, or a number (Theano's init_other_bias)
 

@@ -9,6 +9,7 @@ device, dtype)`` with the narrow interface the training loop uses:
     eval_step(x, y, state) -> (C, state)                no dropout, no update
     gradients(x, y, masks, state) -> (J, dict)  canonical gradients (for tests)
     log_probs(x, state, masks) -> (array, list) log-probabilities B x T x V, final state
+    target_log_probs(x, y, state, masks) -> (array, state)   log p(y), B x T (MC evaluation)
     to_numpy(values) -> np.ndarray              the only device -> host read
 """
 import importlib

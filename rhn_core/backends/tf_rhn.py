@@ -273,6 +273,7 @@ class Backend:
         self._train = tf.function(self._train_step, **compile)
         self._eval = tf.function(self._eval_step, **compile)
         self._grads = tf.function(self._objective_and_grads, **compile)
+        self._targets = tf.function(self._target_step, **compile)
 
     # --- canonical parameters -------------------------------------------------
     def get_params(self):
@@ -328,6 +329,10 @@ class Backend:
     def _eval_step(self, x, y, state):
         return self.model.loss(x, y, state)
 
+    def _target_step(self, x, y, masks, state):
+        logits, state = self.model(x, state, masks)
+        return -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits), state
+
     def _args(self, x, y):
         return tf.constant(x, dtype=tf.int64), tf.constant(y, dtype=tf.int64)
 
@@ -345,6 +350,12 @@ class Backend:
         with tf.device(self.device):
             logits, state = self.model(tf.constant(x, dtype=tf.int64), state, self._masks(masks))
             return tf.nn.log_softmax(logits).numpy(), self.state_to_numpy(state)
+
+    def target_log_probs(self, x, y, state, masks=None):
+        """log p(y) at every position (B x T, NumPy) with ``masks`` applied, and the state."""
+        with tf.device(self.device):
+            lp, state = self._targets(*self._args(x, y), self._masks(masks), state)
+            return lp.numpy().astype(np.float64), state
 
     def gradients(self, x, y, masks, state):
         with tf.device(self.device):

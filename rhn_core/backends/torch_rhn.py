@@ -305,6 +305,13 @@ class Backend:
             logits, state = self.model(self._ids(x), state, self._masks(masks))
             return torch.log_softmax(logits, -1).cpu().numpy(), self.state_to_numpy(state)
 
+    def target_log_probs(self, x, y, state, masks=None):
+        """log p(y) at every position (B x T, NumPy) with ``masks`` applied, and the state."""
+        with torch.no_grad():
+            logits, state = self.model(self._ids(x), state, self._masks(masks))
+            nll = F.cross_entropy(logits.transpose(1, 2), self._ids(y), reduction="none")
+            return (-nll).cpu().double().numpy(), state
+
     def gradients(self, x, y, masks, state):
         objective, grads, _ = self._objective_and_grads(x, y, masks, state)
         return float(objective), self._canonical(grads)
