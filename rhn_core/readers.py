@@ -95,14 +95,22 @@ def read_ptb(data_path):
 
 
 def byte_ids(data):
-    """Ids of bytes = rank of each byte value among the values present (np.unique)."""
-    values, ids = np.unique(np.frombuffer(data, dtype=np.uint8), return_inverse=True)
-    return ids.astype(np.uint8 if len(values) <= 256 else np.int32), len(values)
+    """Ids of bytes = rank of each byte value among the values present (as np.unique
+    over the whole file in the original), as uint8, and the sorted byte values."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    # In chunks: bincount and fancy indexing make int64 copies (800 MB for enwik8 at once).
+    chunks = range(0, len(data), 1 << 22)
+    counts = sum(np.bincount(data[i:i + (1 << 22)], minlength=256) for i in chunks)
+    present = np.asarray(counts) > 0
+    table = (np.cumsum(present) - 1).astype(np.uint8)  # byte value -> rank
+    ids = np.empty(len(data), dtype=np.uint8)
+    for i in chunks:
+        ids[i:i + (1 << 22)] = table[data[i:i + (1 << 22)]]
+    return ids, np.flatnonzero(present).astype(np.uint8)
 
 
-def read_byte_corpus(path, num_test_symbols, hint):
-    """enwik8 / text8: byte ids over the whole file, last 2 x num_test_symbols for valid/test."""
-    ids, vocab_size = byte_ids(read_bytes(find_file(path, "data file", hint)))
+def split_byte_corpus(ids, vocab_size, num_test_symbols, path):
+    """The original split by position: all but the last 2 x num_test_symbols for training."""
     n = len(ids) - 2 * num_test_symbols
     if n <= 0:
         raise RHNError(f"{path} has {len(ids)} symbols, fewer than valid + test "
@@ -111,9 +119,37 @@ def read_byte_corpus(path, num_test_symbols, hint):
     return Corpus(ids[:n], ids[n:n + num_test_symbols], ids[n + num_test_symbols:], vocab_size, "char")
 
 
+def prepared_paths(data_path, name):
+    """Where ``data/prepare.py`` puts a corpus: ids (uint8 .npy) and its byte values."""
+    return os.path.join(data_path, f"{name}.ids.npy"), os.path.join(data_path, f"{name}.values.npy")
+
+
+def read_byte_corpus(data_path, name, num_test_symbols, hint):
+    """enwik8 / text8 ids: the prepared cache, memory-mapped (seconds, ~no memory), else
+    the raw file ``<name>`` (plain, .xz, .gz) or ``<name>.zip``, converted in memory."""
+    ids_path, values_path = prepared_paths(data_path, name)
+    if os.path.isfile(ids_path) and os.path.isfile(values_path):
+        try:
+            ids = np.load(ids_path, mmap_mode="r")
+            vocab_size = len(np.load(values_path))
+        except (OSError, ValueError) as e:
+            raise RHNError(f"cannot read prepared {ids_path} ({e}): run python data/prepare.py {name} again")
+        return split_byte_corpus(ids, vocab_size, num_test_symbols, ids_path)
+    zip_path = os.path.join(data_path, f"{name}.zip")
+    if os.path.isfile(zip_path) and not any(os.path.isfile(os.path.join(data_path, name) + e) for e in ("",) + COMPRESSED):
+        from .prepare import read_zip_member
+        data = read_zip_member(zip_path, name)
+    else:
+        path = find_file(os.path.join(data_path, name), "data file", hint)
+        data = read_bytes(path)
+    ids, values = byte_ids(data)
+    return split_byte_corpus(ids, len(values), num_test_symbols, os.path.join(data_path, name))
+
+
 def read_chars(path):
     """Any text file at byte level: first 90 % train, then 5 % valid and 5 % test."""
-    ids, vocab_size = byte_ids(read_bytes(find_file(path, "text file", "set data_path=FILE")))
+    ids, values = byte_ids(read_bytes(find_file(path, "text file", "set data_path=FILE")))
+    vocab_size = len(values)
     n_eval = len(ids) // 20
     n = len(ids) - 2 * n_eval
     return Corpus(ids[:n], ids[n:n + n_eval], ids[n + n_eval:], vocab_size, "char")
@@ -125,9 +161,9 @@ def load_corpus(cfg):
     if dataset == "ptb":
         corpus = read_ptb(data_path)
     elif dataset in ("enwik8", "text8"):
-        hint = (f"download {dataset}.zip from mattmahoney.net/dc, unzip it into {data_path} "
-                f"or set data_path=DIR")
-        corpus = read_byte_corpus(os.path.join(data_path, dataset), cfg["num_test_symbols"], hint)
+        hint = (f"run python data/prepare.py {dataset} (or put {dataset}.zip from mattmahoney.net/dc "
+                f"into {data_path}), or set data_path=DIR")
+        corpus = read_byte_corpus(data_path, dataset, cfg["num_test_symbols"], hint)
     elif dataset == "chars":
         corpus = read_chars(data_path)
     else:
@@ -142,7 +178,8 @@ def load_corpus(cfg):
 def batch_rows(ids, batch_size):
     """B x (N // B) array: the stream cut into ``batch_size`` contiguous rows."""
     batch_len = len(ids) // batch_size
-    return np.asarray(ids[:batch_size * batch_len], dtype=np.int64).reshape(batch_size, batch_len)
+    # A view when ids is a (memory-mapped) array: 90 M uint8 ids stay 90 MB, not 720.
+    return np.asarray(ids[:batch_size * batch_len]).reshape(batch_size, batch_len)
 
 
 def epoch_size(rows, num_steps):
@@ -170,7 +207,7 @@ def stream_windows(ids, num_steps):
     Every one of the N - 1 next-token predictions is scored exactly once, so the
     result equals that of the original's T = 1 pass whatever ``num_steps`` is.
     """
-    row = np.asarray(ids, dtype=np.int64)[None, :]
+    row = np.asarray(ids)[None, :]
     for start in range(0, row.shape[1] - 1, num_steps):
         stop = min(start + num_steps, row.shape[1] - 1)
         yield row[:, start:stop], row[:, start + 1:stop + 1]

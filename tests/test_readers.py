@@ -69,7 +69,7 @@ def test_stream_windows_score_every_prediction_once():
 
 def test_byte_corpus_ids_and_split(tmp_path):
     (tmp_path / "text8").write_bytes(b"ba ab" * 4)  # 20 bytes, values ' ' < 'a' < 'b'
-    corpus = readers.read_byte_corpus(str(tmp_path / "text8"), 3, "hint")
+    corpus = readers.read_byte_corpus(str(tmp_path), "text8", 3, "hint")
     assert corpus.vocab_size == 3 and corpus.unit == "char"
     np.testing.assert_array_equal(corpus.train[:5], [2, 1, 0, 1, 2])
     assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (14, 3, 3)

@@ -1,0 +1,149 @@
+"""enwik8 / text8 / PTB preparation on synthetic files of the exact formats (and the real PTB)."""
+import hashlib
+import io
+import lzma
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SHARED_DATA, byte_corpus, run_experiment
+from rhn_core import readers
+from rhn_core.errors import RHNError
+from rhn_core.prepare import prepare_byte_corpus, prepare_ptb
+
+
+def expected_of(path, classes):
+    data = open(path, "rb").read()
+    return dict(url=None, size=len(data), sha256=hashlib.sha256(data).hexdigest(), classes=classes)
+
+
+@pytest.fixture
+def enwik8_like(tmp_path):
+    raw = tmp_path / "src" / "enwik8"
+    raw.parent.mkdir()
+    byte_corpus(raw, 205, 5000, seed=3)
+    archive = tmp_path / "src" / "enwik8.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(raw, "enwik8")
+    return raw, archive, expected_of(raw, 205)
+
+
+@pytest.mark.parametrize("from_zip", [True, False])
+def test_prepared_cache_is_memory_mapped_and_equals_the_original_mapping(enwik8_like, tmp_path, from_zip):
+    raw, archive, expected = enwik8_like
+    out = tmp_path / "data"
+    prepare_byte_corpus("enwik8", str(out), str(archive if from_zip else raw), expected, progress=False)
+    corpus = readers.read_byte_corpus(str(out), "enwik8", 500, "hint")
+    assert isinstance(corpus.train, np.memmap) and corpus.train.dtype == np.uint8
+    # the original: np.unique over the whole file, ids = index of each byte's value
+    values, inverse = np.unique(np.frombuffer(raw.read_bytes(), dtype=np.uint8), return_inverse=True)
+    assert corpus.vocab_size == len(values) == 205
+    np.testing.assert_array_equal(np.concatenate([corpus.train, corpus.valid, corpus.test]), inverse)
+    assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (4000, 500, 500)
+
+
+def test_raw_zip_in_data_path_is_read_directly(enwik8_like, tmp_path):
+    raw, archive, _ = enwik8_like
+    folder = tmp_path / "zip_only"
+    folder.mkdir()
+    os.replace(archive, folder / "enwik8.zip")
+    corpus = readers.read_byte_corpus(str(folder), "enwik8", 500, "hint")
+    assert corpus.vocab_size == 205 and len(corpus.test) == 500
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("checksum", r"sha256 is [0-9a-f]+, the published one is 0+: the file is corrupt"),
+    ("truncated", r"has 4,000 bytes, the published file has 5,000: truncated"),
+    ("bad_zip", r"not a complete zip archive"),
+    ("wrong_member", r"has no member 'enwik8'"),
+])
+def test_damaged_sources_are_refused_and_nothing_is_written(enwik8_like, tmp_path, damage, match):
+    raw, archive, expected = enwik8_like
+    source = archive
+    if damage == "checksum":
+        expected = dict(expected, sha256="0" * 64)
+    elif damage == "truncated":
+        source = tmp_path / "enwik8"
+        source.write_bytes(raw.read_bytes()[:4000])
+    elif damage == "bad_zip":
+        source = tmp_path / "enwik8.zip"
+        source.write_bytes(archive.read_bytes()[:300])
+    else:
+        source = tmp_path / "other.zip"
+        with zipfile.ZipFile(source, "w") as z:
+            z.writestr("text8", b"abc")
+    out = tmp_path / "data"
+    with pytest.raises(RHNError, match=match):
+        prepare_byte_corpus("enwik8", str(out), str(source), expected, progress=False)
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "data", "prepare.py"), "text8", "--from",
+                             str(tmp_path / "missing.zip"), "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "missing.zip not found: give the path of text8.zip" in result.stderr
+
+
+def test_real_file_checksums_are_the_published_ones(tmp_path):
+    # a text8-like file with the right size but other content is refused by its checksum
+    fake = tmp_path / "text8"
+    fake.write_bytes(b"a" * 100_000_000)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "data", "prepare.py"), "text8", "--from", str(fake),
+                             "--data-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7" in result.stderr
+
+
+def test_training_from_a_prepared_cache(enwik8_like, tmp_path):
+    raw, archive, expected = enwik8_like
+    prepare_byte_corpus("enwik8", str(tmp_path / "data"), str(archive), expected, progress=False)
+    run = run_experiment(named=["enwik8_sota", "tiny"], data_path=str(tmp_path / "data"), num_test_symbols=500,
+                         save_dir=str(tmp_path / "run"))
+    assert np.isfinite(run.result) and run.info["nr_parameters"] > 0
+
+
+def ptb_sources(tmp_path):
+    if not all(os.path.isfile(os.path.join(SHARED_DATA, f"ptb.{s}.txt.xz")) for s in ("train", "valid", "test")):
+        pytest.skip("real PTB not found in shared/data")
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"ptb.{split}.txt").write_bytes(lzma.open(os.path.join(SHARED_DATA, f"ptb.{split}.txt.xz")).read())
+    archive = tmp_path / "simple-examples.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "valid", "test"):
+            tar.add(folder / f"ptb.{split}.txt", f"simple-examples/data/ptb.{split}.txt")
+    return folder, archive
+
+
+def test_ptb_from_the_archive_or_a_folder(tmp_path):
+    folder, archive = ptb_sources(tmp_path)
+    for source, out in ((archive, tmp_path / "a"), (folder, tmp_path / "b")):
+        written = prepare_ptb(str(out), str(source), progress=False)
+        assert [os.path.getsize(p) for p in written] == [5101618, 399782, 449945]
+    assert readers.read_ptb(str(tmp_path / "a")).vocab_size == 10000
+
+
+def test_ptb_that_is_not_mikolovs_is_refused(tmp_path, synthetic_ptb):
+    with pytest.raises(RHNError, match=r"ptb.train.txt md5 is [0-9a-f]+, Mikolov's is f26c4b92"):
+        prepare_ptb(str(tmp_path / "out"), synthetic_ptb, progress=False)
+    assert not (tmp_path / "out" / "ptb.train.txt").exists()
+
+
+def test_character_level_run_on_ptb_text(tmp_path):
+    path = os.path.join(SHARED_DATA, "ptb.valid.txt.xz")
+    if not os.path.isfile(path):
+        pytest.skip("real PTB not found in shared/data")
+    run = run_experiment(dataset="chars", data_path=path, hidden_size=64, depth=2, batch_size=32, num_steps=50,
+                         max_max_epoch=4, max_epoch=4, tied=False, init_bias=-4.0, drop_x=0.0, drop_i=0.1, drop_h=0.0,
+                         drop_o=0.1, learning_rate=0.5, save_dir=str(tmp_path))
+    uniform_bits = np.log2(readers.read_chars(path).vocab_size)
+    assert run.info["best_valid_bits"] < uniform_bits - 1.0  # well below guessing uniformly
