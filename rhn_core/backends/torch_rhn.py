@@ -259,7 +259,8 @@ class Backend:
         return torch.as_tensor(np.stack(arrays), dtype=self.dtype, device=self.device)
 
     def _ids(self, a):
-        return torch.as_tensor(a, dtype=torch.long).to(self.device, non_blocking=True)
+        # int64 on the host first: a memory-mapped corpus is read-only, which torch warns about.
+        return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device, non_blocking=True)
 
     def _masks(self, masks):
         if masks is None:
