@@ -33,6 +33,7 @@ from tqdm import tqdm
 from . import readers
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import RHNError, TrainingInterrupted
+from .loop import InterruptFlag, _Stop, bits, make_backend, prepare
 from .masks import Masks, bernoulli_mask, sample_masks, tie_repeated_tokens
 from .params import check_params
 
@@ -117,7 +118,6 @@ def plot_curve(curve, path, mode):
 
 def evaluate_mc(cfg, backend_name, run):
     """Sacred ``evaluate_mc``: the MC-dropout test perplexity of ``load_model``."""
-    from .loop import InterruptFlag, _Stop, bits, make_backend, prepare
     check_mc_config(cfg)
     corpus, spec = prepare(cfg)
     params, _ = load_checkpoint(cfg["load_model"])

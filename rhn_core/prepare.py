@@ -38,20 +38,21 @@ CHUNK = 1 << 22
 def download(url, folder, progress=True):
     """Fetch ``url`` into ``folder`` (atomically); a clear error when offline."""
     target = os.path.join(folder, os.path.basename(url))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, \
-                tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
+        with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(fd, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(url)}",
                       disable=not progress) as bar:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     out.write(block)
                     bar.update(len(block))
-        os.replace(out.name, target)
+        os.replace(tmp, target)
     except OSError as e:
-        if "out" in locals() and os.path.exists(out.name):
-            os.remove(out.name)
         raise RHNError(f"cannot download {url} ({e}); download it elsewhere and run again with --from FILE")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return target
 
 

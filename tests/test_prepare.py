@@ -147,3 +147,15 @@ def test_character_level_run_on_ptb_text(tmp_path):
                          drop_o=0.1, learning_rate=0.5, save_dir=str(tmp_path))
     uniform_bits = np.log2(readers.read_chars(path).vocab_size)
     assert run.info["best_valid_bits"] < uniform_bits - 1.0  # well below guessing uniformly
+
+
+def test_offline_download_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(RHNError, match=r"cannot download http://mattmahoney.net/dc/enwik8.zip .*--from FILE"):
+        prepare_byte_corpus("enwik8", str(tmp_path), progress=False)
+    assert os.listdir(tmp_path) == []
