@@ -3,21 +3,69 @@
 Both entry points (``rhn_train_torch.py``, ``rhn_train_tf.py``) call
 ``make_experiment`` with their backend's name, so they register the same config
 scope, the same named configs and the same commands.
+
+``-m`` and ``-F`` keep their Sacred meaning but get the observers of
+``rhn_core.tracking``: ``-m`` also takes MongoDB URLs, fails fast when the
+server is away (or falls back to files with ``--mongo_fallback=DIR``) and
+never loses a run; the password of a URL is redacted from the stored options.
 """
 from sacred import Experiment
+from sacred.commandline_options import cli_option
 from sacred.commands import print_config
+import re
+
 from sacred.utils import apply_backspaces_and_linefeeds
 
 from . import loop, mc
 from .hyperparams import NAMED_CONFIGS, hyperparameters
+from .mongo import parse_target
+
+
+@cli_option("-M", "--mongo_fallback")
+def mongo_fallback_option(args, run):
+    """With -m: if MongoDB cannot be reached at the start, keep the run in this directory (Sacred's
+    file-observer layout) and go on; python -m rhn_core.upload stores it later. Also where a run is
+    kept while the server is lost mid-run (default runs/mongo_unsent)."""
+    # Read by RHNExperiment._create_run, which builds the MongoDB observer.
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def clean_output(text):
+    """What observers store of the output: progress bars only in their final state, no blank lines
+    left by cleared bars, no colour codes. Idempotent (Sacred applies it to the whole text each time)."""
+    lines = _ANSI.sub("", apply_backspaces_and_linefeeds(text)).split("\n")
+    return "\n".join([line for line in lines[:-1] if line.strip()] + lines[-1:])
+
+
+class RHNExperiment(Experiment):
+    """Sacred's Experiment with the observers of ``rhn_core.tracking`` behind ``-m`` and ``-F``."""
+
+    def _create_run(self, command_name=None, config_updates=None, named_configs=(), info=None,
+                    meta_info=None, options=None):
+        from .tracking import FileObserver, MongoRunObserver
+        options = dict(options or {})
+        # Taken out so that Sacred's own options do not build their observers; ours are added below.
+        mongo_spec, file_dir = options.pop("--mongo_db", None), options.pop("--file_storage", None)
+        fallback = options.get("--mongo_fallback")
+        target = parse_target(mongo_spec) if mongo_spec else None  # a bad address fails before any work
+        run = super()._create_run(command_name, config_updates, named_configs, info, meta_info, options)
+        if target is not None:
+            run.observers.append(MongoRunObserver(target, fallback_dir=fallback))
+            run.meta_info["options"]["--mongo_db"] = target.address  # never the password
+        if file_dir:
+            run.observers.append(FileObserver(file_dir))
+            run.meta_info["options"]["--file_storage"] = file_dir
+        return run
 
 
 def make_experiment(backend_name):
     """Experiment ``rhn_prediction`` (the original's name) driving ``backend_name``."""
-    ex = Experiment("rhn_prediction", save_git_info=False)
-    # Progress bars redraw with carriage returns; keep only their final state in
-    # the captured output that observers store.
-    ex.captured_out_filter = apply_backspaces_and_linefeeds
+    ex = RHNExperiment("rhn_prediction", save_git_info=False, additional_cli_options=[mongo_fallback_option])
+    # Progress bars redraw with carriage returns: the stored output keeps one line per bar at most,
+    # so a run's document stays far below MongoDB's 16 MB whatever its length (tested).
+    ex.captured_out_filter = clean_output
     ex.config(hyperparameters)
     for name, scope in NAMED_CONFIGS.items():
         ex.add_named_config(name, scope) if isinstance(scope, dict) else ex.named_config(scope)

@@ -19,12 +19,13 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from . import readers
+from . import readers, remote
 from .backends import load_backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import RHNError, TrainingInterrupted
 from .hyperparams import check_config, lr_at
 from .masks import sampler
+from .plots import learning_curve
 from .params import check_params, count_params, describe, init_params, spec_from_config
 
 
@@ -33,26 +34,30 @@ class _Stop(Exception):
 
 
 class InterruptFlag:
-    """First Ctrl-C: finish the current step, then save and stop. Second: abort at once."""
+    """First Ctrl-C (or SIGTERM, as schedulers send): finish the step, save, stop. Second: abort at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again aborts)", flush=True)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again aborts)", flush=True)
 
     def check(self):
         if self.requested:
@@ -136,12 +141,17 @@ class Trainer:
         self.logs = {"train_perplexity": [math.inf], "valid_perplexity": [math.inf],
                      "test_perplexity": [math.inf]}
         self.best_valid, self.best_epoch = math.inf, 0
-        if cfg["resume"]:
-            params = self._restore(cfg["resume"])
-        self.run_dir = cfg["save_dir"] or (os.path.dirname(os.path.abspath(cfg["resume"])) if cfg["resume"]
-                                           else os.path.join("runs", f"{cfg['dataset']}_{cfg['seed']}"))
-        if cfg["resume"]:
-            self._carry_best_over(os.path.dirname(os.path.abspath(cfg["resume"])))
+        default_dir = os.path.join("runs", f"{cfg['dataset']}_{cfg['seed']}")
+        resume = cfg["resume"]
+        fetched = remote.fetch(resume, run, os.path.join(cfg["save_dir"] or default_dir, "fetched"))
+        if fetched:  # a run in MongoDB: its checkpoints were downloaded; this run saves beside them
+            resume = fetched
+        if resume:
+            params = self._restore(resume)
+        self.run_dir = cfg["save_dir"] or (default_dir if fetched or not resume
+                                           else os.path.dirname(os.path.abspath(resume)))
+        if resume:
+            self._carry_best_over(os.path.dirname(os.path.abspath(resume)))
         self.backend = make_backend(cfg, backend_name, self.spec, params)
         self.backend_name = backend_name
         self.masks = sampler(cfg, self.spec)
@@ -186,6 +196,15 @@ class Trainer:
 
     def _save_last(self):
         save_checkpoint(self.path("last.npz"), self.backend.get_params(), self._train_state())
+        self.run.add_artifact(self.path("last.npz"), "last.npz")  # observers replace the earlier one
+
+    def _save_curve(self):
+        """The learning curve so far, as an artifact (written only when an observer will store it)."""
+        if self.run.observers and len(self.logs["valid_perplexity"]) > 1:
+            path = learning_curve(self.logs, self.path("learning_curve.png"), self.corpus.unit,
+                                  f"{self.cfg['dataset']} depth {self.cfg['depth']} "
+                                  f"hidden {self.cfg['hidden_size']} ({self.backend_name})")
+            self.run.add_artifact(path, "learning_curve.png")
 
     # --- passes -----------------------------------------------------------------
     def _flush(self, pending):
@@ -255,11 +274,13 @@ class Trainer:
             try:
                 while self.epoch <= cfg["max_max_epoch"]:
                     self._epoch()
+                self._save_curve()
                 return self._final()
             except _Stop:
                 where = f"in epoch {self.epoch} at step {self.step}"
                 if self.epoch <= cfg["max_max_epoch"]:
                     self._save_last()
+                    self._save_curve()
                 else:  # the last epoch's last.npz is on disk; resuming runs the final pass
                     where = "during the final evaluation"
                 raise TrainingInterrupted(f"stopped {where}; continue with resume={self.path('last.npz')}")
@@ -278,6 +299,7 @@ class Trainer:
             self.best_valid, self.best_epoch = valid, self.epoch
             save_checkpoint(self.path("best.npz"), self.backend.get_params(),
                             {"best_epoch": self.epoch, "valid_perplexity": valid})
+            self.run.add_artifact(self.path("best.npz"), "best.npz")
         self.epoch, self.step, self.costs, self.iters = self.epoch + 1, 0, 0.0, 0
         self._save_last()
 
@@ -292,7 +314,7 @@ class Trainer:
         for split, key in (("valid", "full_best_valid_perplexity"), ("test", "full_test_perplexity")):
             ppl = self.evaluator.full(split)
             print(f"Full {split.capitalize()} Perplexity: {ppl:.3f} Bits: {bits(ppl):.3f}")
-            info[key] = ppl
+            info[key], info[key.replace("perplexity", "bits")] = ppl, bits(ppl)
             self.run.log_scalar(key, ppl, e)
         return self.best_valid
 

@@ -88,14 +88,14 @@ def small_text(tmp_path_factory):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_experiment(command="main", named=(), backend="torch", **updates):
-    """Run the experiment in-process through Sacred, as the command line would."""
+def run_experiment(command="main", named=(), backend="torch", options=None, **updates):
+    """Run the experiment in-process through Sacred, as the command line would (``options``: its flags)."""
     from sacred import SETTINGS
     from rhn_core.experiment import make_experiment
     SETTINGS.CAPTURE_MODE = "sys"  # leave file descriptors to pytest
     updates.setdefault("progress", False)
     return make_experiment(backend).run(command, config_updates=updates, named_configs=list(named),
-                                        options={"--loglevel": "ERROR"})
+                                        options={"--loglevel": "ERROR", **(options or {})})
 
 
 def run_cli(*args, backend="torch", timeout=300):
@@ -104,3 +104,35 @@ def run_cli(*args, backend="torch", timeout=300):
     import sys
     return subprocess.run([sys.executable, "-W", "ignore", os.path.join(REPO, f"rhn_train_{backend}.py"), *args],
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def mongo(tmp_path_factory):
+    """The MongoDB server of the storage tests: RHN_TEST_MONGO_URL, else a SecantusDB of our own."""
+    from mongo_server import EXTERNAL_URL, ExternalServer, MongoServer
+    if EXTERNAL_URL:
+        yield ExternalServer()
+        return
+    server = MongoServer(tmp_path_factory.mktemp("mongo")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_db(mongo):
+    """(server, name of a fresh database), dropped afterwards."""
+    import pymongo
+    from mongo_server import unique_db
+    name = unique_db()
+    yield mongo, name
+    with pymongo.MongoClient(mongo.url, serverSelectionTimeoutMS=5000) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def private_mongo(tmp_path):
+    """A SecantusDB only this test uses, so it can stop and restart it."""
+    from mongo_server import MongoServer
+    server = MongoServer(tmp_path / "mongo-storage").start()
+    yield server
+    server.stop()

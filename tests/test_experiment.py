@@ -70,7 +70,10 @@ def test_metrics_are_logged_per_epoch(small_text, tmp_path):
         def log_scalar(self, name, value, step):
             logged.append((name, step, value))
 
-        info = {}
+        def add_artifact(self, path, name):
+            self.artifacts.append((name, path))
+
+        info, observers, artifacts = {}, [], []
 
     cfg = run_experiment("print_config", ["tiny"], dataset="chars", data_path=small_text, batch_size=16,
                          num_steps=10, save_dir=str(tmp_path), seed=1).config
@@ -82,6 +85,11 @@ def test_metrics_are_logged_per_epoch(small_text, tmp_path):
     assert steps == [1, 2]
     valid = {s: v for n, s, v in logged if n == "valid_perplexity"}
     assert result == min(valid.values())
+    # checkpoints are handed to the observers as they are written (no plot without an observer)
+    names = [n for n, _ in Recorder.artifacts]
+    assert names[:2] == ["best.npz", "last.npz"] and names.count("last.npz") == 2 and set(names) == {
+        "best.npz", "last.npz"}
+    assert all(os.path.dirname(p) == str(tmp_path) for _, p in Recorder.artifacts)
     lrs = {s: v for n, s, v in logged if n == "learning_rate"}
     assert lrs == {1: 0.2, 2: pytest.approx(0.2 / 1.02)}  # tiny: max_epoch 1, base lr_decay 1.02
 

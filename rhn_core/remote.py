@@ -1,0 +1,65 @@
+"""``resume=`` from a run stored in MongoDB: its checkpoints fetched from GridFS.
+
+``resume=ADDRESS#ID`` (ADDRESS as for ``-m``, without a password) or
+``resume=#ID`` (the database this run logs to with ``-m``) continue run ID
+from its ``last.npz`` artifact, so a job stopped on one machine goes on on
+another. The run's ``best.npz`` comes along: the final evaluation needs it.
+"""
+import os
+import shutil
+
+from .errors import RHNError
+from .mongo import connect, has_password, parse_resume, parse_target
+
+
+def check_resume(value):
+    """Refuse a password in ``resume=``: the config is stored with the run."""
+    ref = parse_resume(value)
+    if ref and has_password(ref[0]):
+        raise RHNError("resume= must not hold a password (the config is stored with the run): give the "
+                       "server with -m mongodb://user:password@... (redacted when stored) and write resume=#ID")
+
+
+def _target_of(db_spec, run):
+    if db_spec:
+        return parse_target(db_spec)
+    from .tracking import MongoRunObserver
+    for observer in getattr(run, "observers", []):
+        if isinstance(observer, MongoRunObserver):
+            return observer.target
+    raise RHNError("resume=#ID names a run of the database this run logs to, but there is no -m: "
+                   "add -m host:port:db or write resume=host:port:db#ID")
+
+
+def fetch(value, run, folder):
+    """Download the checkpoints of the run ``value`` names into ``folder``; the path of its last.npz.
+
+    None when ``value`` is not a database reference (a plain path or empty).
+    """
+    import gridfs
+    ref = parse_resume(value)
+    if ref is None:
+        return None
+    check_resume(value)
+    target = _target_of(ref[0], run)
+    client, database = connect(target)
+    with client:
+        runs = database[target.runs_collection]
+        doc = runs.find_one({"_id": ref[1]}, {"artifacts": 1, "status": 1})
+        if doc is None:
+            raise RHNError(f"no run {ref[1]} in database {target.db_name} at {target.display}: "
+                           f"list the runs with python -m rhn_core.report --mongo {target.address}")
+        files = {a["name"]: a["file_id"] for a in doc.get("artifacts", [])}
+        if "last.npz" not in files:
+            raise RHNError(f"run {ref[1]} ({doc.get('status')}) stored no last.npz to resume from "
+                           f"(it has: {', '.join(files) or 'no artifacts'})")
+        os.makedirs(folder, exist_ok=True)
+        fs = gridfs.GridFS(database)
+        for name in ("last.npz", "best.npz"):
+            if name in files:
+                tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    shutil.copyfileobj(fs.get(files[name]), f, 1 << 20)
+                os.replace(tmp, os.path.join(folder, name))
+    print(f"Fetched the checkpoints of run {ref[1]} ({doc.get('status')}) from {target.address} into {folder}")
+    return os.path.join(folder, "last.npz")

@@ -1,0 +1,285 @@
+"""Compare logged runs: a table, and a plot of one quantity against one config key.
+
+    python -m rhn_core.report --mongo 127.0.0.1:27017:rhn            # best valid ppl vs depth
+    python -m rhn_core.report --dir runs_db --x hidden_size --logy
+    python -m rhn_core.report --mongo 'mongodb://me:pw@host/rhn?authSource=admin' --status COMPLETED
+    python -m rhn_core.report --dir runs_db --y valid_perplexity --no-plot
+
+Runs come from Sacred's MongoObserver (``--mongo``, any address ``-m`` takes) or
+FileStorageObserver folder (``--dir``). ``--x`` and ``--group`` are config keys
+(dotted paths allowed); ``--y`` is a key of the run's info (``best_valid_perplexity``,
+``full_test_perplexity``, ``nr_parameters``...) or else a logged metric, reduced to
+its minimum over epochs. The table shows perplexity for word-level PTB and bits per
+character for the character datasets, as the original README does. Problems end in
+one ``error: ...`` line on stderr and exit status 2.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+
+from .errors import RHNError
+
+CHAR_DATASETS = {"enwik8", "text8", "chars"}  # byte-level: quality reads as bits per character
+TABLE_INFO = {"epoch_nr", "nr_parameters", "best_val_epoch"}  # info keys with their own column
+TABLE_CONFIG = ("dataset", "depth", "hidden_size")
+# What the training loop stores in info: these name info keys even where no selected run has
+# them yet (FAILED runs), rather than being looked for among the metrics.
+INFO_KEYS = TABLE_INFO | {"best_valid_perplexity", "best_valid_bits", "full_best_valid_perplexity",
+                          "full_best_valid_bits", "full_test_perplexity", "full_test_bits", "run_dir"}
+
+
+class DirSource:
+    """A FileStorageObserver folder: ``<id>/run.json``, ``config.json``, ``info.json``, ``metrics.json``."""
+
+    def __init__(self, path):
+        if not os.path.isdir(path):
+            raise RHNError(f"{path}: no such folder: pass the folder given to the file observer (-F)")
+        self.path, self.label = path, os.path.abspath(path)
+
+    def _json(self, run_id, name):
+        try:
+            with open(os.path.join(self.path, run_id, name)) as f:
+                return json.load(f)
+        except (OSError, ValueError):  # a run still starting, or killed mid-write, lacks some files
+            return {}
+
+    def runs(self):
+        try:
+            names = os.listdir(self.path)
+        except OSError as e:
+            raise RHNError(f"cannot read {self.path} ({e.strerror}): check its permissions")
+        ids = [n for n in names if os.path.isfile(os.path.join(self.path, n, "run.json"))]
+        return [{"id": int(i) if i.isdigit() else i, "status": self._json(i, "run.json").get("status"),
+                 "config": self._json(i, "config.json"), "info": self._json(i, "info.json")} for i in ids]
+
+    def metric(self, name, ids):
+        return {i: self._json(str(i), "metrics.json").get(name, {}).get("values", []) for i in ids}
+
+    def close(self):
+        pass
+
+
+class MongoSource:
+    """A MongoObserver database: ``runs`` (or the address's collection) and ``metrics``."""
+
+    def __init__(self, spec):
+        from .mongo import connect, parse_target
+        target = parse_target(spec)
+        self.label = f"{target.display} (database {target.db_name}, collection {target.runs_collection})"
+        self.client, self.db = connect(target)
+        self.collection = target.runs_collection
+
+    def _read(self, collection, query, fields):
+        from pymongo.errors import PyMongoError
+        try:  # the projection keeps captured output and artifact lists on the server
+            return list(self.db[collection].find(query, dict.fromkeys(fields, 1)))
+        except PyMongoError as e:  # the server went away after the connection check
+            raise RHNError(f"reading {collection} from {self.label} failed ({e}): check the server and retry")
+
+    def runs(self):
+        return [{"id": d["_id"], "status": d.get("status"), "config": d.get("config") or {},
+                 "info": d.get("info") or {}} for d in self._read(self.collection, {}, ("status", "config", "info"))]
+
+    def metric(self, name, ids):
+        docs = self._read("metrics", {"run_id": {"$in": list(ids)}, "name": name}, ("run_id", "values"))
+        return {d["run_id"]: d.get("values") or [] for d in docs}
+
+    def close(self):
+        self.client.close()
+
+
+def lookup(mapping, key):
+    """``mapping[a][b]`` for ``key`` "a.b"; None where any part is missing."""
+    for part in key.split("."):
+        if not isinstance(mapping, dict) or part not in mapping:
+            return None
+        mapping = mapping[part]
+    return mapping
+
+
+def number(value):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def resolve_y(source, runs, y):
+    """Fill run["y"]; the y-axis label. An info key wins; else the metric's minimum over epochs."""
+    if y in INFO_KEYS or any(lookup(r["info"], y) is not None for r in runs):
+        for r in runs:
+            r["y"] = lookup(r["info"], y)
+        return y
+    series = source.metric(y, [r["id"] for r in runs])
+    if not any(series.values()):
+        keys = sorted({k for r in runs for k in r["info"] if k != "logs"})
+        raise RHNError(f"no run has info key or metric {y!r}: pick --y from the metrics "
+                       f"(valid_perplexity, train_perplexity, ...) or info keys ({', '.join(keys) or 'none'})")
+    for r in runs:
+        values = [v for v in series.get(r["id"], []) if number(v) is not None]
+        r["y"] = min(values) if values else None
+    return f"min {y}"
+
+
+def fmt(value, spec=""):
+    if value is None:
+        return "-"
+    if spec and number(value) is not None:
+        return format(value, spec)
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) >= 10 else f"{value:.4g}"
+    return str(value)
+
+
+def quality(run, prefix):
+    """``prefix``'s perplexity for word-level runs, bits per character for byte-level ones."""
+    info, ppl = run["info"], number(run["info"].get(f"{prefix}_perplexity"))
+    if run["config"].get("dataset") in CHAR_DATASETS:
+        bpc = number(info.get(f"{prefix}_bits"))
+        bpc = math.log2(ppl) if bpc is None and ppl else bpc  # older runs stored perplexity only
+        return "-" if bpc is None else f"{bpc:.3f} bpc"
+    return "-" if ppl is None else f"{ppl:.2f} ppl"
+
+
+def y_shown(y, runs):
+    """Whether the fixed columns already show ``y`` for every row (then no extra column)."""
+    bits_key = {"best_valid_perplexity": False, "full_test_perplexity": False,
+                "best_valid_bits": True, "full_test_bits": True}
+    return y in TABLE_INFO or (y in bits_key and all(
+        (r["config"].get("dataset") in CHAR_DATASETS) == bits_key[y] for r in runs))
+
+
+def columns(args, ylabel, runs):
+    """(header, cell function, right-aligned) for each column of the table."""
+    cols = [("id", lambda r: fmt(r["id"]), True), ("status", lambda r: fmt(r["status"]), False)]
+    cols += [(k, (lambda k: lambda r: fmt(r["config"].get(k)))(k), k != "dataset") for k in TABLE_CONFIG]
+    cols += [("epochs", lambda r: fmt(r["info"].get("epoch_nr")), True),
+             ("params", lambda r: fmt(r["info"].get("nr_parameters"), ","), True),
+             ("best epoch", lambda r: fmt(r["info"].get("best_val_epoch")), True),
+             ("best valid", lambda r: quality(r, "best_valid"), True),
+             ("full test", lambda r: quality(r, "full_test"), True)]
+    for key, getter in ((args.group, lambda r: r["group"]), (args.x, lambda r: r["x"])):
+        if key not in TABLE_CONFIG and key not in [c[0] for c in cols]:
+            cols.append((key, (lambda g: lambda r: fmt(g(r)))(getter), True))
+    if not y_shown(args.y, runs):
+        cols.append((ylabel, lambda r: fmt(r["y"]), True))
+    return cols
+
+
+def table(cols, runs):
+    cells = [[c[0] for c in cols]] + [[c[1](r) for c in cols] for r in runs]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return ["  ".join(cell.rjust(w) if c[2] else cell.ljust(w) for cell, w, c in zip(row, widths, cols)).rstrip()
+            for row in cells]
+
+
+def order(value):
+    """Sort key putting numbers first (by value), then text, then missing values."""
+    if number(value) is not None:
+        return (0, value, "")
+    return (2, 0, "") if value is None else (1, 0, str(value))
+
+
+def plot(points, args, ylabel, title):
+    """Write the plot to ``args.plot`` via a temporary file, so readers never see half a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed; must precede the pyplot import
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for group in sorted({r["group"] for r in points}, key=order):
+        series = sorted((r for r in points if r["group"] == group), key=lambda r: (order(r["x"]), order(r["id"])))
+        ax.plot([r["x"] for r in series], [r["y"] for r in series], marker="o", label=f"{args.group}={fmt(group)}")
+    ax.set(xlabel=args.x, ylabel=ylabel, title=title)
+    if args.logy:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    folder = os.path.dirname(os.path.abspath(args.plot))
+    kind = os.path.splitext(args.plot)[1].lstrip(".").lower() or "png"
+    fd, tmp = tempfile.mkstemp(suffix=f".{kind}", prefix=".rhn_report_", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=kind, dpi=120, bbox_inches="tight")
+        os.replace(tmp, args.plot)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error of this command
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parse_args(argv):
+    p = Parser(prog="python -m rhn_core.report", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mongo", metavar="SPEC", help="db, host:port:db or a mongodb:// URL")
+    src.add_argument("--dir", metavar="DIR", help="a FileStorageObserver folder")
+    p.add_argument("--x", default="depth", help="config key of the x axis (default: depth)")
+    p.add_argument("--y", default="best_valid_perplexity", help="info key, or metric (its minimum)")
+    p.add_argument("--group", default="dataset", help="config key giving one series per value")
+    p.add_argument("--status", action="append", default=[], help="keep runs with this status (repeatable, a,b)")
+    p.add_argument("--plot", default="rhn_report.png", help="where to write the plot")
+    p.add_argument("--no-plot", action="store_true", help="only print the table")
+    p.add_argument("--logy", action="store_true", help="logarithmic y axis")
+    return p.parse_args(argv)
+
+
+def report(args):
+    source = MongoSource(args.mongo) if args.mongo is not None else DirSource(args.dir)
+    try:
+        report_from(source, args)
+    finally:
+        source.close()
+
+
+def report_from(source, args):
+    statuses = {s.strip().upper() for arg in args.status for s in arg.split(",") if s.strip()}
+    runs = [r for r in source.runs() if not statuses or str(r["status"]).upper() in statuses]
+    if not runs:
+        wanted = f" with status {', '.join(sorted(statuses))}" if statuses else ""
+        raise RHNError(f"no runs{wanted} in {source.label}: check the address or folder, or drop --status")
+    if all(lookup(r["config"], args.x) is None for r in runs):
+        raise RHNError(f"no run has config key {args.x!r}: pick --x from the config, e.g. depth, hidden_size")
+    for r in runs:
+        r["x"], group = lookup(r["config"], args.x), lookup(r["config"], args.group)
+        r["group"] = json.dumps(group) if isinstance(group, (list, dict)) else group  # a set member
+    ylabel = resolve_y(source, runs, args.y)
+    runs.sort(key=lambda r: (order(r["group"]), order(r["x"]), order(r["id"])))
+    print(f"{len(runs)} runs from {source.label}" + (f", status {', '.join(sorted(statuses))}" if statuses else ""))
+    print("\n".join(table(columns(args, ylabel, runs), runs)))
+    if args.no_plot:
+        return
+    points = [r for r in runs if r["x"] is not None and number(r["y"]) is not None]
+    if len(points) < len(runs):
+        print(f"{len(runs) - len(points)} of {len(runs)} runs lack {args.x} or {ylabel}: left out of the plot")
+    if not points:
+        raise RHNError(f"no run has both {args.x} and {ylabel} to plot: pick other --x/--y or use --no-plot")
+    try:
+        plot(points, args, ylabel, f"{ylabel} vs {args.x}\n{source.label}")
+    except (OSError, ValueError) as e:
+        raise RHNError(f"cannot write the plot to {args.plot} ({e}): pick another --plot path or --no-plot")
+    print(f"plot written to {args.plot}")
+
+
+def main(argv=None):
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
+        return e.code
+    try:
+        report(args)
+    except RHNError as e:
+        from .mongo import redact
+        print(f"error: {redact(e)}".replace("\n", " "), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
