@@ -1,11 +1,12 @@
-"""Packaging for rhn: the core needs NumPy, Sacred and tqdm; frameworks are extras."""
+"""Packaging for rhn: the core needs NumPy, Sacred, tqdm, matplotlib and pymongo; frameworks are extras."""
 from setuptools import find_packages, setup
 
 EXTRAS = {
     "torch": ["torch>=2.1"],
     "tf": ["tensorflow>=2.16"],
-    "mongo": ["pymongo>=4"],
-    "test": ["pytest>=7"],
+    "mongo": ["pymongo>=4.6"],  # kept for older install lines; pymongo is now a core requirement
+    # The suite starts a real MongoDB-protocol server of its own: SecantusDB (WiredTiger storage).
+    "test": ["pytest>=7", "secantusdb==0.7.0b3"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -20,6 +21,7 @@ setup(
     packages=find_packages(include=["rhn_core", "rhn_core.*"]),
     package_data={"rhn_core": ["demo_data/*.xz"]},
     py_modules=["rhn_train_torch", "rhn_train_tf"],
-    install_requires=["numpy>=1.22", "sacred>=0.8.4", "tqdm>=4.60", "matplotlib>=3.5", "setuptools<82"],
+    install_requires=["numpy>=1.22", "sacred>=0.8.4", "tqdm>=4.60", "matplotlib>=3.5", "pymongo>=4.6",
+                      "setuptools<82"],
     extras_require=EXTRAS,
 )
