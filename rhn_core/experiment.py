@@ -30,13 +30,16 @@ def mongo_fallback_option(args, run):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_PADDING = re.compile(r"^ {20,}")  # no real output line starts with 20 spaces
 
 
 def clean_output(text):
     """What observers store of the output: progress bars only in their final state, no blank lines
     left by cleared bars, no colour codes. Idempotent (Sacred applies it to the whole text each time)."""
     lines = _ANSI.sub("", apply_backspaces_and_linefeeds(text)).split("\n")
-    return "\n".join([line for line in lines[:-1] if line.strip()] + lines[-1:])
+    # A cleared bar (spaces) can share a line with a print from the other stream: drop the padding.
+    kept = [_PADDING.sub("", line.rstrip()) for line in lines[:-1]]
+    return "\n".join([line for line in kept if line] + lines[-1:])
 
 
 class RHNExperiment(Experiment):

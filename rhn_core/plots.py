@@ -8,6 +8,7 @@ def learning_curve(logs, path, unit, title=""):
     import matplotlib
     matplotlib.use("Agg")  # headless: training machines have no display
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     try:
         for split in ("train", "valid", "test"):
@@ -16,6 +17,7 @@ def learning_curve(logs, path, unit, title=""):
                 values = [math.log2(v) for v in values]
             ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("bits per character" if unit == "char" else "perplexity")
         if unit != "char":
             ax.set_yscale("log")
