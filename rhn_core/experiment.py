@@ -12,6 +12,8 @@ never loses a run; the password of a URL is redacted from the stored options.
 from sacred import Experiment
 from sacred.commandline_options import cli_option
 from sacred.commands import print_config
+from sacred.dependencies import PackageDependency
+import importlib.metadata
 import re
 
 from sacred.utils import apply_backspaces_and_linefeeds
@@ -29,6 +31,7 @@ def mongo_fallback_option(args, run):
     # Read by RHNExperiment._create_run, which builds the MongoDB observer.
 
 
+FRAMEWORK_DISTRIBUTIONS = {"torch": ("torch",), "tf": ("tensorflow", "tensorflow-cpu", "keras")}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _PADDING = re.compile(r"^ {20,}")  # no real output line starts with 20 spaces
 
@@ -69,6 +72,14 @@ def make_experiment(backend_name):
     # Progress bars redraw with carriage returns: the stored output keeps one line per bar at most,
     # so a run's document stays far below MongoDB's 16 MB whatever its length (tested).
     ex.captured_out_filter = clean_output
+    # Sacred records the packages the main file imports; the framework is imported later, by the
+    # backend, so its version is declared here (read from the installed metadata: no import).
+    # Added directly: Sacred's add_package_dependency refuses local versions such as 2.13.0+cpu.
+    for dist in ("rhn", "pymongo", *FRAMEWORK_DISTRIBUTIONS[backend_name]):
+        try:
+            ex.dependencies.add(PackageDependency(dist, importlib.metadata.version(dist)))
+        except importlib.metadata.PackageNotFoundError:
+            pass
     ex.config(hyperparameters)
     for name, scope in NAMED_CONFIGS.items():
         ex.add_named_config(name, scope) if isinstance(scope, dict) else ex.named_config(scope)

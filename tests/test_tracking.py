@@ -21,6 +21,7 @@ import gridfs  # noqa: E402  (part of pymongo)
 from conftest import REPO, run_experiment  # noqa: E402
 from mongo_server import free_port, unique_db  # noqa: E402
 from rhn_core import upload  # noqa: E402
+from rhn_core.mongo import redact  # noqa: E402
 
 ARTIFACTS = {"best.npz", "last.npz", "learning_curve.png"}
 METRICS = {"train_perplexity", "valid_perplexity", "test_perplexity", "train_bits", "valid_bits", "test_bits",
@@ -95,7 +96,9 @@ def test_run_is_stored_in_mongodb(mongo_db, small_text, tmp_path, backend):
     doc = check_complete_run(db, run._id, 2, save_dir=tmp_path)
     assert doc["config"]["hidden_size"] == run.config["hidden_size"]
     assert doc["result"] == pytest.approx(doc["info"]["best_valid_perplexity"])
-    assert doc["meta"]["options"]["--mongo_db"] == server.spec(name)
+    assert doc["meta"]["options"]["--mongo_db"] == redact(server.spec(name))
+    framework = "torch==" if backend == "torch" else "keras=="
+    assert any(d.startswith(framework) for d in doc["experiment"]["dependencies"])
 
 
 def test_file_observer_stores_the_same_run(small_text, tmp_path):
