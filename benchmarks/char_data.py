@@ -65,14 +65,14 @@ def make_corpus(folder):
 
 
 PREPARE = """
-from rhn_core.prepare import prepare_byte_corpus
+from rhn_core.data.prepare import prepare_byte_corpus
 prepare_byte_corpus("enwik8", {out!r}, {source!r}, {expected!r}, progress=False)
 extra = {{}}
 """
 
 LOAD = """
 import numpy as np
-from rhn_core.readers import read_byte_corpus
+from rhn_core.data.readers import read_byte_corpus
 c = read_byte_corpus({out!r}, "enwik8", 5_000_000, "")
 checksum = int(np.asarray(c.test[-1000:]).sum())  # touch the data
 extra = dict(train=len(c.train), valid=len(c.valid), test=len(c.test))
@@ -83,7 +83,7 @@ import numpy as np, torch
 from rhn_core.hyperparams import resolve_config
 from rhn_core.params import spec_from_config, init_params
 from rhn_core.backends.torch_rhn import Backend
-from rhn_core import readers
+from rhn_core.data import readers
 cfg = resolve_config("enwik8_sota")
 spec = spec_from_config(cfg)
 be = Backend(spec, init_params(spec, np.random.default_rng(0)), device="cpu")

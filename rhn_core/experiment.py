@@ -5,7 +5,7 @@ Both entry points (``rhn_train_torch.py``, ``rhn_train_tf.py``) call
 scope, the same named configs and the same commands.
 
 ``-m`` and ``-F`` keep their Sacred meaning but get the observers of
-``rhn_core.tracking``: ``-m`` also takes MongoDB URLs, fails fast when the
+``rhn_core.tracking.observer``: ``-m`` also takes MongoDB URLs, fails fast when the
 server is away (or falls back to files with ``--mongo_fallback=DIR``) and
 never loses a run; the password of a URL is redacted from the stored options.
 """
@@ -20,13 +20,13 @@ from sacred.utils import apply_backspaces_and_linefeeds
 
 from . import loop, mc
 from .hyperparams import NAMED_CONFIGS, hyperparameters
-from .mongo import parse_target
+from .tracking.mongo import parse_target
 
 
 @cli_option("-M", "--mongo_fallback")
 def mongo_fallback_option(args, run):
     """With -m: if MongoDB cannot be reached at the start, keep the run in this directory (Sacred's
-    file-observer layout) and go on; python -m rhn_core.upload stores it later. Also where a run is
+    file-observer layout) and go on; python -m rhn_core.tracking.upload stores it later. Also where a run is
     kept while the server is lost mid-run (default runs/mongo_unsent)."""
     # Read by RHNExperiment._create_run, which builds the MongoDB observer.
 
@@ -46,11 +46,11 @@ def clean_output(text):
 
 
 class RHNExperiment(Experiment):
-    """Sacred's Experiment with the observers of ``rhn_core.tracking`` behind ``-m`` and ``-F``."""
+    """Sacred's Experiment with the observers of ``rhn_core.tracking.observer`` behind ``-m`` and ``-F``."""
 
     def _create_run(self, command_name=None, config_updates=None, named_configs=(), info=None,
                     meta_info=None, options=None):
-        from .tracking import FileObserver, MongoRunObserver
+        from .tracking.observer import FileObserver, MongoRunObserver
         options = dict(options or {})
         # Taken out so that Sacred's own options do not build their observers; ours are added below.
         mongo_spec, file_dir = options.pop("--mongo_db", None), options.pop("--file_storage", None)

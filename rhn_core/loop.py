@@ -19,7 +19,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from . import readers, remote
+from .data import readers
+from .tracking import remote
 from .backends import load_backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import RHNError, TrainingInterrupted

@@ -30,7 +30,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from . import readers
+from .data import readers
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import RHNError, TrainingInterrupted
 from .loop import InterruptFlag, _Stop, bits, make_backend, prepare

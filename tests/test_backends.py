@@ -166,7 +166,7 @@ def test_torch_rhn_module_on_its_own():
 
 
 def test_core_imports_no_framework():
-    code = ("import sys, rhn_core, rhn_core.loop, rhn_core.experiment, rhn_core.reference, rhn_core.readers\n"
+    code = ("import sys, rhn_core, rhn_core.loop, rhn_core.experiment, rhn_core.reference, rhn_core.data.readers\n"
             "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)

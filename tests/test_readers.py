@@ -5,7 +5,7 @@ import lzma
 import numpy as np
 import pytest
 
-from rhn_core import readers
+from rhn_core.data import readers
 from rhn_core.errors import RHNError
 
 

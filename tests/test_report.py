@@ -1,4 +1,4 @@
-"""``python -m rhn_core.report``: synthetic Sacred runs on disk and in MongoDB, table, plot, errors."""
+"""``python -m rhn_core.tracking.report``: synthetic Sacred runs on disk and in MongoDB, table, plot, errors."""
 import json
 import re
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from mongo_server import free_port
-from rhn_core.report import main
+from rhn_core.tracking.report import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # (id, status, dataset, depth, info, valid_perplexity per epoch); ids out of depth order on purpose.
@@ -151,7 +151,7 @@ def test_password_never_printed(capsys):
     """The whole command, as a user runs it, against a port where no server listens."""
     url = f"mongodb://user:secret@127.0.0.1:{free_port()}/rhn?authSource=admin"
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "rhn_core.report", "--mongo", url, "--no-plot"],
+    proc = subprocess.run([sys.executable, "-m", "rhn_core.tracking.report", "--mongo", url, "--no-plot"],
                           capture_output=True, text=True, timeout=30, cwd=REPO)
     code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert time.time() - start < 12

@@ -20,8 +20,8 @@ import gridfs  # noqa: E402  (part of pymongo)
 
 from conftest import REPO, run_experiment  # noqa: E402
 from mongo_server import free_port, unique_db  # noqa: E402
-from rhn_core import upload  # noqa: E402
-from rhn_core.mongo import redact  # noqa: E402
+from rhn_core.tracking import upload  # noqa: E402
+from rhn_core.tracking.mongo import redact  # noqa: E402
 
 ARTIFACTS = {"best.npz", "last.npz", "learning_curve.png"}
 METRICS = {"train_perplexity", "valid_perplexity", "test_perplexity", "train_bits", "valid_bits", "test_bits",
@@ -206,7 +206,7 @@ def test_server_lost_until_the_end_keeps_run_then_upload(private_mongo, small_te
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]  # training was not killed
     kept = tmp_path / "kept" / "mongo_1"
-    assert f"python -m rhn_core.upload {kept}" in err
+    assert f"python -m rhn_core.tracking.upload {kept}" in err
     assert json.loads((kept / "run.json").read_text())["status"] == "COMPLETED"
     assert json.loads((kept / "metrics.json").read_text())["valid_perplexity"]["steps"] == list(range(1, epochs + 1))
     private_mongo.start()

@@ -19,8 +19,8 @@ import zipfile
 import numpy as np
 from tqdm import tqdm
 
-from .errors import RHNError
-from .readers import byte_ids, prepared_paths
+from ..errors import RHNError
+from .readers import byte_ids, prepared_paths, read_zip_member
 
 # Published sizes and checksums (shared/data/README.md of this project).
 CORPORA = {
@@ -54,18 +54,6 @@ def download(url, folder, progress=True):
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
-
-
-def read_zip_member(zip_path, name):
-    """The bytes of member ``name`` of a zip archive, with a clear error if it is not there."""
-    try:
-        with zipfile.ZipFile(zip_path) as z:
-            if name not in z.namelist():
-                raise RHNError(f"{zip_path} has no member {name!r} (it has {', '.join(z.namelist()[:5])}): "
-                               f"is it {name}.zip from mattmahoney.net/dc?")
-            return z.read(name)
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise RHNError(f"cannot read {zip_path}: not a complete zip archive ({e}); fetch it again")
 
 
 def read_source(source, name):

@@ -16,7 +16,7 @@ differs in how it writes:
   heartbeat and meanwhile keeps the complete run in ``<spool>/mongo_<id>`` in
   the file observer's layout. When the server is back the run is written in
   full and the folder removed; if it is still away when the run ends, the
-  folder stays and ``python -m rhn_core.upload`` writes it in later.
+  folder stays and ``python -m rhn_core.tracking.upload`` writes it in later.
 * An artifact added again under the same name (``last.npz`` every epoch)
   replaces the stored one instead of piling up copies.
 """
@@ -140,21 +140,21 @@ class MongoRunObserver(RunObserver):
 
     # --- Sacred's events (caller's thread: memory only, except the start) --------
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
-        from .errors import RHNError
+        from ..errors import RHNError
         try:
             return self._start(ex_info, command, host_info, start_time, config, meta_info, _id)
         except RHNError as e:
             if not self.fallback_dir:
                 raise
             _warn(f"{e}. --mongo_fallback: this run is kept in {self.fallback_dir} instead; store it later "
-                  f"with python -m rhn_core.upload {os.path.join(self.fallback_dir, '<run id>')} "
+                  f"with python -m rhn_core.tracking.upload {os.path.join(self.fallback_dir, '<run id>')} "
                   f"-m {self.target.address}")
             self.fallback = FileObserver(self.fallback_dir)
             return self.fallback.started_event(ex_info, command, host_info, start_time, config, meta_info, _id)
 
     def _start(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         from pymongo.errors import PyMongoError
-        from .errors import RHNError
+        from ..errors import RHNError
         self.client, database = connect(self.target, self.timeout_s)
         try:
             return self._insert(ex_info, command, host_info, start_time, config, meta_info, _id, database)
@@ -254,7 +254,7 @@ class MongoRunObserver(RunObserver):
             self._spool()
             _warn(f"MongoDB at {self.target.display} did not take the end of run {self.run_id} within "
                   f"{FINAL_WAIT_S} s: the whole run is kept in {self._spooled}; store it later with "
-                  f"python -m rhn_core.upload {self._spooled} -m {self.target.address}")
+                  f"python -m rhn_core.tracking.upload {self._spooled} -m {self.target.address}")
 
     def join(self):
         if self._writer is not None:
@@ -280,7 +280,7 @@ class MongoRunObserver(RunObserver):
                 if not self._online:
                     _warn(f"MongoDB at {self.target.display} is still away at the end of run {self.run_id}: the "
                           f"whole run is kept in {self._spooled}; when the server is back, store it with "
-                          f"python -m rhn_core.upload {self._spooled} -m {self.target.address}")
+                          f"python -m rhn_core.tracking.upload {self._spooled} -m {self.target.address}")
                 self.client.close()
                 self._done.set()
                 return

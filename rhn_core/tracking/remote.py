@@ -8,7 +8,7 @@ another. The run's ``best.npz`` comes along: the final evaluation needs it.
 import os
 import shutil
 
-from .errors import RHNError
+from ..errors import RHNError
 from .mongo import connect, has_password, parse_resume, parse_target
 
 
@@ -23,7 +23,7 @@ def check_resume(value):
 def _target_of(db_spec, run):
     if db_spec:
         return parse_target(db_spec)
-    from .tracking import MongoRunObserver
+    from .observer import MongoRunObserver
     for observer in getattr(run, "observers", []):
         if isinstance(observer, MongoRunObserver):
             return observer.target
@@ -48,7 +48,7 @@ def fetch(value, run, folder):
         doc = runs.find_one({"_id": ref[1]}, {"artifacts": 1, "status": 1})
         if doc is None:
             raise RHNError(f"no run {ref[1]} in database {target.db_name} at {target.display}: "
-                           f"list the runs with python -m rhn_core.report --mongo {target.address}")
+                           f"list the runs with python -m rhn_core.tracking.report --mongo {target.address}")
         files = {a["name"]: a["file_id"] for a in doc.get("artifacts", [])}
         if "last.npz" not in files:
             raise RHNError(f"run {ref[1]} ({doc.get('status')}) stored no last.npz to resume from "

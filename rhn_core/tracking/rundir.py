@@ -3,7 +3,7 @@
 ``run.json``, ``config.json``, ``info.json``, ``metrics.json``, ``cout.txt`` and
 the artifacts as files beside them: what ``-F DIR`` writes. The MongoDB
 observer writes a run here when the server is away (``mongo.json`` then records
-the run id it has in the database), and ``python -m rhn_core.upload`` reads any
+the run id it has in the database), and ``python -m rhn_core.tracking.upload`` reads any
 such folder back into MongoDB. Every file is replaced atomically, so a folder
 on disk is always readable, whenever the process stops.
 """
@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 
-from .errors import RHNError
+from ..errors import RHNError
 
 TIME_KEYS = ("start_time", "stop_time", "heartbeat")
 _SPLIT_OUT = ("config", "info", "captured_out")  # kept in files of their own

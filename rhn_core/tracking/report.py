@@ -1,9 +1,9 @@
 """Compare logged runs: a table, and a plot of one quantity against one config key.
 
-    python -m rhn_core.report --mongo 127.0.0.1:27017:rhn            # best valid ppl vs depth
-    python -m rhn_core.report --dir runs_db --x hidden_size --logy
-    python -m rhn_core.report --mongo 'mongodb://me:pw@host/rhn?authSource=admin' --status COMPLETED
-    python -m rhn_core.report --dir runs_db --y valid_perplexity --no-plot
+    python -m rhn_core.tracking.report --mongo 127.0.0.1:27017:rhn            # best valid ppl vs depth
+    python -m rhn_core.tracking.report --dir runs_db --x hidden_size --logy
+    python -m rhn_core.tracking.report --mongo 'mongodb://me:pw@host/rhn?authSource=admin' --status COMPLETED
+    python -m rhn_core.tracking.report --dir runs_db --y valid_perplexity --no-plot
 
 Runs come from Sacred's MongoObserver (``--mongo``, any address ``-m`` takes) or
 FileStorageObserver folder (``--dir``). ``--x`` and ``--group`` are config keys
@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 
-from .errors import RHNError
+from ..errors import RHNError
 
 CHAR_DATASETS = {"enwik8", "text8", "chars"}  # byte-level: quality reads as bits per character
 TABLE_INFO = {"epoch_nr", "nr_parameters", "best_val_epoch"}  # info keys with their own column
@@ -215,7 +215,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = Parser(prog="python -m rhn_core.report", description=__doc__,
+    p = Parser(prog="python -m rhn_core.tracking.report", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mongo", metavar="SPEC", help="db, host:port:db or a mongodb:// URL")

@@ -1,4 +1,4 @@
-"""Store runs kept on disk into MongoDB: ``python -m rhn_core.upload DIR... -m ADDRESS``.
+"""Store runs kept on disk into MongoDB: ``python -m rhn_core.tracking.upload DIR... -m ADDRESS``.
 
 DIR is a run folder in Sacred's file-observer layout: one written by ``-F``,
 by ``--mongo_fallback`` while the server was unreachable, or kept by the
@@ -13,10 +13,10 @@ import argparse
 import os
 import sys
 
-from .errors import RHNError
+from ..errors import RHNError
 from .mongo import connect, parse_target, redact
 from .rundir import read_run_dir, write_json
-from .tracking import FORMAT, RunStore
+from .observer import FORMAT, RunStore
 
 
 def _sources(entry, folder, extra):
@@ -65,7 +65,7 @@ def upload(folder, target, database):
 
 def main(argv=None):
     from pymongo.errors import PyMongoError
-    parser = argparse.ArgumentParser(prog="python -m rhn_core.upload", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rhn_core.tracking.upload", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", metavar="DIR", help="run folders (Sacred file-observer layout)")
     parser.add_argument("-m", "--mongo_db", metavar="ADDRESS",
                         help="host:port:db or a mongodb:// URL (default: the address a kept folder records)")

@@ -13,7 +13,7 @@ printable form of an address goes through ``redact``.
 import re
 from dataclasses import dataclass, field
 
-from .errors import RHNError
+from ..errors import RHNError
 
 DEFAULT_DB = "sacred"  # Sacred's default database name
 DEFAULT_PRIORITY = 30  # Sacred's MongoObserver priority
@@ -121,4 +121,4 @@ def connect(target, timeout_s=TIMEOUT_S):
         reason = redact(re.split(r" \(configured timeouts|, Timeout:", str(e))[0])
         raise RHNError(f"cannot reach MongoDB at {target.display} within {timeout_s:g} s ({reason}): "
                        f"start the server or fix the address; or add --mongo_fallback=DIR to keep the "
-                       f"run on disk and upload it later with python -m rhn_core.upload")
+                       f"run on disk and upload it later with python -m rhn_core.tracking.upload")

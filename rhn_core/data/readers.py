@@ -20,11 +20,12 @@ import collections
 import gzip
 import lzma
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import RHNError
+from ..errors import RHNError
 
 COMPRESSED = (".xz", ".gz")
 PTB_HELP = ("get Mikolov's PTB (ptb.train.txt, ptb.valid.txt, ptb.test.txt from simple-examples.tgz, "
@@ -119,6 +120,18 @@ def split_byte_corpus(ids, vocab_size, num_test_symbols, path):
     return Corpus(ids[:n], ids[n:n + num_test_symbols], ids[n + num_test_symbols:], vocab_size, "char")
 
 
+def read_zip_member(zip_path, name):
+    """The bytes of member ``name`` of a zip archive, with a clear error if it is not there."""
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            if name not in z.namelist():
+                raise RHNError(f"{zip_path} has no member {name!r} (it has {', '.join(z.namelist()[:5])}): "
+                               f"is it {name}.zip from mattmahoney.net/dc?")
+            return z.read(name)
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise RHNError(f"cannot read {zip_path}: not a complete zip archive ({e}); fetch it again")
+
+
 def prepared_paths(data_path, name):
     """Where ``data/prepare.py`` puts a corpus: ids (uint8 .npy) and its byte values."""
     return os.path.join(data_path, f"{name}.ids.npy"), os.path.join(data_path, f"{name}.values.npy")
@@ -137,7 +150,6 @@ def read_byte_corpus(data_path, name, num_test_symbols, hint):
         return split_byte_corpus(ids, vocab_size, num_test_symbols, ids_path)
     zip_path = os.path.join(data_path, f"{name}.zip")
     if os.path.isfile(zip_path) and not any(os.path.isfile(os.path.join(data_path, name) + e) for e in ("",) + COMPRESSED):
-        from .prepare import read_zip_member
         data = read_zip_member(zip_path, name)
     else:
         path = find_file(os.path.join(data_path, name), "data file", hint)
