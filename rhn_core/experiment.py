@@ -8,6 +8,9 @@ scope, the same named configs and the same commands.
 ``rhn_core.tracking.observer``: ``-m`` also takes MongoDB URLs, fails fast when the
 server is away (or falls back to files with ``--mongo_fallback=DIR``) and
 never loses a run; the password of a URL is redacted from the stored options.
+Any other value holding a password (a config key such as ``resume=``, a
+command-line option) is refused before the run is created, so no observer
+ever sees it.
 """
 from sacred import Experiment
 from sacred.commandline_options import cli_option
@@ -20,6 +23,7 @@ from sacred.utils import apply_backspaces_and_linefeeds
 
 from . import loop, mc
 from .hyperparams import NAMED_CONFIGS, hyperparameters
+from .tracking.credentials import check_run_inputs
 from .tracking.mongo import parse_target
 
 
@@ -57,6 +61,8 @@ class RHNExperiment(Experiment):
         fallback = options.get("--mongo_fallback")
         target = parse_target(mongo_spec) if mongo_spec else None  # a bad address fails before any work
         run = super()._create_run(command_name, config_updates, named_configs, info, meta_info, options)
+        # Before any observer is attached or started: a password in the config or command line is refused.
+        check_run_inputs(run.config, run.meta_info)
         if target is not None:
             run.observers.append(MongoRunObserver(target, fallback_dir=fallback))
             run.meta_info["options"]["--mongo_db"] = target.address  # never the password

@@ -290,3 +290,34 @@ def test_bad_addresses_are_one_line_errors(small_text, tmp_path):
         result = run_cli("-m", spec, "with", *tiny(small_text, tmp_path))
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert message in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("backend, command, where, args", [
+    ("torch", "main", "resume", ["resume=mongodb://rhnuser:{pw}@127.0.0.1:27017/rhn#1"]),
+    ("tf", "main", "data_path", ["data_path=https://rhnuser:{pw}@example.com/alice.txt"]),
+    ("torch", "main", "save_dir", ["save_dir=mongodb://rhnuser:{pw}@127.0.0.1/x"]),
+    ("torch", "evaluate", "load_model", ["{config_file}"]),  # a config file given as a named config
+    ("torch", "main", "--comment", ["--comment", "see mongodb://rhnuser:{pw}@127.0.0.1/x"]),
+])
+def test_no_password_reaches_an_observer(mongo_db, small_text, tmp_path, backend, command, where, args):
+    """Any value holding user:password@ is refused before the run exists: nothing reaches -m or -F."""
+    server, name = mongo_db
+    pw = "hunter2-secret"
+    config_file = tmp_path / "named.json"
+    config_file.write_text(json.dumps({"load_model": f"s3://rhnuser:{pw}@bucket/best.npz"}))
+    args = [a.format(pw=pw, config_file=config_file) for a in args]
+    options, updates = (args, []) if args[0].startswith("--") else ([], args)
+    command_args = [] if command == "main" else [command]
+    result = run_cli(*command_args, "-m", server.spec(name), "-F", str(tmp_path / "obs"), *options, "with",
+                     *tiny(small_text, tmp_path / "ckpt"), *updates, backend=backend)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"RHNError: {where}")
+    assert "password" in result.stderr.strip().splitlines()[-1]
+    assert pw not in result.stdout + result.stderr
+    db = database(server, name)
+    assert db.runs.count_documents({}) == 0
+    for collection in db.list_collection_names():  # nothing at all, in any collection
+        assert pw not in json.dumps(list(db[collection].find()), default=str), collection
+    stored = [p for p in tmp_path.rglob("*") if p.is_file() and p != config_file]
+    assert not any(pw.encode() in p.read_bytes() for p in stored), stored
+    assert not (tmp_path / "obs").exists() and not (tmp_path / "ckpt").exists()

@@ -8,35 +8,23 @@ MongoDB URLs (``mongodb://user:pw@host:27017/db?authSource=admin``,
 Sacred's default).
 
 Credentials stay in the ``MongoTarget`` that connects and nowhere else: every
-printable form of an address goes through ``redact``.
+printable form of an address goes through ``redact`` (``tracking.credentials``).
 """
 import re
 from dataclasses import dataclass, field
 
 from ..errors import RHNError
+from .credentials import has_password, redact  # noqa: F401  (part of this module's interface)
 
 DEFAULT_DB = "sacred"  # Sacred's default database name
 DEFAULT_PRIORITY = 30  # Sacred's MongoObserver priority
 TIMEOUT_S = 5.0  # server selection and connect timeout: an absent server is reported in seconds
 
-_USERINFO = re.compile(r"(mongodb(?:\+srv)?://)([^@/?#]*)@", re.IGNORECASE)
 _NAME = r"[_A-Za-z][0-9A-Za-z_\-]{0,63}"
 _SACRED_FORM = re.compile(
     rf"^(?:(?P<host>[0-9A-Za-z.\-]+):(?P<port>\d{{1,5}})(?::|$))?"
     rf"(?P<db>{_NAME})?(?:\.(?P<collection>{_NAME}))?(?::(?P<overwrite>\d+))?(?:!(?P<priority>-?\d+))?$")
 _RESUME = re.compile(r"^(?P<db>.*)#(?P<run_id>\d+)$")
-
-
-def redact(text):
-    """``text`` with the password of every MongoDB URL in it replaced by ``***``."""
-    def hide(m):
-        user, sep, _ = m.group(2).partition(":")
-        return f"{m.group(1)}{user}{':***' if sep else ''}@"
-    return _USERINFO.sub(hide, str(text))
-
-
-def has_password(text):
-    return any(":" in m.group(2) for m in _USERINFO.finditer(str(text)))
 
 
 @dataclass(frozen=True)

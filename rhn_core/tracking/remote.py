@@ -9,15 +9,15 @@ import os
 import shutil
 
 from ..errors import RHNError
-from .mongo import connect, has_password, parse_resume, parse_target
+from .credentials import RESUME_ADVICE, has_password
+from .mongo import connect, parse_resume, parse_target
 
 
 def check_resume(value):
     """Refuse a password in ``resume=``: the config is stored with the run."""
     ref = parse_resume(value)
     if ref and has_password(ref[0]):
-        raise RHNError("resume= must not hold a password (the config is stored with the run): give the "
-                       "server with -m mongodb://user:password@... (redacted when stored) and write resume=#ID")
+        raise RHNError(RESUME_ADVICE)  # also refused earlier, before the run is created
 
 
 def _target_of(db_spec, run):
