@@ -39,8 +39,8 @@ def cli(*args, backend="torch"):
     return [sys.executable, "-W", "ignore", os.path.join(REPO, f"rhn_train_{backend}.py"), *args]
 
 
-def run_cli(*args, timeout=300, **kw):
-    return subprocess.run(cli(*args, **kw), capture_output=True, text=True, timeout=timeout)
+def run_cli(*args, timeout=300, cwd=None, **kw):
+    return subprocess.run(cli(*args, **kw), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def database(server, name):
@@ -309,7 +309,7 @@ def test_no_password_reaches_an_observer(mongo_db, small_text, tmp_path, backend
     options, updates = (args, []) if args[0].startswith("--") else ([], args)
     command_args = [] if command == "main" else [command]
     result = run_cli(*command_args, "-m", server.spec(name), "-F", str(tmp_path / "obs"), *options, "with",
-                     *tiny(small_text, tmp_path / "ckpt"), *updates, backend=backend)
+                     *tiny(small_text, tmp_path / "ckpt"), *updates, backend=backend, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"RHNError: {where}")
     assert "password" in result.stderr.strip().splitlines()[-1]
@@ -321,3 +321,4 @@ def test_no_password_reaches_an_observer(mongo_db, small_text, tmp_path, backend
     stored = [p for p in tmp_path.rglob("*") if p.is_file() and p != config_file]
     assert not any(pw.encode() in p.read_bytes() for p in stored), stored
     assert not (tmp_path / "obs").exists() and not (tmp_path / "ckpt").exists()
+    assert not (tmp_path / "mongodb:").exists() and not (tmp_path / "runs").exists()  # save_dir= not used either
