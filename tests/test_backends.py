@@ -175,7 +175,7 @@ def test_core_imports_no_framework():
 @pytest.mark.parametrize("with_mask", [False, True, "separate"])
 def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask):
     torch = pytest.importorskip("torch")
-    from rhn_core.backends.torch_rhn import RHNRecurrence
+    from rhn_core.backends.torch_rhn import RHNRecurrence, TorchSteps
     g = torch.Generator().manual_seed(0)
     B, T, H, D = 2, 3, 4, 3
     px = torch.randn(B, T, 2 * H, generator=g, dtype=torch.float64, requires_grad=True)
@@ -184,7 +184,8 @@ def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask):
     b = torch.randn(D, 2 * H, generator=g, dtype=torch.float64, requires_grad=True)
     width = 2 * H if with_mask == "separate" else H
     mh = (torch.rand(B, width, generator=g, dtype=torch.float64) > 0.3).double() / 0.7 if with_mask else None
-    assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3]), (px, s0, R, b))
+    steps = TorchSteps()
+    assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps), (px, s0, R, b))
 
 
 def test_tf_cell_inside_keras_rnn_and_the_fused_layer_agree():

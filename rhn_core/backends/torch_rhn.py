@@ -51,6 +51,7 @@ class RHN(nn.Module):
                 p.uniform_(-init_scale, init_scale)
             for b in self.b:
                 b[:, H:] = init_bias
+        self.steps = TorchSteps()  # how the micro-steps run: PyTorch operations, or fused kernels
 
     def forward(self, input, state=None, input_masks=None, state_masks=None):
         B, H = input.shape[0], self.hidden_size
@@ -68,65 +69,36 @@ class RHN(nn.Module):
                                 torch.matmul(input * mi[:, None, n_in:], W[:, H:])], dim=-1) + self.b[l][0]
             else:
                 px = torch.matmul(input if mi is None else input * mi[:, None, :], W) + self.b[l][0]
-            input, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l])
+            input, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l], self.steps)
             finals.append(s)
         return input, torch.stack(finals)
 
 
-class RHNRecurrence(torch.autograd.Function):
-    """The time and micro-layer loops of one layer, with a hand-written backward pass.
+class TorchSteps:
+    """The micro-steps of ``RHNRecurrence`` from PyTorch operations: the reference path
+    (any device, any dtype). ``torch_kernels.TritonSteps`` has the same two methods, fused."""
 
-    ``apply(px, s0, mh, R, b)``: px B x T x 2H is the input projection of micro-layer 0
-    (bias included) for all steps; s0 B x H; mh B x H (shared by H and T), B x 2H
-    ([for H | for T]) or None; R D x H x 2H; b D x 2H
-    (b[0] unused here: it is in px). Returns (outputs B x T x H, final state B x H).
+    def forward_step(self, s, mh, R_k, bias, a, s_out):
+        """a = [h | t] (B x 2H) and s_out = s + t (h - s) of one micro-step."""
+        H = s.shape[-1]
+        h, g = a[:, :H], a[:, H:]
+        if mh is not None and mh.shape[-1] == 2 * H:  # separate masks: one product for H, one for T
+            torch.addmm(bias[..., :H], s * mh[:, :H], R_k[:, :H], out=h)
+            torch.addmm(bias[..., H:], s * mh[:, H:], R_k[:, H:], out=g)
+        else:  # H and T of a micro-layer in one product
+            torch.addmm(bias, s if mh is None else s * mh, R_k, out=a)
+        h.tanh_()
+        g.sigmoid_()
+        torch.addcmul(s, g, h - s, out=s_out)  # s + t (h - s): the carry is undropped
 
-    Why by hand: autograd records ~8 nodes per micro-step (T x D of them per
-    minibatch), and on a CPU the per-operation overhead, not arithmetic, bounds small
-    models. Here the forward loop writes into preallocated buffers, the gate
-    derivatives are computed for all micro-steps at once, the backward loop carries
-    only the state gradient (3-4 operations per micro-step), and dR, db are one large
-    product per micro-layer over all B x T positions.
-    """
-
-    @staticmethod
-    def forward(ctx, px, s0, mh, R, b):
-        B, T, H = px.shape[0], px.shape[1], s0.shape[-1]
-        D = R.shape[0]
-        N = T * D  # micro-steps; micro-step i = t * D + k reads S[i] and writes S[i + 1]
-        S = px.new_empty(N + 1, B, H)
-        S[0] = s0
-        A = px.new_empty(N, B, 2 * H)  # activations [h | t] of every micro-step
-        Rs, bs, Ss, As = R.unbind(0), b.unbind(0), S.unbind(0), A.unbind(0)
-        Hs, Gs = A[..., :H].unbind(0), A[..., H:].unbind(0)
-        split = mh is not None and mh.shape[-1] == 2 * H
-        for t, px_t in enumerate(px.unbind(1)):
-            for k in range(D):
-                i = t * D + k
-                s = Ss[i]
-                bias = px_t if k == 0 else bs[k]
-                if split:  # separate masks: one product for H, one for T
-                    torch.addmm(bias[..., :H], s * mh[:, :H], Rs[k][:, :H], out=Hs[i])
-                    torch.addmm(bias[..., H:], s * mh[:, H:], Rs[k][:, H:], out=Gs[i])
-                else:  # H and T of a micro-layer in one product; only micro-layer 0 sees the input
-                    torch.addmm(bias, s if mh is None else s * mh, Rs[k], out=As[i])
-                Hs[i].tanh_()
-                Gs[i].sigmoid_()
-                torch.addcmul(s, Gs[i], Hs[i] - s, out=Ss[i + 1])  # s + t (h - s): carry is undropped
-        ctx.save_for_backward(mh, R, S, A)  # freed after backward unless the graph is retained
-        return S[D::D].transpose(0, 1).contiguous(), S[N].clone()
-
-    @staticmethod
-    def backward(ctx, d_out, d_final):
-        mh, R, S, A = ctx.saved_tensors
-        B, T, H = d_out.shape
-        D = R.shape[0]
-        N = T * D
+    def backward_state(self, mh, R, S, A, d_out, d_final, d_pre):
+        """Fill d_pre (N x B x 2H, dJ/d[pre_h | pre_t] of every micro-step) and return dJ/ds0."""
+        N, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
+        D, T = R.shape[0], d_out.shape[1]
         h, g, s_in = A[..., :H], A[..., H:], S[:N]
-        # dJ/d[pre_h | pre_t] = ds * P and the carried part ds * (1 - t), for all micro-steps at once
+        # d_pre = ds * P and the carried part ds * (1 - t); P for all micro-steps at once
         P = torch.cat([g * (1 - h * h), (h - s_in) * g * (1 - g)], dim=-1)
         carry = 1 - g
-        d_pre = torch.empty_like(A)
         split = mh is not None and mh.shape[-1] == 2 * H
         Rt = [r.t() for r in R.unbind(0)]
         RtH, RtT = [r[:, :H].t() for r in R.unbind(0)], [r[:, H:].t() for r in R.unbind(0)]
@@ -145,6 +117,51 @@ class RHNRecurrence(torch.autograd.Function):
                     if mh is not None:
                         ds_in.mul_(mh)
                 ds = torch.addcmul(ds_in, ds, Cs[i])
+        return ds
+
+
+class RHNRecurrence(torch.autograd.Function):
+    """The time and micro-layer loops of one layer, with a hand-written backward pass.
+
+    ``apply(px, s0, mh, R, b, steps)``: px B x T x 2H is the input projection of micro-layer 0
+    (bias included) for all steps; s0 B x H; mh B x H (shared by H and T), B x 2H
+    ([for H | for T]) or None; R D x H x 2H; b D x 2H
+    (b[0] unused here: it is in px); ``steps`` computes the micro-steps (``TorchSteps``, or
+    fused kernels). Returns (outputs B x T x H, final state B x H).
+
+    Why by hand: autograd records ~8 nodes per micro-step (T x D of them per
+    minibatch), and on a CPU the per-operation overhead, not arithmetic, bounds small
+    models. Here the forward loop writes into preallocated buffers, the backward loop
+    carries only the state gradient, and dR, db are one large product per micro-layer
+    over all B x T positions, whichever ``steps`` ran the loops.
+    """
+
+    @staticmethod
+    def forward(ctx, px, s0, mh, R, b, steps):
+        B, T, H = px.shape[0], px.shape[1], s0.shape[-1]
+        D = R.shape[0]
+        N = T * D  # micro-steps; micro-step i = t * D + k reads S[i] and writes S[i + 1]
+        S = px.new_empty(N + 1, B, H)
+        S[0] = s0
+        A = px.new_empty(N, B, 2 * H)  # activations [h | t] of every micro-step
+        Rs, bs, Ss, As = R.unbind(0), b.unbind(0), S.unbind(0), A.unbind(0)
+        for t, px_t in enumerate(px.unbind(1)):
+            for k in range(D):  # only micro-layer 0 sees the input (through px)
+                i = t * D + k
+                steps.forward_step(Ss[i], mh, Rs[k], px_t if k == 0 else bs[k], As[i], Ss[i + 1])
+        ctx.steps = steps
+        ctx.save_for_backward(mh, R, S, A)  # freed after backward unless the graph is retained
+        return S[D::D].transpose(0, 1).contiguous(), S[N].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_final):
+        mh, R, S, A = ctx.saved_tensors
+        B, T, H = d_out.shape
+        D = R.shape[0]
+        N = T * D
+        d_pre = torch.empty_like(A)
+        ds = ctx.steps.backward_state(mh, R, S, A, d_out, d_final, d_pre)
+        split = mh is not None and mh.shape[-1] == 2 * H
         dR, db = torch.empty_like(R), torch.zeros(D, 2 * H, dtype=R.dtype, device=R.device)
         for k in range(D):
             dk = d_pre[k::D].reshape(-1, 2 * H)
@@ -156,7 +173,7 @@ class RHNRecurrence(torch.autograd.Function):
                 torch.mm(a.reshape(-1, H).t(), dk, out=dR[k])
             if k:
                 db[k] = dk.sum(0)
-        return d_pre[0::D].transpose(0, 1), ds, None, dR, db
+        return d_pre[0::D].transpose(0, 1), ds, None, dR, db, None
 
 
 class RHNLanguageModel(nn.Module):
