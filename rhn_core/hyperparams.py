@@ -15,6 +15,8 @@ DEMO_TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_data"
 DATASETS = ("ptb", "enwik8", "text8", "chars")
 VOCAB_SIZES = {"ptb": 10000, "enwik8": 205, "text8": 27}
 DTYPES = ("float32", "float64")
+RHN_IMPLS = ("auto", "reference", "triton")
+PRECISIONS = ("float32", "tf32", "bf16")
 
 
 def hyperparameters():
@@ -54,6 +56,9 @@ def hyperparameters():
     mc_batch_size = 32  # evaluate_mc: samples run in parallel as the rows of one batch
     tied_noise = True  # H and T share dropout masks (TF original); False: separate masks (Torch7, Theano option)
     init_other_bias = 'uniform'  # H and softmax biases: 'uniform' as TF, or a number (Theano's init_other_bias)
+    rhn_impl = 'auto'  # torch micro-steps: reference (PyTorch ops), triton (fused kernels, CUDA); auto = triton on CUDA
+    cuda_graphs = True  # torch on CUDA: capture the train and eval steps once in CUDA graphs and replay them
+    precision = 'float32'  # float32 products; tf32 (CUDA: TF32 matmuls) or bf16 (autocast outside the recurrence)
 
 
 def ptb_sota():
@@ -151,6 +156,14 @@ def check_config(cfg):
         raise RHNError(f"init_other_bias={other!r}: use 'uniform' or a number such as 0")
     if cfg["dtype"] not in DTYPES:
         raise RHNError(f"dtype={cfg['dtype']!r}: use float32 or float64")
+    if cfg["rhn_impl"] not in RHN_IMPLS:
+        raise RHNError(f"rhn_impl={cfg['rhn_impl']!r}: use one of {', '.join(RHN_IMPLS)}")
+    if not isinstance(cfg["cuda_graphs"], bool):
+        raise RHNError(f"cuda_graphs={cfg['cuda_graphs']!r}: use True or False")
+    if cfg["precision"] not in PRECISIONS:
+        raise RHNError(f"precision={cfg['precision']!r}: use one of {', '.join(PRECISIONS)}")
+    if cfg["precision"] != "float32" and cfg["dtype"] != "float32":
+        raise RHNError(f"precision={cfg['precision']} applies to float32 models: use dtype=float32 or precision=float32")
     if cfg["vocab_size"] < 0 or (cfg["vocab_size"] == 0 and cfg["dataset"] != "chars"):
         raise RHNError(f"vocab_size={cfg['vocab_size']!r} must be positive for dataset={cfg['dataset']}")
 

@@ -86,7 +86,8 @@ def make_backend(cfg, backend_name, spec, params):
     module = load_backend(backend_name)
     try:
         return module.Backend(spec, params, weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"],
-                              device=cfg["device"], dtype=cfg["dtype"])
+                              device=cfg["device"], dtype=cfg["dtype"], rhn_impl=cfg["rhn_impl"],
+                              cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"])
     except (RuntimeError, AssertionError, ValueError) as e:  # e.g. device='cuda' on a machine without one
         raise RHNError(f"{backend_name} backend cannot start on device={cfg['device']!r}: "
                        f"{str(e).splitlines()[0]}; use device=cpu or device=auto")

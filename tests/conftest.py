@@ -5,7 +5,15 @@ import warnings
 # Frameworks first, torch before tensorflow (as Keras' own test setup does, to avoid a crash).
 try:
     import torch  # noqa: F401
+    # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; it reads
+    # this variable when triton is imported, so it is set before any test imports it.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 except ImportError:  # the core's tests still run
+    pass
+try:  # triton before tensorflow too: the other order aborts (both register the same LLVM options)
+    import triton  # noqa: F401
+except ImportError:
     pass
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 try:

@@ -16,6 +16,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from ..errors import RHNError
 from ..params import check_params, fuse, unfuse
 
 if keras.backend.backend() != "tensorflow":
@@ -257,7 +258,13 @@ class Backend:
     name = "tf"
 
     def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32",
-                 jit_compile=True):
+                 rhn_impl="auto", cuda_graphs=True, precision="float32", jit_compile=True):
+        # rhn_impl and cuda_graphs choose torch's fast paths; here XLA compiles the whole step (jit_compile).
+        if rhn_impl == "triton":
+            raise RHNError("rhn_impl=triton is the torch backend's: use rhn_impl=auto or reference with tf")
+        if precision == "bf16":
+            raise RHNError("precision=bf16 is implemented in the torch backend only: use float32 or tf32 with tf")
+        tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")  # TF's own default is on
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
         self.device, self.dtype = pick_device(device), tf.as_dtype(dtype)
         if self.device.startswith("/GPU") and not tf.config.list_logical_devices("GPU"):

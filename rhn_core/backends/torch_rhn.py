@@ -12,10 +12,13 @@ import sys
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 from torch.nn import functional as F
 
 from ..params import check_params, fuse, unfuse
+from .torch_kernels import make_steps, resolve_impl
+from .torch_kernels.graphs import StaticStep
 
 
 class RHN(nn.Module):
@@ -69,7 +72,11 @@ class RHN(nn.Module):
                                 torch.matmul(input * mi[:, None, n_in:], W[:, H:])], dim=-1) + self.b[l][0]
             else:
                 px = torch.matmul(input if mi is None else input * mi[:, None, :], W) + self.b[l][0]
-            input, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l], self.steps)
+            if torch.is_autocast_enabled(px.device.type):  # bf16 autocast: the recurrence stays float32
+                with torch.autocast(px.device.type, enabled=False):
+                    input, s = RHNRecurrence.apply(px.float(), state[l], mh, self.R[l], self.b[l], self.steps)
+            else:
+                input, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l], self.steps)
             finals.append(s)
         return input, torch.stack(finals)
 
@@ -236,7 +243,8 @@ class Backend:
 
     name = "torch"
 
-    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32"):
+    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32",
+                 rhn_impl="auto", cuda_graphs=True, precision="float32"):
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
         self.device, self.dtype = pick_device(device), getattr(torch, dtype)
         if self.device.type == "cpu":
@@ -244,6 +252,14 @@ class Backend:
         self.model = RHNLanguageModel(spec).to(self.device, self.dtype)
         self.params = list(self.model.parameters())
         self.set_params(params)
+        self.impl = resolve_impl(rhn_impl, self.device.type)
+        self.model.rhn.steps = make_steps(self.impl, tf32=precision == "tf32")
+        self.precision = precision
+        if precision == "tf32" and self.device.type == "cuda":  # cuBLAS products of this process
+            torch.backends.cuda.matmul.allow_tf32 = True
+        # eager: plain calls; static: the same step on static buffers (CPU tests); graph: CUDA graphs
+        self.step_mode = "graph" if cuda_graphs and self.device.type == "cuda" else "eager"
+        self._static_steps = {}
 
     # --- canonical parameters -------------------------------------------------
     def _fused_names(self):
@@ -292,8 +308,13 @@ class Backend:
         return torch.stack(list(values)).detach().cpu().double().numpy()
 
     # --- steps ------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
     def _objective_and_grads(self, x, y, masks, state):
-        loss, state = self.model.loss(self._ids(x), self._ids(y), state, self._masks(masks))
+        """J, dJ/dtheta (weight decay included) and the final state, from device tensors."""
+        with self._autocast():
+            loss, state = self.model.loss(x, y, state, masks)
         grads = torch.autograd.grad(loss, self.params)
         with torch.no_grad():
             sq = torch._foreach_norm(self.params)
@@ -302,20 +323,43 @@ class Backend:
             grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
         return loss.detach() + l2, grads, state.detach()
 
-    def train_step(self, x, y, masks, state, lr):
-        """One SGD step on J, clipped to max_grad_norm (global norm); no host sync."""
-        objective, grads, state = self._objective_and_grads(x, y, masks, state)
+    def _apply_update(self, grads, lr):
+        """theta -= lr * g * max_grad_norm / max(||g||, max_grad_norm); ``lr`` a device scalar."""
         with torch.no_grad():
             norm = torch.stack(torch._foreach_norm(grads)).norm()
             scale = self.max_grad_norm / torch.clamp(norm, min=self.max_grad_norm)
             torch._foreach_mul_(grads, -lr * scale)
             torch._foreach_add_(self.params, grads)
+
+    def _train_body(self, x, y, masks, state, lr):
+        """The whole training step on device tensors: what a CUDA graph records."""
+        objective, grads, state = self._objective_and_grads(x, y, masks, state)
+        self._apply_update(grads, lr)
         return objective, state
 
+    def _eval_body(self, x, y, state):
+        with torch.no_grad(), self._autocast():
+            return self.model.loss(x, y, state)
+
+    def _run(self, kind, body, args):
+        """``body(*args)``, directly or as a static step (one per kind and input shapes)."""
+        if self.step_mode == "eager":
+            return body(*args)
+        flat, tree = pytree.tree_flatten(args)  # the masks' structure (which are None) is part of the key
+        key = (kind, tree, tuple(None if t is None else t.shape for t in flat))
+        step = self._static_steps.get(key)
+        if step is None:
+            step = self._static_steps[key] = StaticStep(lambda *leaves: body(*pytree.tree_unflatten(leaves, tree)),
+                                                        flat, capture=self.step_mode == "graph", keep=self.params)
+        return step(flat)
+
+    def train_step(self, x, y, masks, state, lr):
+        """One SGD step on J, clipped to max_grad_norm (global norm); no host sync."""
+        lr = torch.tensor(lr, dtype=self.dtype).to(self.device, non_blocking=True)
+        return self._run("train", self._train_body, (self._ids(x), self._ids(y), self._masks(masks), state, lr))
+
     def eval_step(self, x, y, state):
-        with torch.no_grad():
-            loss, state = self.model.loss(self._ids(x), self._ids(y), state)
-        return loss, state
+        return self._run("eval", self._eval_body, (self._ids(x), self._ids(y), state))
 
     def log_probs(self, x, state, masks=None):
         """Log-probabilities (B x T x V) and the final state, as NumPy (tests, MC evaluation)."""
@@ -331,5 +375,5 @@ class Backend:
             return (-nll).cpu().double().numpy(), state
 
     def gradients(self, x, y, masks, state):
-        objective, grads, _ = self._objective_and_grads(x, y, masks, state)
+        objective, grads, _ = self._objective_and_grads(self._ids(x), self._ids(y), self._masks(masks), state)
         return float(objective), self._canonical(grads)
