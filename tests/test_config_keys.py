@@ -445,3 +445,51 @@ def test_mc_mode_decides_the_word_mask_and_the_scored_positions(text, tmp_path, 
     assert len(np.unique(faithful)) == 1  # faithful: one scalar for the whole stream
     assert set(np.unique(corrected)) == {0.0, 2.0}  # corrected: per position
     assert len(faithful) == len(corrected) == 44
+
+
+# --- the torch backend's fast paths (issue 10) ------------------------------------------------
+@effect_of("rhn_impl")
+def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
+    pytest.importorskip("triton")
+    import torch
+    auto = trainer(text, tmp_path, rhn_impl="auto").backend
+    assert type(auto.model.rhn.steps).__name__ == ("TritonSteps" if auto.device.type == "cuda" else "TorchSteps")
+    assert type(trainer(text, tmp_path, rhn_impl="reference").backend.model.rhn.steps).__name__ == "TorchSteps"
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton kernels need CUDA or the interpreter")
+    t = trainer(text, tmp_path, rhn_impl="triton", device="cuda" if torch.cuda.is_available() else "cpu")
+    assert type(t.backend.model.rhn.steps).__name__ == "TritonSteps"
+    before, after, grads = first_step(t)  # the fused kernels' step is the reference step
+    expected = oracle.sgd_step(before, grads(t.cfg["weight_decay"]), 0.5, t.cfg["max_grad_norm"])
+    for n in expected:
+        np.testing.assert_allclose(after[n], expected[n], rtol=0, atol=1e-12, err_msg=n)
+    with pytest.raises(RHNError, match="rhn_impl='fused': use one of auto, reference, triton"):
+        trainer(text, tmp_path, rhn_impl="fused")
+
+
+@effect_of("cuda_graphs")
+def test_cuda_graphs_capture_the_steps_on_cuda_only(text, tmp_path):
+    import torch
+    on, off = (trainer(text, tmp_path, device="auto", cuda_graphs=c).backend for c in (True, False))
+    assert off.step_mode == "eager"
+    assert on.step_mode == ("graph" if torch.cuda.is_available() else "eager")  # CPU: nothing to capture
+    if torch.cuda.is_available():  # captured and eager steps agree exactly
+        results = [first_step(trainer(text, tmp_path, device="cuda", cuda_graphs=c))[1] for c in (True, False)]
+        for n in results[0]:
+            np.testing.assert_array_equal(results[0][n], results[1][n], err_msg=n)
+    with pytest.raises(RHNError, match="cuda_graphs='yes': use True or False"):
+        trainer(text, tmp_path, cuda_graphs="yes")
+
+
+@effect_of("precision")
+def test_precision_rounds_the_products(text, tmp_path):
+    steps = {p: first_step(trainer(text, tmp_path, dtype="float32", precision=p, max_grad_norm=1e6, weight_decay=0.0))
+             for p in ("float32", "bf16")}
+    before, exact, grads = steps["float32"]
+    expected = oracle.sgd_step(before, grads(0.0), 0.5, 1e6)
+    worst = {p: max(np.abs(steps[p][1][n] - expected[n]).max() for n in expected) for p in steps}
+    assert worst["float32"] < 1e-6 and 1e-5 < worst["bf16"] < 2e-2, worst  # bf16 keeps 8 bits of mantissa
+    with pytest.raises(RHNError, match="precision=tf32 applies to float32 models: use dtype=float32"):
+        trainer(text, tmp_path, dtype="float64", precision="tf32")
+    with pytest.raises(RHNError, match="precision='fp8': use one of float32, tf32, bf16"):
+        trainer(text, tmp_path, precision="fp8")
