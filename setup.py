@@ -5,8 +5,12 @@ EXTRAS = {
     "torch": ["torch>=2.1"],
     "tf": ["tensorflow>=2.16"],
     "mongo": ["pymongo>=4.6"],  # kept for older install lines; pymongo is now a core requirement
+    # Fused CUDA kernels of the torch backend (rhn_impl=triton / auto on CUDA).
+    "gpu": ["triton>=3.2"],
     # The suite starts a real MongoDB-protocol server of its own: SecantusDB (WiredTiger storage).
-    "test": ["pytest>=7", "secantusdb==0.7.0b3"],
+    # triton 3.9.0: its interpreter runs the kernel tests on CPU (3.5.0's fails with numpy 2.4).
+    "test": ["pytest>=7", "secantusdb==0.7.0b3",
+             "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
