@@ -17,11 +17,13 @@ from sacred.commandline_options import cli_option
 from sacred.commands import print_config
 from sacred.dependencies import PackageDependency
 import importlib.metadata
+import json
 import re
 
 from sacred.utils import apply_backspaces_and_linefeeds
 
 from . import loop, mc
+from .errors import RHNError
 from .hyperparams import NAMED_CONFIGS, hyperparameters
 from .tracking.credentials import check_run_inputs
 from .tracking.mongo import parse_target
@@ -33,6 +35,13 @@ def mongo_fallback_option(args, run):
     file-observer layout) and go on; python -m rhn_core.tracking.upload stores it later. Also where a run is
     kept while the server is lost mid-run (default runs/mongo_unsent)."""
     # Read by RHNExperiment._create_run, which builds the MongoDB observer.
+
+
+@cli_option("-w", "--sweep")
+def sweep_option(args, run):
+    """Set by python -m rhn_core.sweep: JSON {name, key, values} of the sweep this run belongs to, stored in
+    the run's meta (meta.sweep) from its start, so the sweep and report find and group its runs."""
+    # Read by RHNExperiment._create_run, which puts it into the meta information.
 
 
 FRAMEWORK_DISTRIBUTIONS = {"torch": ("torch",), "tf": ("tensorflow", "tensorflow-cpu", "keras")}
@@ -59,6 +68,8 @@ class RHNExperiment(Experiment):
         # Taken out so that Sacred's own options do not build their observers; ours are added below.
         mongo_spec, file_dir = options.pop("--mongo_db", None), options.pop("--file_storage", None)
         fallback = options.get("--mongo_fallback")
+        if options.get("--sweep"):
+            meta_info = dict(meta_info or {}, sweep=parse_sweep_option(options["--sweep"]))
         target = parse_target(mongo_spec) if mongo_spec else None  # a bad address fails before any work
         run = super()._create_run(command_name, config_updates, named_configs, info, meta_info, options)
         # Before any observer is attached or started: a password in the config or command line is refused.
@@ -72,9 +83,22 @@ class RHNExperiment(Experiment):
         return run
 
 
+def parse_sweep_option(text):
+    """The --sweep value: a JSON object with the sweep's name, the run's key and its swept values."""
+    try:
+        sweep = json.loads(text)
+    except ValueError:
+        sweep = None
+    if not isinstance(sweep, dict) or not {"name", "key", "values"} <= set(sweep):
+        raise RHNError(f"--sweep={text!r} is not a JSON object with name, key and values: "
+                       f"let python -m rhn_core.sweep set it")
+    return sweep
+
+
 def make_experiment(backend_name):
     """Experiment ``rhn_prediction`` (the original's name) driving ``backend_name``."""
-    ex = RHNExperiment("rhn_prediction", save_git_info=False, additional_cli_options=[mongo_fallback_option])
+    ex = RHNExperiment("rhn_prediction", save_git_info=False,
+                       additional_cli_options=[mongo_fallback_option, sweep_option])
     # Progress bars redraw with carriage returns: the stored output keeps one line per bar at most,
     # so a run's document stays far below MongoDB's 16 MB whatever its length (tested).
     ex.captured_out_filter = clean_output

@@ -35,9 +35,11 @@ class _Stop(Exception):
 
 
 class InterruptFlag:
-    """First Ctrl-C (or SIGTERM, as schedulers send): finish the step, save, stop. Second: abort at once."""
+    """First Ctrl-C (or SIGTERM, or Slurm's pre-timeout SIGUSR2): finish the step, save, stop. A second
+    Ctrl-C aborts at once; a scheduler's further signals (Slurm may send SIGTERM and SIGUSR2 to every
+    process of a job) are ignored, so they cannot cut the checkpoint short."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ())
 
     def __init__(self):
         self.requested = False
@@ -55,7 +57,9 @@ class InterruptFlag:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again aborts)", flush=True)

@@ -154,3 +154,19 @@ def describe(spec):
     lines = [f"{name}: {shape}" for name, shape in param_shapes(spec).items()]
     lines.append(f"Total number of parameters: {count_params(spec):,}")
     return lines
+
+
+def hidden_size_for_count(spec, target):
+    """The hidden size H whose model (``spec`` otherwise unchanged) has the parameter count closest
+    to ``target``; the smaller H on a tie. The count grows with H, so a bisection finds it."""
+    from dataclasses import replace
+
+    def count(h):
+        return count_params(replace(spec, hidden_size=h))
+    lo, hi = 1, 2
+    while count(hi) < target:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # count(lo) < target <= count(hi), or lo = 1
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    return lo if target - count(lo) <= count(hi) - target else hi

@@ -46,14 +46,20 @@ class DirSource:
         except (OSError, ValueError):  # a run still starting, or killed mid-write, lacks some files
             return {}
 
-    def runs(self):
+    def runs(self, sweep=None):
         try:
             names = os.listdir(self.path)
         except OSError as e:
             raise RHNError(f"cannot read {self.path} ({e.strerror}): check its permissions")
         ids = [n for n in names if os.path.isfile(os.path.join(self.path, n, "run.json"))]
-        return [{"id": int(i) if i.isdigit() else i, "status": self._json(i, "run.json").get("status"),
-                 "config": self._json(i, "config.json"), "info": self._json(i, "info.json")} for i in ids]
+        runs = []
+        for i in ids:
+            run = self._json(i, "run.json")
+            runs.append({"id": int(i) if i.isdigit() else i, "status": run.get("status"),
+                         "config": self._json(i, "config.json"), "info": self._json(i, "info.json"),
+                         "meta": run.get("meta") or {}, "heartbeat": run.get("heartbeat"),
+                         "artifacts": {name: os.path.join(self.path, i, name) for name in run.get("artifacts", [])}})
+        return [r for r in runs if sweep is None or lookup(r["meta"], "sweep.name") == sweep]
 
     def metric(self, name, ids):
         return {i: self._json(str(i), "metrics.json").get(name, {}).get("values", []) for i in ids}
@@ -70,7 +76,7 @@ class MongoSource:
         target = parse_target(spec)
         self.label = f"{target.display} (database {target.db_name}, collection {target.runs_collection})"
         self.client, self.db = connect(target)
-        self.collection = target.runs_collection
+        self.collection, self.address = target.runs_collection, target.address
 
     def _read(self, collection, query, fields):
         from pymongo.errors import PyMongoError
@@ -79,9 +85,13 @@ class MongoSource:
         except PyMongoError as e:  # the server went away after the connection check
             raise RHNError(f"reading {collection} from {self.label} failed ({e}): check the server and retry")
 
-    def runs(self):
+    def runs(self, sweep=None):
+        query = {} if sweep is None else {"meta.sweep.name": sweep}
+        fields = ("status", "config", "info", "meta", "heartbeat", "artifacts.name")
         return [{"id": d["_id"], "status": d.get("status"), "config": d.get("config") or {},
-                 "info": d.get("info") or {}} for d in self._read(self.collection, {}, ("status", "config", "info"))]
+                 "info": d.get("info") or {}, "meta": d.get("meta") or {}, "heartbeat": d.get("heartbeat"),
+                 "artifacts": {a["name"]: f"{self.address}#{d['_id']}" for a in d.get("artifacts") or []}}
+                for d in self._read(self.collection, query, fields)]
 
     def metric(self, name, ids):
         docs = self._read("metrics", {"run_id": {"$in": list(ids)}, "name": name}, ("run_id", "values"))
