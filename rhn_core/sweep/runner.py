@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from ..errors import RHNError
@@ -23,6 +24,7 @@ from ..errors import RHNError
 # TensorFlow's two pools. Each run gets its share of the cores instead of all of them.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 STOP_WAIT_S = 600  # longest wait for a stopped child to write its checkpoint
+PREEMPT_WAIT_S = 30  # after a SIGTERM under Slurm, how long the pre-timeout signal may take to follow
 
 
 def entry_command(entry):
@@ -34,9 +36,11 @@ def entry_command(entry):
     return [sys.executable, os.path.abspath(entry)]
 
 
-def thread_env(threads):
+def child_env(threads):
+    """The run's environment: its share of threads, and output written to the log as it comes."""
     env = {name: str(threads) for name in THREAD_VARIABLES}
     env["TF_NUM_INTEROP_THREADS"] = "1"  # one op at a time: the intra-op pool uses the share
+    env["PYTHONUNBUFFERED"] = "1"  # the log shows each epoch when it ends (tail -f works)
     return env
 
 
@@ -57,20 +61,35 @@ class SweepJob:
     def __call__(self):
         os.makedirs(self.save_dir, exist_ok=True)
         argv = self.command()
-        env = dict(os.environ, **thread_env(self.threads))
+        env = dict(os.environ, **child_env(self.threads))
+        on_slurm = "SLURM_JOB_ID" in os.environ and threading.current_thread() is threading.main_thread()
+        self._terminated = False
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if on_slurm else None
         start = time.time()
-        with open(self.log_path, "a") as log:
-            log.write(f"\n$ {' '.join(argv)}\n")
-            log.flush()
-            # Own session: a Ctrl-C in the sweep's terminal reaches the sweep, which stops each run once.
-            self._child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True)
-            rc = self._child.wait()
-        self._child = None
+        try:
+            with open(self.log_path, "a") as log:
+                log.write(f"\n$ {' '.join(argv)}\n")
+                log.flush()
+                # Own session: a Ctrl-C in the sweep's terminal reaches the sweep, which stops each run once.
+                self._child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                               start_new_session=True)
+                rc = self._child.wait()
+            self._child = None
+            if rc != 0 and on_slurm and self._terminated:
+                # Slurm signals every process of the job, so the run may have checkpointed and exited on
+                # the SIGTERM of a preemption before submitit sees the SIGUSR2 that follows it: wait for
+                # that signal (submitit then requeues and exits); a plain cancel is killed meanwhile.
+                time.sleep(PREEMPT_WAIT_S)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         result = {"key": self.key, "returncode": rc, "seconds": round(time.time() - start, 1)}
-        if rc != 0 and "SLURM_JOB_ID" in os.environ:  # a failed run fails its Slurm job
+        if rc != 0 and on_slurm:  # a failed run fails its Slurm job
             raise RuntimeError(f"run {self.key} exited with status {rc}: see {self.log_path}")
         return result
+
+    def _on_sigterm(self, signum, frame):
+        self._terminated = True  # the child got it too (Slurm signals the whole job): it checkpoints
 
     def stop(self, sig=signal.SIGTERM):
         """Ask the running child to checkpoint and stop; True if there was one."""

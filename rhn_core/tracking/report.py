@@ -4,6 +4,7 @@
     python -m rhn_core.tracking.report --dir runs_db --x hidden_size --logy
     python -m rhn_core.tracking.report --mongo 'mongodb://me:pw@host/rhn?authSource=admin' --status COMPLETED
     python -m rhn_core.tracking.report --dir runs_db --y valid_perplexity --no-plot
+    python -m rhn_core.tracking.report --mongo 127.0.0.1:27017:rhn --sweep depth   # mean +- std over seeds
 
 Runs come from Sacred's MongoObserver (``--mongo``, any address ``-m`` takes) or
 FileStorageObserver folder (``--dir``). ``--x`` and ``--group`` are config keys
@@ -199,7 +200,11 @@ def plot(points, args, ylabel, title):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for group in sorted({r["group"] for r in points}, key=order):
         series = sorted((r for r in points if r["group"] == group), key=lambda r: (order(r["x"]), order(r["id"])))
-        ax.plot([r["x"] for r in series], [r["y"] for r in series], marker="o", label=f"{args.group}={fmt(group)}")
+        xs, ys, label = [r["x"] for r in series], [r["y"] for r in series], f"{args.group}={fmt(group)}"
+        if any("std" in r for r in series):  # sweep groups: the mean over seeds, a bar of one std
+            ax.errorbar(xs, ys, yerr=[r["std"] for r in series], marker="o", capsize=4, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", label=label)
     ax.set(xlabel=args.x, ylabel=ylabel, title=title)
     if args.logy:
         ax.set_yscale("log")
@@ -237,6 +242,10 @@ def parse_args(argv):
     p.add_argument("--plot", default="rhn_report.png", help="where to write the plot")
     p.add_argument("--no-plot", action="store_true", help="only print the table")
     p.add_argument("--logy", action="store_true", help="logarithmic y axis")
+    p.add_argument("--sweep", metavar="NAME", help="the runs of sweep NAME (rhn-sweep): one row per setting of "
+                   "its swept keys, the mean and std over the --over keys, error bars in the plot")
+    p.add_argument("--over", action="append", default=[], metavar="KEY",
+                   help="with --sweep: swept keys averaged over (default seed; repeatable)")
     return p.parse_args(argv)
 
 
@@ -250,6 +259,9 @@ def report(args):
 
 def report_from(source, args):
     statuses = {s.strip().upper() for arg in args.status for s in arg.split(",") if s.strip()}
+    if getattr(args, "sweep", None):
+        from .sweeps import report_sweep
+        return report_sweep(source, args, statuses)
     runs = [r for r in source.runs() if not statuses or str(r["status"]).upper() in statuses]
     if not runs:
         wanted = f" with status {', '.join(sorted(statuses))}" if statuses else ""
@@ -270,8 +282,12 @@ def report_from(source, args):
         print(f"{len(runs) - len(points)} of {len(runs)} runs lack {args.x} or {ylabel}: left out of the plot")
     if not points:
         raise RHNError(f"no run has both {args.x} and {ylabel} to plot: pick other --x/--y or use --no-plot")
+    write_plot(points, args, f"{ylabel} vs {args.x}\n{source.label}", ylabel)
+
+
+def write_plot(points, args, title, ylabel):
     try:
-        plot(points, args, ylabel, f"{ylabel} vs {args.x}\n{source.label}")
+        plot(points, args, ylabel, title)
     except (OSError, ValueError) as e:
         raise RHNError(f"cannot write the plot to {args.plot} ({e}): pick another --plot path or --no-plot")
     print(f"plot written to {args.plot}")
