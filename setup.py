@@ -8,8 +8,9 @@ EXTRAS = {
     # Fused CUDA kernels of the torch backend (rhn_impl=triton / auto on CUDA).
     "gpu": ["triton>=3.2"],
     # The suite starts a real MongoDB-protocol server of its own: SecantusDB (WiredTiger storage).
+    "slurm": ["submitit>=1.5"],  # rhn-sweep --executor slurm
     # triton 3.9.0: its interpreter runs the kernel tests on CPU (3.5.0's fails with numpy 2.4).
-    "test": ["pytest>=7", "secantusdb==0.7.0b3",
+    "test": ["pytest>=7", "secantusdb==0.7.0b3", "submitit>=1.5",
              "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
@@ -28,4 +29,5 @@ setup(
     install_requires=["numpy>=1.22", "sacred>=0.8.4", "tqdm>=4.60", "matplotlib>=3.5", "pymongo>=4.6",
                       "setuptools<82"],
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["rhn-sweep = rhn_core.sweep.cli:main"]},
 )

@@ -1,5 +1,6 @@
 """Shared fixtures: synthetic corpora in the exact formats, the shared data folder."""
 import os
+import subprocess
 import warnings
 
 # Frameworks first, torch before tensorflow (as Keras' own test setup does, to avoid a crash).
@@ -144,3 +145,31 @@ def private_mongo(tmp_path):
     server = MongoServer(tmp_path / "mongo-storage").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory, request):
+    """A real one-node Slurm cluster (tests/slurm_cluster.py), started once; skipped with the reason where it
+    cannot start, unless RHN_REQUIRE_SLURM=1 (CI), where that is a failure."""
+    from slurm_cluster import SlurmCluster, unavailable
+    required = os.environ.get("RHN_REQUIRE_SLURM") == "1"
+    why = unavailable()
+    if why:
+        if required:
+            pytest.fail(f"RHN_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        logs = cluster.logs()
+        cluster.stop()
+        if required:
+            pytest.fail(f"Slurm did not start: {e}\n{logs}")
+        pytest.skip(f"Slurm could not start here: {e}")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # shown even while pytest captures output (CI's record of the start-up time)
+        reporter.write_line(f"\nSlurm cluster up in {cluster.timings['slurmd: node idle']:.1f} s "
+                            f"(seconds since start: {cluster.timings})")
+    yield cluster
+    cluster.stop()

@@ -127,9 +127,10 @@ class SlurmCluster:
             "SlurmdLogFile": os.path.join(self.root, "slurmd.file.log"),
             "AccountingStorageType": "accounting_storage/slurmdbd", "AccountingStorageHost": "localhost",
             "AccountingStoragePort": dbd,
-            # Fast tests (SLURM.md): a requeued job would wait ~150 s, a cancelled one 30 s for SIGKILL.
+            # Fast tests (SLURM.md): a requeued job would wait ~150 s. KillWait (SIGTERM to SIGKILL; 30 s by
+            # default, 5 s in SLURM.md) leaves a cancelled run time to checkpoint on a loaded machine.
             "AuthInfo": "cred_expire=10", "SchedulerParameters": "sched_interval=2,bf_interval=2",
-            "KillWait": 5,
+            "KillWait": 20,
         }
         text = "".join(f"{k}={v}\n" for k, v in lines.items())
         text += (f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={max(512, free_mb - 512)} "

@@ -158,7 +158,7 @@ def test_interrupted_sweep_resumes_exactly_on_relaunch(mongo_db, small_text, tmp
     """SIGTERM to the sweep: its run checkpoints; the re-launch resumes it and ends as a twin never stopped."""
     server, db_name = mongo_db
     common = ["-m", server.spec(db_name), "--sweep-dir", str(tmp_path), "--threads", "1", "-s", "seed=3",
-              *tiny_run(small_text, epochs=30)]
+              *tiny_run(small_text, epochs=15)]
     stopped, twin = (subprocess.Popen([sys.executable, "-W", "ignore", "-m", "rhn_core.sweep", "run", "--name", name,
                                        *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=dict(os.environ, PYTHONPATH=REPO))
@@ -172,7 +172,7 @@ def test_interrupted_sweep_resumes_exactly_on_relaunch(mongo_db, small_text, tmp
     assert twin.returncode == 0, twin_out
     assert stopped.returncode == 1 and "0 of 1 runs ended well" in out and "launch again to resume" in out
     [piece] = sweep_runs(server, db_name, "cut")
-    assert piece["status"] == "INTERRUPTED" and 3 <= piece["info"]["epoch_nr"] < 30
+    assert piece["status"] == "INTERRUPTED" and 3 <= piece["info"]["epoch_nr"] < 15
     again = sweep_cli("run", "--name", "cut", *common)
     assert again.returncode == 0 and f"resume {tmp_path / 'cut' / 'seed=3' / 'last.npz'}" in again.stdout
     first, second = sweep_runs(server, db_name, "cut")

@@ -154,7 +154,9 @@ def run_argv(args, named, fixed, run):
         argv += ["-m", args.mongo_db]
     if args.file_storage:
         argv += ["-F", os.path.abspath(args.file_storage)]
-    return argv + [f"--sweep={json.dumps(sweep, sort_keys=True)}"]
+    # Sacred's default capture (fd) pipes the output through a `tee` child; Slurm signals every process of a
+    # job, and a tee stopped by the signal would break the run's output while it checkpoints.
+    return argv + ["--capture=sys", f"--sweep={json.dumps(sweep, sort_keys=True)}"]
 
 
 def write_plan(args, named, fixed, runs):
@@ -200,7 +202,8 @@ def launch(args):
         row["todo"] = {"skip": "skip", "start": "start"}.get(row["action"], f"resume {resume or '(from scratch)'}")
         if row["action"] != "skip":
             jobs.append(SweepJob(run.key, run_argv(args, named, fixed, run), save_dir,
-                                 os.path.join(folder, "logs", f"{run.folder}.log"), threads, resume))
+                                 os.path.join(folder, "logs", f"{run.folder}.log"), threads, resume,
+                                 stop_wait_s=max(10, args.slurm_signal_delay - 15)))
     print(f"sweep {args.name}: {len(runs)} runs, {len(jobs)} to run ({threads} thread(s) each); folders in {folder}")
     print_table(table, extra=[("to do", "todo", False)])
     if not jobs:
@@ -223,10 +226,13 @@ def run_local(args, jobs):
         outcome = "finished" if rc == 0 else f"stopped with status {rc} (log: {job.log_path})"
         print(f"[{len(done)}/{total}] {job.key} {outcome} after {result['seconds']:.0f} s", flush=True)
     results = LocalExecutor(args.parallel).run(jobs, report)
-    failed = [r for r in results if r["returncode"] not in (0, None)]
-    print(f"sweep {args.name}: {total - len(failed)} of {total} runs ended well in {time.time() - start:.0f} s"
-          + (f"; {len(failed)} did not: launch again to resume them" if failed else ""))
-    if failed:
+    ended = sum(r["returncode"] == 0 for r in results)
+    stopped = sum(r["returncode"] not in (0, None) for r in results)
+    unstarted = sum(r["returncode"] is None for r in results)
+    print(f"sweep {args.name}: {ended} of {total} runs ended well in {time.time() - start:.0f} s"
+          + (f"; {stopped} stopped or failed" if stopped else "") + (f"; {unstarted} not started" if unstarted else "")
+          + ("; launch again to resume them" if ended < total else ""))
+    if ended < total:
         raise SystemExit(1)
 
 

@@ -23,8 +23,7 @@ from ..errors import RHNError
 # Thread counts of the numerical libraries: OpenMP (PyTorch's CPU kernels), MKL/OpenBLAS (NumPy),
 # TensorFlow's two pools. Each run gets its share of the cores instead of all of them.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
-STOP_WAIT_S = 600  # longest wait for a stopped child to write its checkpoint
-PREEMPT_WAIT_S = 30  # after a SIGTERM under Slurm, how long the pre-timeout signal may take to follow
+PREEMPT_WAIT_S = 10  # after a SIGTERM under Slurm, how long the pre-timeout signal may take to follow
 
 
 def entry_command(entry):
@@ -47,9 +46,10 @@ def child_env(threads):
 class SweepJob:
     """Run ``argv`` (+ ``save_dir=FOLDER``, + ``resume=`` when there is something to resume) to its end."""
 
-    def __init__(self, key, argv, save_dir, log_path, threads, resume=""):
+    def __init__(self, key, argv, save_dir, log_path, threads, resume="", stop_wait_s=75):
         self.key, self.argv, self.save_dir, self.log_path = key, list(argv), save_dir, log_path
         self.threads, self.resume = threads, resume
+        self.stop_wait_s = stop_wait_s  # on preemption: Slurm kills the job this long after its signal
         self._child = None
 
     def command(self):
@@ -108,7 +108,7 @@ class SweepJob:
         child = self._child
         if self.stop():
             try:
-                child.wait(STOP_WAIT_S)
+                child.wait(self.stop_wait_s)
             except subprocess.TimeoutExpired:
                 child.kill()
         self._child = None
