@@ -7,8 +7,9 @@ EXTRAS = {
     "mongo": ["pymongo>=4.6"],  # kept for older install lines; pymongo is now a core requirement
     # Fused CUDA kernels of the torch backend (rhn_impl=triton / auto on CUDA).
     "gpu": ["triton>=3.2"],
-    # The suite starts a real MongoDB-protocol server of its own: SecantusDB (WiredTiger storage).
     "slurm": ["submitit>=1.5"],  # rhn-sweep --executor slurm
+    # The suite starts a real MongoDB-protocol server of its own: SecantusDB (WiredTiger storage); it also
+    # starts a Slurm cluster, driven through submitit.
     # triton 3.9.0: its interpreter runs the kernel tests on CPU (3.5.0's fails with numpy 2.4).
     "test": ["pytest>=7", "secantusdb==0.7.0b3", "submitit>=1.5",
              "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],

@@ -19,6 +19,7 @@ import threading
 import time
 
 from ..errors import RHNError
+from ..tracking.mongo import redact
 
 # Thread counts of the numerical libraries: OpenMP (PyTorch's CPU kernels), MKL/OpenBLAS (NumPy),
 # TensorFlow's two pools. Each run gets its share of the cores instead of all of them.
@@ -68,7 +69,7 @@ class SweepJob:
         start = time.time()
         try:
             with open(self.log_path, "a") as log:
-                log.write(f"\n$ {' '.join(argv)}\n")
+                log.write(f"\n$ {redact(' '.join(argv))}\n")
                 log.flush()
                 # Own session: a Ctrl-C in the sweep's terminal reaches the sweep, which stops each run once.
                 self._child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
