@@ -167,9 +167,9 @@ def slurm(tmp_path_factory, request):
         if required:
             pytest.fail(f"Slurm did not start: {e}\n{logs}")
         pytest.skip(f"Slurm could not start here: {e}")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # shown even while pytest captures output (CI's record of the start-up time)
-        reporter.write_line(f"\nSlurm cluster up in {cluster.timings['slurmd: node idle']:.1f} s "
-                            f"(seconds since start: {cluster.timings})")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown in CI's log even while pytest captures output
+        print(f"\nSlurm cluster up in {cluster.timings['slurmd: node idle']:.1f} s (seconds since start: "
+              f"{cluster.timings})", flush=True)
     yield cluster
     cluster.stop()

@@ -13,20 +13,14 @@ end in one ``error: ...`` line on stderr and exit status 2.
 import argparse
 import json
 import os
-import sys
 import time
 
 from ..errors import RHNError
 from ..tracking.mongo import parse_target, redact
-from ..tracking.report import DirSource, MongoSource, fmt, quality
+from ..tracking.report import DirSource, MongoSource, Parser, fmt, quality, run_command
 from . import grid, state
 from .executors import LocalExecutor, SlurmExecutor
 from .runner import SweepJob, entry_command
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other error of this command
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def add_common(p):
@@ -209,9 +203,8 @@ def launch(args):
     if not jobs:
         return
     if args.executor == "local":
-        run_local(args, jobs)
-    else:
-        run_slurm(args, jobs, folder)
+        return run_local(args, jobs)
+    run_slurm(args, jobs, folder)
 
 
 def run_local(args, jobs):
@@ -232,8 +225,7 @@ def run_local(args, jobs):
     print(f"sweep {args.name}: {ended} of {total} runs ended well in {time.time() - start:.0f} s"
           + (f"; {stopped} stopped or failed" if stopped else "") + (f"; {unstarted} not started" if unstarted else "")
           + ("; launch again to resume them" if ended < total else ""))
-    if ended < total:
-        raise SystemExit(1)
+    return 0 if ended == total else 1
 
 
 def run_slurm(args, jobs, folder):
@@ -251,15 +243,4 @@ def run_slurm(args, jobs, folder):
 
 
 def main(argv=None):
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
-        return e.code
-    try:
-        (status if args.command == "status" else launch)(args)
-    except RHNError as e:
-        print(f"error: {redact(e)}".replace("\n", " "), file=sys.stderr)
-        return 2
-    except SystemExit as e:
-        return e.code
-    return 0
+    return run_command(parse_args, lambda args: (status if args.command == "status" else launch)(args), argv)

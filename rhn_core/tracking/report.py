@@ -293,18 +293,23 @@ def write_plot(points, args, title, ylabel):
     print(f"plot written to {args.plot}")
 
 
-def main(argv=None):
+def run_command(parse, action, argv):
+    """``action(parse(argv))``; its return value is the exit status (None: 0), an RHNError one
+    ``error: ...`` line on stderr and status 2. Shared by the commands of the package."""
     try:
-        args = parse_args(argv)
+        args = parse(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
         return e.code
     try:
-        report(args)
+        return action(args) or 0
     except RHNError as e:
         from .mongo import redact
         print(f"error: {redact(e)}".replace("\n", " "), file=sys.stderr)
         return 2
-    return 0
+
+
+def main(argv=None):
+    return run_command(parse_args, report, argv)
 
 
 if __name__ == "__main__":
