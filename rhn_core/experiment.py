@@ -12,6 +12,9 @@ Any other value holding a password (a config key such as ``resume=``, a
 command-line option) is refused before the run is created, so no observer
 ever sees it.
 """
+import contextlib
+import os
+
 from sacred import Experiment
 from sacred.commandline_options import cli_option
 from sacred.commands import print_config
@@ -24,6 +27,7 @@ from sacred.utils import apply_backspaces_and_linefeeds
 
 from . import loop, mc
 from .errors import RHNError
+from .distributed import detect
 from .hyperparams import NAMED_CONFIGS, hyperparameters
 from .tracking.credentials import check_run_inputs
 from .tracking.mongo import parse_target
@@ -59,7 +63,11 @@ def clean_output(text):
 
 
 class RHNExperiment(Experiment):
-    """Sacred's Experiment with the observers of ``rhn_core.tracking.observer`` behind ``-m`` and ``-F``."""
+    """Sacred's Experiment with the observers of ``rhn_core.tracking.observer`` behind ``-m`` and ``-F``.
+
+    In a data-parallel job only rank 0 gets observers (one run per job) and shows Sacred's log."""
+
+    backend_name = "torch"
 
     def _create_run(self, command_name=None, config_updates=None, named_configs=(), info=None,
                     meta_info=None, options=None):
@@ -71,6 +79,9 @@ class RHNExperiment(Experiment):
         if options.get("--sweep"):
             meta_info = dict(meta_info or {}, sweep=parse_sweep_option(options["--sweep"]))
         target = parse_target(mongo_spec) if mongo_spec else None  # a bad address fails before any work
+        if not detect(self.backend_name).chief:
+            target = file_dir = None
+            options["--loglevel"] = "WARNING"
         run = super()._create_run(command_name, config_updates, named_configs, info, meta_info, options)
         # Before any observer is attached or started: a password in the config or command line is refused.
         check_run_inputs(run.config, run.meta_info)
@@ -95,10 +106,21 @@ def parse_sweep_option(text):
     return sweep
 
 
+@contextlib.contextmanager
+def chief_output(backend_name):
+    """Only rank 0 of a data-parallel job prints (errors, on stderr, still show on every rank)."""
+    if detect(backend_name).chief:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
+
+
 def make_experiment(backend_name):
     """Experiment ``rhn_prediction`` (the original's name) driving ``backend_name``."""
     ex = RHNExperiment("rhn_prediction", save_git_info=False,
                        additional_cli_options=[mongo_fallback_option, sweep_option])
+    ex.backend_name = backend_name
     # Progress bars redraw with carriage returns: the stored output keeps one line per bar at most,
     # so a run's document stays far below MongoDB's 16 MB whatever its length (tested).
     ex.captured_out_filter = clean_output
@@ -117,18 +139,21 @@ def make_experiment(backend_name):
     @ex.main
     def main(_config, _run):
         """Train, select the best epoch on validation, evaluate it on the full streams."""
-        trainer = loop.Trainer(_config, backend_name, _run)  # bad config, data or checkpoint fail here
-        print_config(_run)  # as the original's main does first
-        return trainer.train()
+        with chief_output(backend_name):
+            trainer = loop.Trainer(_config, backend_name, _run)  # bad config, data or checkpoint fail here
+            print_config(_run)  # as the original's main does first
+            return trainer.train()
 
     @ex.command
     def evaluate(_config, _run):
         """Score load_model: batched valid, full (B=1) valid and full test."""
-        return loop.evaluate(_config, backend_name, _run)
+        with chief_output(backend_name):  # under torchrun every rank scores the whole model
+            return loop.evaluate(_config, backend_name, _run)
 
     @ex.command
     def evaluate_mc(_config, _run):
         """MC-dropout test perplexity of load_model with mc_steps accepted samples."""
-        return mc.evaluate_mc(_config, backend_name, _run)
+        with chief_output(backend_name):
+            return mc.evaluate_mc(_config, backend_name, _run)
 
     return ex

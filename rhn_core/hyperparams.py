@@ -59,6 +59,8 @@ def hyperparameters():
     rhn_impl = 'auto'  # torch micro-steps: reference (PyTorch ops), triton (fused kernels, CUDA); auto = triton on CUDA
     cuda_graphs = True  # torch on CUDA: capture the train and eval steps once in CUDA graphs and replay them
     precision = 'float32'  # float32 products; tf32 (CUDA: TF32 matmuls) or bf16 (autocast outside the recurrence)
+    replicas = 1  # TF: devices of this machine trained in parallel (MirroredStrategy); torch: use torchrun
+    dist_timeout = 600  # seconds a rank waits for the others in a collective before it stops with an error
 
 
 def ptb_sota():
@@ -136,7 +138,7 @@ def check_config(cfg):
     if cfg["dataset"] not in DATASETS:
         raise RHNError(f"unknown dataset {cfg['dataset']!r}: use one of {', '.join(DATASETS)}")
     positive = ("num_layers", "depth", "num_steps", "hidden_size", "batch_size",
-                "full_eval_num_steps", "max_max_epoch")
+                "full_eval_num_steps", "max_max_epoch", "replicas")
     for key in positive:
         value = cfg[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -146,7 +148,7 @@ def check_config(cfg):
     for key in ("drop_x", "drop_i", "drop_h", "drop_o"):
         if not 0.0 <= cfg[key] < 1.0:
             raise RHNError(f"{key}={cfg[key]!r} is a drop probability: use a value in [0, 1)")
-    for key in ("learning_rate", "lr_decay", "max_grad_norm", "init_scale"):
+    for key in ("learning_rate", "lr_decay", "max_grad_norm", "init_scale", "dist_timeout"):
         if not (isinstance(cfg[key], (int, float)) and cfg[key] > 0 and math.isfinite(cfg[key])):
             raise RHNError(f"{key}={cfg[key]!r} must be a positive number")
     if cfg["weight_decay"] < 0:

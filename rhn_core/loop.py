@@ -23,6 +23,7 @@ from .data import readers
 from .tracking import remote
 from .backends import load_backend
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import LocalComm, World, check_batch, detect, shard_masks
 from .errors import RHNError, TrainingInterrupted
 from .hyperparams import check_config, lr_at
 from .masks import sampler
@@ -41,8 +42,9 @@ class InterruptFlag:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ())
 
-    def __init__(self):
+    def __init__(self, vote=bool):
         self.requested = False
+        self.vote = vote  # data parallel: the ranks' agreement, so all stop after the same step
         self._previous = {}
 
     def __enter__(self):
@@ -65,7 +67,7 @@ class InterruptFlag:
         print(f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again aborts)", flush=True)
 
     def check(self):
-        if self.requested:
+        if self.vote(self.requested):
             raise _Stop
 
 
@@ -77,21 +79,26 @@ def bits(ppl):
     return math.log2(ppl)
 
 
-def prepare(cfg):
-    """Checked config -> (corpus, model spec)."""
+def prepare(cfg, backend_name=None, world=World()):
+    """Checked config (and its split over ``world``) -> (corpus, model spec)."""
     check_config(cfg)
+    if backend_name:
+        check_batch(world, cfg["batch_size"], cfg["replicas"], backend_name)
     corpus = readers.load_corpus(cfg)
     for split in ("train", "valid", "test"):
         readers.check_batchable(getattr(corpus, split), cfg["batch_size"], cfg["num_steps"], split)
     return corpus, spec_from_config(cfg, corpus.vocab_size)
 
 
-def make_backend(cfg, backend_name, spec, params):
+def make_backend(cfg, backend_name, spec, params, world=World()):
+    """The backend; with ``world`` of several processes it joins their group (a collective)."""
     module = load_backend(backend_name)
+    parallel = dict(world=world, replicas=cfg["replicas"], timeout=cfg["dist_timeout"]) if world.size > 1 or \
+        cfg["replicas"] > 1 else {}
     try:
         return module.Backend(spec, params, weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"],
                               device=cfg["device"], dtype=cfg["dtype"], rhn_impl=cfg["rhn_impl"],
-                              cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"])
+                              cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"], **parallel)
     except (RuntimeError, AssertionError, ValueError) as e:  # e.g. device='cuda' on a machine without one
         raise RHNError(f"{backend_name} backend cannot start on device={cfg['device']!r}: "
                        f"{str(e).splitlines()[0]}; use device=cpu or device=auto")
@@ -100,11 +107,12 @@ def make_backend(cfg, backend_name, spec, params):
 class Evaluator:
     """Scoring passes (no dropout, state from zeros) over a split."""
 
-    def __init__(self, cfg, backend, corpus, interrupt=None):
+    def __init__(self, cfg, backend, corpus, interrupt=None, comm=None):
         self.cfg, self.backend, self.corpus = cfg, backend, corpus
         self.interrupt = interrupt or InterruptFlag()
+        self.comm = comm or LocalComm()
 
-    def _run(self, batches, total, batch_size, desc):
+    def _run(self, batches, total, batch_size, desc, comm=None):
         state, losses, iters = self.backend.zero_state(batch_size), [], 0
         with tqdm(total=total, desc=desc, unit=self.corpus.unit, unit_scale=True, leave=False,
                   disable=not self.cfg["progress"]) as bar:
@@ -115,6 +123,8 @@ class Evaluator:
                 bar.update(x.size)
                 self.interrupt.check()
         costs = float(self.backend.to_numpy(losses).sum())
+        if comm is not None:  # a pass sharded by rows: the ranks' sums of NLL and of predictions
+            costs, iters = comm.sum(np.array([costs, iters]))
         if not math.isfinite(costs):
             raise RHNError(f"{desc} loss is {costs}: the weights are broken; use an earlier checkpoint")
         return perplexity(costs, iters)
@@ -124,11 +134,15 @@ class Evaluator:
         B, T = self.cfg["batch_size"], self.cfg["num_steps"]
         rows = readers.batch_rows(getattr(self.corpus, split), B)
         n = readers.epoch_size(rows, T)
+        rows = rows[self.comm.world.rows(B)]  # this rank's share of the streams
         batches = (readers.minibatch(rows, i, T) for i in range(n))
-        return self._run(batches, n * B * T, B, f"{split} (batched)")
+        return self._run(batches, n * rows.shape[0] * T, rows.shape[0], f"{split} (batched)", self.comm)
 
     def full(self, split):
-        """The final pass: B = 1 over the whole stream, all N - 1 predictions scored."""
+        """The final pass: B = 1 over the whole stream, all N - 1 predictions scored.
+
+        One stream cannot be split by rows: every rank runs it whole (the same numbers,
+        and no rank waits on another for the length of a pass)."""
         ids = getattr(self.corpus, split)
         batches = readers.stream_windows(ids, self.cfg["full_eval_num_steps"])
         return self._run(batches, len(ids) - 1, 1, f"{split} (full)")
@@ -138,8 +152,11 @@ class Trainer:
     """One training run: epochs, checkpoints, metrics (the original ``main``)."""
 
     def __init__(self, cfg, backend_name, run):
+        self.world = detect(backend_name)
+        if not self.world.chief:  # only rank 0 shows progress
+            cfg = dict(cfg, progress=False)
         self.cfg, self.run = cfg, run
-        self.corpus, self.spec = prepare(cfg)
+        self.corpus, self.spec = prepare(cfg, backend_name, self.world)
         init_seq, mask_seq = np.random.SeedSequence(cfg["seed"]).spawn(2)
         self.rng = np.random.default_rng(mask_seq)
         params = init_params(self.spec, np.random.default_rng(init_seq))
@@ -156,13 +173,14 @@ class Trainer:
             params = self._restore(resume)
         self.run_dir = cfg["save_dir"] or (default_dir if fetched or not resume
                                            else os.path.dirname(os.path.abspath(resume)))
-        if resume:
+        if resume and self.world.chief:
             self._carry_best_over(os.path.dirname(os.path.abspath(resume)))
-        self.backend = make_backend(cfg, backend_name, self.spec, params)
+        self.backend = make_backend(cfg, backend_name, self.spec, params, self.world)
+        self.comm = self.backend.comm
         self.backend_name = backend_name
         self.masks = sampler(cfg, self.spec)
-        self.interrupt = InterruptFlag()
-        self.evaluator = Evaluator(cfg, self.backend, self.corpus, self.interrupt)
+        self.interrupt = InterruptFlag(self.comm.vote)
+        self.evaluator = Evaluator(cfg, self.backend, self.corpus, self.interrupt, self.comm)
 
     # --- checkpoints ------------------------------------------------------------
     def path(self, name):
@@ -174,7 +192,8 @@ class Trainer:
                 "best_epoch": self.best_epoch, "backend": self.backend_name,
                 "batch_size": self.cfg["batch_size"], "num_steps": self.cfg["num_steps"],
                 **{k: np.array(v) for k, v in self.logs.items()},
-                **({"hidden": np.stack(self.hidden)} if self.hidden is not None else {})}
+                # the global batch's state (a collective), so any number of processes can resume it
+                **({"hidden": self.comm.gather_rows(np.stack(self.hidden), 1)} if self.hidden is not None else {})}
 
     def _restore(self, path):
         params, st = load_checkpoint(path)
@@ -190,7 +209,8 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(str(st["rng"]))
         self.best_valid, self.best_epoch = float(st["best_valid"]), int(st["best_epoch"])
         self.logs = {k: [float(v) for v in st[k]] for k in self.logs}
-        self.hidden = list(st["hidden"]) if "hidden" in st else None
+        mine = self.world.rows(self.cfg["batch_size"])
+        self.hidden = [h[mine] for h in st["hidden"]] if "hidden" in st else None
         print(f"Resuming from {path}: epoch {self.epoch}, step {self.step}")
         return params
 
@@ -201,8 +221,10 @@ class Trainer:
             save_checkpoint(new, *load_checkpoint(old))
 
     def _save_last(self):
-        save_checkpoint(self.path("last.npz"), self.backend.get_params(), self._train_state())
-        self.run.add_artifact(self.path("last.npz"), "last.npz")  # observers replace the earlier one
+        state = self._train_state()  # every rank takes part; rank 0 writes
+        if self.world.chief:
+            save_checkpoint(self.path("last.npz"), self.backend.get_params(), state)
+            self.run.add_artifact(self.path("last.npz"), "last.npz")  # observers replace the earlier one
 
     def _save_curve(self):
         """The learning curve so far, as an artifact (written only when an observer will store it)."""
@@ -232,14 +254,17 @@ class Trainer:
         rows = readers.batch_rows(self.corpus.train, B)
         n = readers.epoch_size(rows, T)
         log_every = max(1, n // 10)
-        state = self.backend.zero_state(B) if self.hidden is None else self.backend.state_from_numpy(self.hidden)
+        mine = self.world.rows(B)  # this rank's rows of the global batch (all of them alone)
+        state = (self.backend.zero_state(mine.stop - mine.start) if self.hidden is None
+                 else self.backend.state_from_numpy(self.hidden))
         pending = []
         with tqdm(total=n * B * T, initial=self.step * B * T, desc=f"epoch {self.epoch}",
                   unit=self.corpus.unit, unit_scale=True, leave=False, disable=not self.cfg["progress"]) as bar:
             try:
                 while self.step < n:
                     x, y = readers.minibatch(rows, self.step, T)
-                    objective, state = self.backend.train_step(x, y, self.masks(self.rng, x), state, lr)
+                    masks = self.masks(self.rng, x)  # for the global batch: the same draws as one process
+                    objective, state = self.backend.train_step(x[mine], y[mine], shard_masks(masks, mine), state, lr)
                     pending.append(objective)
                     self.step += 1
                     self.iters += T
@@ -273,15 +298,20 @@ class Trainer:
         cfg = self.cfg
         for line in describe(self.spec):
             print(line)
-        self.run.info.update(nr_parameters=count_params(self.spec), run_dir=os.path.abspath(self.run_dir))
-        print(f"Backend: {self.backend_name} on {self.backend.device} ({cfg['dtype']}); "
+        self.run.info.update(nr_parameters=count_params(self.spec), run_dir=os.path.abspath(self.run_dir),
+                             world_size=self.world.size)
+        parallel = (f", {self.world.size} processes ({self.world.launcher})" if self.world.size > 1 else "") + \
+            (f", {cfg['replicas']} replicas" if cfg["replicas"] > 1 else "")
+        print(f"Backend: {self.backend_name} on {self.backend.device} ({cfg['dtype']}{parallel}); "
               f"checkpoints in {self.run_dir}")
         with self.interrupt:
             try:
                 while self.epoch <= cfg["max_max_epoch"]:
                     self._epoch()
                 self._save_curve()
-                return self._final()
+                result = self._final()
+                self.comm.close()
+                return result
             except _Stop:
                 where = f"in epoch {self.epoch} at step {self.step}"
                 if self.epoch <= cfg["max_max_epoch"]:
@@ -289,6 +319,7 @@ class Trainer:
                     self._save_curve()
                 else:  # the last epoch's last.npz is on disk; resuming runs the final pass
                     where = "during the final evaluation"
+                self.comm.close()
                 raise TrainingInterrupted(f"stopped {where}; continue with resume={self.path('last.npz')}")
 
     def _epoch(self):
@@ -303,14 +334,17 @@ class Trainer:
         self._record_epoch(train, valid, test, lr, seconds, tokens)
         if valid < self.best_valid:
             self.best_valid, self.best_epoch = valid, self.epoch
-            save_checkpoint(self.path("best.npz"), self.backend.get_params(),
-                            {"best_epoch": self.epoch, "valid_perplexity": valid})
-            self.run.add_artifact(self.path("best.npz"), "best.npz")
+            if self.world.chief:
+                save_checkpoint(self.path("best.npz"), self.backend.get_params(),
+                                {"best_epoch": self.epoch, "valid_perplexity": valid})
+                self.run.add_artifact(self.path("best.npz"), "best.npz")
         self.epoch, self.step, self.costs, self.iters = self.epoch + 1, 0, 0.0, 0
         self._save_last()
 
     def _final(self):
-        best, _ = load_checkpoint(self.path("best.npz"))
+        # rank 0 wrote best.npz; the others get it from rank 0 (no shared disk needed)
+        best = self.comm.broadcast(load_checkpoint(self.path("best.npz"))[0] if self.world.chief
+                                   else self.backend.get_params())
         e, info = self.best_epoch, self.run.info
         print(f"Best validation perplexity {self.best_valid:.3f} (bits {bits(self.best_valid):.3f}) at epoch {e}; "
               f"train {self.logs['train_perplexity'][e]:.3f}, test {self.logs['test_perplexity'][e]:.3f}")

@@ -16,9 +16,11 @@ import torch.utils._pytree as pytree
 from torch import nn
 from torch.nn import functional as F
 
+from ..distributed import World
 from ..params import check_params, fuse, unfuse
 from .torch_kernels import make_steps, resolve_impl
 from .torch_kernels.graphs import StaticStep
+from .torch_dist import connect
 
 
 class RHN(nn.Module):
@@ -232,9 +234,11 @@ def keep_freed_memory():
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
 
 
-def pick_device(device):
+def pick_device(device, world=World()):
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and world.size > 1:  # one GPU per rank of this node
+        device = f"cuda:{world.local_rank}"
     return torch.device(device)
 
 
@@ -244,9 +248,13 @@ class Backend:
     name = "torch"
 
     def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32",
-                 rhn_impl="auto", cuda_graphs=True, precision="float32"):
+                 rhn_impl="auto", cuda_graphs=True, precision="float32", world=World(), replicas=1, timeout=600):
+        if replicas != 1:
+            raise ValueError("torch runs one device per process: start several with torchrun")
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
-        self.device, self.dtype = pick_device(device), getattr(torch, dtype)
+        self.device, self.dtype = pick_device(device, world), getattr(torch, dtype)
+        if self.device.type == "cuda" and world.size > 1:
+            torch.cuda.set_device(self.device)  # NCCL uses the current device
         if self.device.type == "cpu":
             keep_freed_memory()
         self.model = RHNLanguageModel(spec).to(self.device, self.dtype)
@@ -258,8 +266,11 @@ class Backend:
         if precision == "tf32" and self.device.type == "cuda":  # cuBLAS products of this process
             torch.backends.cuda.matmul.allow_tf32 = True
         # eager: plain calls; static: the same step on static buffers (CPU tests); graph: CUDA graphs
-        self.step_mode = "graph" if cuda_graphs and self.device.type == "cuda" else "eager"
+        # (not with several ranks: the gradient all-reduce runs between the step's kernels, outside a graph,
+        # where the collective timeout watches it)
+        self.step_mode = "graph" if cuda_graphs and self.device.type == "cuda" and world.size == 1 else "eager"
         self._static_steps = {}
+        self.comm = connect(world, self.device, timeout)  # LocalComm alone; torch.distributed otherwise
 
     # --- canonical parameters -------------------------------------------------
     def _fused_names(self):
@@ -316,6 +327,8 @@ class Backend:
         with self._autocast():
             loss, state = self.model.loss(x, y, state, masks)
         grads = torch.autograd.grad(loss, self.params)
+        if self.comm.world.size > 1:  # data parallel: the global batch's loss and gradient
+            loss, grads = self.comm.average(loss.detach(), grads)
         with torch.no_grad():
             sq = torch._foreach_norm(self.params)
             l2 = 0.5 * self.weight_decay * torch.stack(sq).square().sum()
