@@ -81,7 +81,7 @@ class RHNExperiment(Experiment):
         target = parse_target(mongo_spec) if mongo_spec else None  # a bad address fails before any work
         if not detect(self.backend_name).chief:
             target = file_dir = None
-            options["--loglevel"] = "WARNING"
+            options["--loglevel"] = "ERROR"
         run = super()._create_run(command_name, config_updates, named_configs, info, meta_info, options)
         # Before any observer is attached or started: a password in the config or command line is refused.
         check_run_inputs(run.config, run.meta_info)

@@ -61,7 +61,8 @@ def _torch_world(environ):
         world = World(_int(environ, "SLURM_PROCID"), _int(environ, "SLURM_STEP_NUM_TASKS"),
                       _int(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else 0, "srun")
         if world.size > 1:  # torch.distributed's env:// rendezvous reads these
-            environ.setdefault("MASTER_ADDR", _first_slurm_host(environ))
+            if "MASTER_ADDR" not in environ:
+                environ["MASTER_ADDR"] = _first_slurm_host(environ)
             environ.setdefault("MASTER_PORT", "29500")
             environ.setdefault("RANK", str(world.rank))
             environ.setdefault("WORLD_SIZE", str(world.size))
