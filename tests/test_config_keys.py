@@ -493,3 +493,31 @@ def test_precision_rounds_the_products(text, tmp_path):
         trainer(text, tmp_path, dtype="float64", precision="tf32")
     with pytest.raises(RHNError, match="precision='fp8': use one of float32, tf32, bf16"):
         trainer(text, tmp_path, precision="fp8")
+
+
+# --- data parallel (training on several processes or devices: tests/test_distributed.py) -----
+@effect_of("replicas")
+def test_replicas_split_the_global_batch_over_tf_devices(text, tmp_path):
+    # The equality of 2 replicas and 1 needs a fresh TensorFlow with 2 logical devices:
+    # tests/test_distributed.py::test_tf_two_replicas_train_exactly_as_one. Here: the split is checked first.
+    with pytest.raises(RHNError, match=r"batch_size=3 does not split evenly over 2 replicas"):
+        loop.Trainer(config(text, tmp_path, replicas=2), "tf", FakeRun())
+    with pytest.raises(RHNError, match=r"replicas=2 is for the TF backend: .*torchrun --nproc_per_node=2"):
+        trainer(text, tmp_path, batch_size=4, replicas=2)
+
+
+@effect_of("dist_timeout")
+def test_dist_timeout_bounds_the_wait_for_the_other_ranks(text, tmp_path, monkeypatch):
+    import socket
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # rank 0 of 2 whose rank 1 never comes: it gives up after dist_timeout, with a one-line error
+    for key, value in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    start = time.monotonic()
+    with pytest.raises(RHNError, match=r"rank 0 of 2 could not join the others within 3 s"):
+        trainer(text, tmp_path, batch_size=4, dist_timeout=3)
+    assert 3 <= time.monotonic() - start < 60

@@ -139,21 +139,43 @@ def test_one_process_checkpoint_resumes_on_two(text, one_process, tmp_path, monk
     assert f"Full Test Perplexity: {run.info['full_test_perplexity']:.3f}" in result.stdout
 
 
-def test_a_dead_rank_ends_the_other_with_a_clear_message(text, tmp_path):
-    # started without torchrun (as srun may leave them): the survivor must not wait forever
+@pytest.mark.parametrize("fault", ["KILL", "STOP"], ids=["rank-dies", "rank-hangs"])
+def test_a_dead_or_stuck_rank_ends_the_other_with_a_clear_message(text, tmp_path, fault):
+    # started without torchrun (which would kill the survivor itself): it must not wait forever
     port, procs = free_port(), []
     for rank in (0, 1):
-        fault = {"RHN_TEST_FAULT": "1:30:KILL"} if rank else {}
         e = env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port), **fault)
+                MASTER_PORT=str(port), RHN_TEST_FAULT=f"1:30:{fault}")
         procs.append(subprocess.Popen([sys.executable, LAUNCH, os.path.join(REPO, "rhn_train_torch.py"),
-                                       *args(text, tmp_path, dist_timeout=60)],
+                                       *args(text, tmp_path, dist_timeout=8)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e))
-    out, err = procs[0].communicate(timeout=200)
-    procs[1].communicate(timeout=60)
+    try:
+        out, err = procs[0].communicate(timeout=200)
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
     assert procs[0].returncode != 0 and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("RHNError: ")]
     assert len(errors) == 1 and "rank 0 of 2: another rank stopped answering" in errors[0], err[-2000:]
+    if fault == "STOP":  # nothing closed a connection: the collective timeout ended the wait
+        assert "dist_timeout=8 s" in errors[0]
+
+
+def test_tf_two_replicas_train_exactly_as_one(text, tmp_path):
+    """MirroredStrategy over two logical CPU devices (set up in a fresh process) against one replica."""
+    pytest.importorskip("tensorflow")
+    one = run_experiment(named=["tiny"], backend="tf", data_path=text, save_dir=str(tmp_path / "one"), **CONFIG)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "rhn_train_tf.py"),
+                             *args(text, tmp_path / "two", replicas=2)],
+                            capture_output=True, text=True, timeout=300, env=env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(float64, 2 replicas)" in result.stdout
+    assert_same_weights(tmp_path / "one" / "last.npz", tmp_path / "two" / "last.npz")
+    _, state = load_checkpoint(str(tmp_path / "two" / "last.npz"))
+    for split in ("train", "valid", "test"):
+        np.testing.assert_allclose(state[f"{split}_perplexity"], one.info["logs"][f"{split}_perplexity"],
+                                   rtol=1e-12)
+    assert f"Full Test Perplexity: {one.info['full_test_perplexity']:.3f}" in result.stdout
 
 
 def test_bad_world_sizes_fail_before_any_work(monkeypatch, tmp_path):

@@ -17,7 +17,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ..errors import RHNError
+from ..distributed import World
+from ..masks import Masks
 from ..params import check_params, fuse, unfuse
+from .tf_dist import connect, make_strategy, split_cpu
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(f"the TF backend needs Keras on TensorFlow, not {keras.backend.backend()!r}: "
@@ -258,7 +261,9 @@ class Backend:
     name = "tf"
 
     def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32",
-                 rhn_impl="auto", cuda_graphs=True, precision="float32", jit_compile=True):
+                 rhn_impl="auto", cuda_graphs=True, precision="float32", world=World(), replicas=1, timeout=600,
+                 jit_compile=True):
+        split_cpu(replicas, device)  # first: only possible before TensorFlow's runtime starts
         # rhn_impl and cuda_graphs choose torch's fast paths; here XLA compiles the whole step (jit_compile).
         if rhn_impl == "triton":
             raise RHNError("rhn_impl=triton is the torch backend's: use rhn_impl=auto or reference with tf")
@@ -269,9 +274,13 @@ class Backend:
         self.device, self.dtype = pick_device(device), tf.as_dtype(dtype)
         if self.device.startswith("/GPU") and not tf.config.list_logical_devices("GPU"):
             raise RuntimeError("no GPU visible to TensorFlow")
-        with tf.device(self.device):
+        # data parallel: the model's variables are mirrored on the strategy's devices
+        self.strategy, self.local_replicas = make_strategy(world, replicas, self.device, timeout)
+        with self.strategy.scope() if self.strategy else tf.device(self.device):
             self.model = RHNLanguageModel(spec, dtype=dtype)
             self.model.build()
+        self.comm = connect(world, self.strategy, self.local_replicas, timeout)
+        jit_compile = jit_compile and self.strategy is None  # the strategy's collectives run outside XLA
         self.vars = self.model.trainable_variables
         self.names = [fused_name(v.path) for v in self.vars]
         self.set_params(params)
@@ -325,8 +334,26 @@ class Backend:
         grads = [tf.convert_to_tensor(g) + self.weight_decay * v for g, v in zip(grads, self.vars)]
         return loss + l2, grads, state
 
+    def _replica_grads(self, x, y, masks, state):
+        """In one replica: its share of the rows, then the replicas' average (loss and gradients)."""
+        ctx = tf.distribute.get_replica_context()
+        b = x.shape[0] // self.local_replicas
+        first = (ctx.replica_id_in_sync_group % self.local_replicas) * b
+        take = lambda a: None if a is None else a[first:first + b]
+        many = lambda seq: None if seq is None else [take(a) for a in seq]
+        mine = Masks(take(masks.x), many(masks.i), many(masks.h), take(masks.o))
+        objective, grads, state = self._objective_and_grads(take(x), take(y), mine, state[:, first:first + b])
+        objective, *grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [objective, *grads])
+        return objective, grads, state
+
     def _train_step(self, x, y, masks, state, lr):
-        objective, grads, state = self._objective_and_grads(x, y, masks, state)
+        if self.strategy is None:
+            objective, grads, state = self._objective_and_grads(x, y, masks, state)
+        else:  # every replica holds the same averaged values: take the first's
+            objective, grads, states = self.strategy.run(self._replica_grads, args=(x, y, masks, state))
+            local = self.strategy.experimental_local_results
+            objective, grads = local(objective)[0], [local(g)[0] for g in grads]
+            state = tf.concat(local(states), axis=1)
         norm = tf.linalg.global_norm(grads)
         scale = self.max_grad_norm / tf.maximum(norm, tf.cast(self.max_grad_norm, norm.dtype))
         for v, g in zip(self.vars, grads):
