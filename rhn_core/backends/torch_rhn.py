@@ -237,8 +237,8 @@ def keep_freed_memory():
 def pick_device(device, world=World()):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and world.size > 1:  # one GPU per rank of this node
-        device = f"cuda:{world.local_rank}"
+    if device == "cuda" and world.size > 1:  # one GPU per rank of this node (or the one it was given)
+        device = f"cuda:{world.local_rank % max(torch.cuda.device_count(), 1)}"
     return torch.device(device)
 
 
