@@ -26,8 +26,8 @@ import re
 from sacred.utils import apply_backspaces_and_linefeeds
 
 from . import loop, mc
-from .errors import RHNError
 from .distributed import detect
+from .errors import RHNError
 from .hyperparams import NAMED_CONFIGS, hyperparameters
 from .tracking.credentials import check_run_inputs
 from .tracking.mongo import parse_target
