@@ -4,7 +4,12 @@ original's create_enwik8.py; no HDF5 export: this port reads its own cache).
     python data/prepare.py enwik8                          # downloads enwik8.zip when online
     python data/prepare.py enwik8 --from ~/Downloads/enwik8.zip
     python data/prepare.py text8 --from /data/text8 --data-dir /data/text8
-    python data/prepare.py ptb --from simple-examples.tgz  # or a folder with ptb.*.txt
+    python data/prepare.py ptb                             # downloads simple-examples.tgz when online
+    python data/prepare.py ptb --from simple-examples.tgz  # or a folder of ptb.*.txt (plain, .xz, .gz)
+
+PTB needs no preparation when you already have its three files, plain or compressed:
+point a run's data_path at their folder. Preparing verifies their md5 and writes plain
+copies here. enwik8 and text8 are worth preparing: runs then memory-map them.
 """
 import argparse
 import os
@@ -18,9 +23,11 @@ from rhn_core.data.prepare import prepare_byte_corpus, prepare_ptb  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=["enwik8", "text8", "ptb"])
-    parser.add_argument("--from", dest="source", help="a local archive or file instead of downloading")
+    parser.add_argument("--from", dest="source", help="a local copy instead of downloading: enwik8/text8: the zip or the unzipped "
+                             "file; ptb: simple-examples.tgz, a folder of ptb.*.txt (plain, .xz, .gz) "
+                             "or one of those files")
     parser.add_argument("--data-dir", default=os.path.dirname(os.path.abspath(__file__)),
                         help="where the prepared files go (the data_path of a run); default: this folder")
     args = parser.parse_args(argv)
@@ -28,7 +35,7 @@ def main(argv=None):
     try:
         if args.dataset == "ptb":
             written = prepare_ptb(args.data_dir, args.source)
-            print(f"verified and wrote {', '.join(written)}")
+            print(f"verified and wrote {', '.join(written)}; train with data_path={args.data_dir}")
         else:
             path, n, classes = prepare_byte_corpus(args.dataset, args.data_dir, args.source)
             print(f"verified {args.dataset} ({n:,} symbols, {classes} classes) and wrote {path} "

@@ -1,4 +1,5 @@
 """enwik8 / text8 / PTB preparation on synthetic files of the exact formats (and the real PTB)."""
+import gzip
 import hashlib
 import io
 import lzma
@@ -130,6 +131,54 @@ def test_ptb_from_the_archive_or_a_folder(tmp_path):
         written = prepare_ptb(str(out), str(source), progress=False)
         assert [os.path.getsize(p) for p in written] == [5101618, 399782, 449945]
     assert readers.read_ptb(str(tmp_path / "a")).vocab_size == 10000
+
+
+def test_ptb_from_what_the_reader_accepts(tmp_path, ptb_dir):
+    """The shared folder of ptb.*.txt.xz, one of its files, a folder of .gz copies: as a run reads them."""
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for split in ("train", "valid", "test"):
+        (gz / f"ptb.{split}.txt.gz").write_bytes(gzip.compress(lzma.open(os.path.join(ptb_dir, f"ptb.{split}.txt.xz")).read()))
+    sources = (ptb_dir, os.path.join(ptb_dir, "ptb.valid.txt.xz"), str(gz))
+    for i, source in enumerate(sources):
+        written = umask_022(prepare_ptb, str(tmp_path / f"out{i}"), source, progress=False)
+        assert [os.path.getsize(p) for p in written] == [5101618, 399782, 449945]
+        assert {oct(os.stat(p).st_mode & 0o777) for p in written} == {"0o644"}  # others can read them
+
+
+def umask_022(prepare, *args, **kwargs):
+    old = os.umask(0o022)
+    try:
+        return prepare(*args, **kwargs)
+    finally:
+        os.umask(old)
+
+
+def test_prepared_files_are_readable_by_others(tmp_path, enwik8_like):
+    """Written like any new file (umask 022 -> rw-r--r--), not private as tempfile.mkstemp makes them."""
+    raw, archive, expected = enwik8_like
+    umask_022(prepare_byte_corpus, "enwik8", str(tmp_path / "e"), str(archive), expected, progress=False)
+    written = sorted((tmp_path / "e").iterdir())
+    assert [p.name for p in written] == ["enwik8.ids.npy", "enwik8.values.npy"]
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
+
+
+@pytest.mark.parametrize("content", [b"not an archive", lzma.compress(b"a few words\n")])
+def test_ptb_source_that_is_no_archive_is_a_one_line_error(tmp_path, content):
+    source = tmp_path / "something.xz"
+    source.write_bytes(content)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "data", "prepare.py"), "ptb", "--from", str(source),
+                             "--data-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"RHNError: cannot read {source} as an archive")
+    assert "a folder holding ptb.train.txt" in result.stderr
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+
+
+def test_missing_ptb_says_how_to_get_it(tmp_path):
+    with pytest.raises(RHNError, match=r"not found .*plain, \.xz or \.gz: no preparation needed.*"
+                                       r"python data/prepare.py ptb"):
+        readers.read_ptb(str(tmp_path))
 
 
 def test_ptb_that_is_not_mikolovs_is_refused(tmp_path, synthetic_ptb):

@@ -8,19 +8,17 @@ against the published size and checksum before anything is written, and written 
 a temporary name first, then renamed: a data folder never holds half a file.
 """
 import hashlib
-import io
 import os
-import shutil
+import re
 import tarfile
-import tempfile
 import urllib.request
-import zipfile
 
 import numpy as np
-from tqdm import tqdm
 
+from ..atomic import atomic_file
 from ..errors import RHNError
-from .readers import byte_ids, prepared_paths, read_zip_member
+from ..progress import progress_bar
+from .readers import COMPRESSED, byte_ids, find_file, prepared_paths, read_bytes, read_zip_member
 
 # Published sizes and checksums (shared/data/README.md of this project).
 CORPORA = {
@@ -38,21 +36,16 @@ CHUNK = 1 << 22
 def download(url, folder, progress=True):
     """Fetch ``url`` into ``folder`` (atomically); a clear error when offline."""
     target = os.path.join(folder, os.path.basename(url))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(fd, "wb") as out:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_file(target) as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(url)}",
-                      disable=not progress) as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(url)}",
+                              disable=not progress) as bar:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     out.write(block)
                     bar.update(len(block))
-        os.replace(tmp, target)
     except OSError as e:
         raise RHNError(f"cannot download {url} ({e}); download it elsewhere and run again with --from FILE")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
 
 
@@ -80,11 +73,8 @@ def verify(data, name, expected):
 
 
 def save_npy_atomically(path, array):
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path) or ".", suffix=".npy", delete=False) as f:
+    with atomic_file(path) as f:
         np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
 
 
 def prepare_byte_corpus(name, data_dir, source=None, expected=None, progress=True):
@@ -104,17 +94,22 @@ def prepare_byte_corpus(name, data_dir, source=None, expected=None, progress=Tru
     return ids_path, len(ids), len(values)
 
 
+PTB_SOURCES = ("simple-examples.tgz, a folder holding ptb.train.txt, ptb.valid.txt, ptb.test.txt "
+               "(plain, .xz or .gz, as a run reads them), or one of those files")
+PTB_FILE = re.compile(r"^ptb\.(train|valid|test)\.txt(" + "|".join(re.escape(e) for e in COMPRESSED) + ")?$")
+
+
 def ptb_files(source):
-    """split -> bytes of ptb.<split>.txt from simple-examples.tgz or a folder with the files."""
+    """split -> bytes of ptb.<split>.txt from what a run's reader accepts (a folder of plain, .xz or .gz
+    files, or one of those files: its folder is read) or from Mikolov's simple-examples.tgz."""
+    if not os.path.exists(source):
+        raise RHNError(f"{source} not found: give {PTB_SOURCES}")
+    if os.path.isfile(source) and PTB_FILE.match(os.path.basename(source)):
+        source = os.path.dirname(os.path.abspath(source))
     if os.path.isdir(source):
-        out = {}
-        for split in PTB_MD5:
-            path = os.path.join(source, f"ptb.{split}.txt")
-            if not os.path.isfile(path):
-                raise RHNError(f"{path} not found: give simple-examples.tgz or the folder with ptb.*.txt")
-            with open(path, "rb") as f:
-                out[split] = f.read()
-        return out
+        return {split: read_bytes(find_file(os.path.join(source, f"ptb.{split}.txt"), "PTB file",
+                                            f"give {PTB_SOURCES}"))
+                for split in PTB_MD5}
     try:
         with tarfile.open(source) as tar:
             members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
@@ -122,11 +117,12 @@ def ptb_files(source):
     except KeyError as e:
         raise RHNError(f"{source} has no {e.args[0]}: is it Mikolov's simple-examples.tgz?")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise RHNError(f"cannot read {source} ({e}): give simple-examples.tgz or the folder with ptb.*.txt")
+        reason = str(e).splitlines()[0].rstrip(":")  # tarfile lists every method it tried, one per line
+        raise RHNError(f"cannot read {source} as an archive ({reason}): give {PTB_SOURCES}")
 
 
 def prepare_ptb(data_dir, source=None, progress=True):
-    """Verify the three PTB files (md5) and write them into ``data_dir``."""
+    """Verify the three PTB files (md5) and write them, plain, into ``data_dir``."""
     os.makedirs(data_dir, exist_ok=True)
     if source is None:
         source = download(PTB_URL, data_dir, progress)
@@ -136,9 +132,9 @@ def prepare_ptb(data_dir, source=None, progress=True):
         if digest != PTB_MD5[split]:
             raise RHNError(f"ptb.{split}.txt md5 is {digest}, Mikolov's is {PTB_MD5[split]}: "
                            f"not the standard PTB file")
+    written = []
     for split, data in files.items():
-        path = os.path.join(data_dir, f"ptb.{split}.txt")
-        with tempfile.NamedTemporaryFile(dir=data_dir, delete=False) as f:
-            shutil.copyfileobj(io.BytesIO(data), f)
-        os.replace(f.name, path)
-    return [os.path.join(data_dir, f"ptb.{s}.txt") for s in files]
+        written.append(os.path.join(data_dir, f"ptb.{split}.txt"))
+        with atomic_file(written[-1]) as f:
+            f.write(data)
+    return written
