@@ -17,7 +17,6 @@ import threading
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from .data import readers
 from .tracking import remote
@@ -29,6 +28,7 @@ from .hyperparams import check_config, lr_at
 from .masks import sampler
 from .plots import learning_curve
 from .params import check_params, count_params, describe, init_params, spec_from_config
+from .progress import progress_bar
 
 
 class _Stop(Exception):
@@ -98,7 +98,8 @@ def make_backend(cfg, backend_name, spec, params, world=World()):
     try:
         return module.Backend(spec, params, weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"],
                               device=cfg["device"], dtype=cfg["dtype"], rhn_impl=cfg["rhn_impl"],
-                              cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"], **parallel)
+                              cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"],
+                              threads=cfg["threads"], **parallel)
     except (RuntimeError, AssertionError, ValueError) as e:  # e.g. device='cuda' on a machine without one
         raise RHNError(f"{backend_name} backend cannot start on device={cfg['device']!r}: "
                        f"{str(e).splitlines()[0]}; use device=cpu or device=auto")
@@ -114,8 +115,8 @@ class Evaluator:
 
     def _run(self, batches, total, batch_size, desc, comm=None):
         state, losses, iters = self.backend.zero_state(batch_size), [], 0
-        with tqdm(total=total, desc=desc, unit=self.corpus.unit, unit_scale=True, leave=False,
-                  disable=not self.cfg["progress"]) as bar:
+        with progress_bar(total=total, desc=desc, unit=self.corpus.unit, unit_scale=True, leave=False,
+                          disable=not self.cfg["progress"]) as bar:
             for x, y in batches:
                 loss, state = self.backend.eval_step(x, y, state)
                 losses.append(loss * x.shape[0])  # C is a batch mean; undo it to sum NLL
@@ -258,8 +259,8 @@ class Trainer:
         state = (self.backend.zero_state(mine.stop - mine.start) if self.hidden is None
                  else self.backend.state_from_numpy(self.hidden))
         pending = []
-        with tqdm(total=n * B * T, initial=self.step * B * T, desc=f"epoch {self.epoch}",
-                  unit=self.corpus.unit, unit_scale=True, leave=False, disable=not self.cfg["progress"]) as bar:
+        with progress_bar(total=n * B * T, initial=self.step * B * T, desc=f"epoch {self.epoch}",
+                          unit=self.corpus.unit, unit_scale=True, leave=False, disable=not self.cfg["progress"]) as bar:
             try:
                 while self.step < n:
                     x, y = readers.minibatch(rows, self.step, T)
@@ -302,7 +303,8 @@ class Trainer:
                              world_size=self.world.size)
         parallel = (f", {self.world.size} processes ({self.world.launcher})" if self.world.size > 1 else "") + \
             (f", {cfg['replicas']} replicas" if cfg["replicas"] > 1 else "")
-        print(f"Backend: {self.backend_name} on {self.backend.device} ({cfg['dtype']}{parallel}); "
+        print(f"Backend: {self.backend_name} on {self.backend.device} ({cfg['dtype']}, "
+              f"{self.backend.threads} CPU threads{parallel}); "
               f"checkpoints in {self.run_dir}")
         with self.interrupt:
             try:

@@ -28,7 +28,6 @@ import math
 import os
 
 import numpy as np
-from tqdm import tqdm
 
 from .data import readers
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -36,6 +35,7 @@ from .errors import RHNError, TrainingInterrupted
 from .loop import InterruptFlag, _Stop, bits, make_backend, prepare
 from .masks import Masks, bernoulli_mask, sample_masks, tie_repeated_tokens
 from .params import check_params
+from .progress import progress_bar
 
 MODES = ("faithful", "corrected")
 CLIP = 1e-10
@@ -130,8 +130,8 @@ def evaluate_mc(cfg, backend_name, run):
     max_draws = 10 * K + 10
     print(f"MC dropout evaluation ({mode}): {K} accepted samples of the test set, "
           f"{cfg['mc_batch_size']} at a time, accepted if their perplexity < {cfg['mc_accept_perplexity']}")
-    with InterruptFlag() as interrupt, tqdm(total=K, desc="MC samples", unit="sample",
-                                            disable=not cfg["progress"]) as bar:
+    with InterruptFlag() as interrupt, progress_bar(total=K, desc="MC samples", unit="sample",
+                                                    disable=not cfg["progress"]) as bar:
         try:
             while accepted < K:
                 if drawn >= max_draws:
