@@ -1,10 +1,16 @@
-"""Train or evaluate an RHN language model with the PyTorch backend.
+"""Train, evaluate or sample a Recurrent Highway Network language model (Zilly et al.,
+arXiv 1607.03474) with PyTorch. rhn_train_tf.py does the same with TensorFlow; the two
+read and write the same checkpoints.
 
-    python rhn_train_torch.py with demo
-    python rhn_train_torch.py with ptb_sota data_path=/path/to/ptb
-    python rhn_train_torch.py print_config with text8_sota
-    python rhn_train_torch.py evaluate with ptb_sota load_model=runs/ptb_1/best.npz
-    python rhn_train_torch.py with ptb_sota resume=runs/ptb_1/last.npz
+Examples:
+  python rhn_train_torch.py with demo                  train on Alice in Wonderland (about a minute)
+  python rhn_train_torch.py with ptb_sota data_path=DIR    the paper's PTB model (DIR: ptb.*.txt)
+  python rhn_train_torch.py with ptb_sota depth=5      change any key after with
+  python rhn_train_torch.py print_config with ptb_sota     every key, commented
+  python rhn_train_torch.py evaluate with demo load_model=runs/chars_1/best.npz
+  python rhn_train_torch.py sample with demo load_model=runs/chars_1/best.npz sample_prime=Alice
+  python rhn_train_torch.py with demo resume=runs/chars_1/last.npz
+  python rhn_train_torch.py -F sacred_runs with demo   record the run (-m HOST:PORT:DB for MongoDB)
 """
 from rhn_core.experiment import make_experiment
 

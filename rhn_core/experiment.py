@@ -2,7 +2,10 @@
 
 Both entry points (``rhn_train_torch.py``, ``rhn_train_tf.py``) call
 ``make_experiment`` with their backend's name, so they register the same config
-scope, the same named configs and the same commands.
+scope, the same named configs and the same commands. The entry script is the
+experiment's main file: its docstring opens ``--help``, which then lists the
+named configs, one line each; Sacred stores it with every project source file the
+run executes (the package's modules and the backend's).
 
 ``-m`` and ``-F`` keep their Sacred meaning but get the observers of
 ``rhn_core.tracking.observer``: ``-m`` also takes MongoDB URLs, fails fast when the
@@ -18,14 +21,18 @@ import os
 from sacred import Experiment
 from sacred.commandline_options import cli_option
 from sacred.commands import print_config
-from sacred.dependencies import PackageDependency
+from sacred.dependencies import PackageDependency, gather_sources_and_dependencies
 import importlib.metadata
+import importlib.util
 import json
+import os
 import re
+import sys
 
 from sacred.utils import apply_backspaces_and_linefeeds
 
-from . import loop, mc
+from . import loop, mc, sample as sampling
+from .backends import BACKENDS
 from .distributed import detect
 from .errors import RHNError
 from .hyperparams import NAMED_CONFIGS, hyperparameters
@@ -62,6 +69,25 @@ def clean_output(text):
     return "\n".join([line for line in kept if line] + lines[-1:])
 
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(PACKAGE_DIR)  # the repository: stored source names read rhn_core/loop.py, rhn_train_torch.py
+
+
+def project_sources(backend_name):
+    """The package's files a run of ``backend_name`` executes: every loaded module of ``rhn_core``
+    and the backend's (imported later, during the run; located here without importing it)."""
+    files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
+    files = {f for f in files if f and f.endswith(".py") and os.path.abspath(f).startswith(PACKAGE_DIR + os.sep)}
+    return sorted(files | {importlib.util.find_spec(BACKENDS[backend_name]).origin})
+
+
+def describe_named_configs():
+    """One line per named config (its docstring), for ``--help``."""
+    width = max(map(len, NAMED_CONFIGS))
+    lines = [f"  {name:{width}}  {(scope.__doc__ or '').strip().splitlines()[0]}" for name, scope in NAMED_CONFIGS.items()]
+    return "Named configs (with NAME, then KEY=VALUE to change any key):\n" + "\n".join(lines)
+
+
 class RHNExperiment(Experiment):
     """Sacred's Experiment with the observers of ``rhn_core.tracking.observer`` behind ``-m`` and ``-F``.
 
@@ -69,9 +95,17 @@ class RHNExperiment(Experiment):
 
     backend_name = "torch"
 
+    backend_name = None
+
+    def get_usage(self, program_name=None):
+        # Sacred shows the script's path relative to base_dir; a user typed its name.
+        return super().get_usage(os.path.join(self.base_dir, os.path.basename(program_name or sys.argv[0])))
+
     def _create_run(self, command_name=None, config_updates=None, named_configs=(), info=None,
                     meta_info=None, options=None):
         from .tracking.observer import FileObserver, MongoRunObserver
+        for path in project_sources(self.backend_name):
+            self.add_source_file(path)
         options = dict(options or {})
         # Taken out so that Sacred's own options do not build their observers; ours are added below.
         mongo_spec, file_dir = options.pop("--mongo_db", None), options.pop("--file_storage", None)
@@ -85,6 +119,8 @@ class RHNExperiment(Experiment):
         run = super()._create_run(command_name, config_updates, named_configs, info, meta_info, options)
         # Before any observer is attached or started: a password in the config or command line is refused.
         check_run_inputs(run.config, run.meta_info)
+        # Sacred warns "No observers have been added to this run" on every plain run; -m and -F are in --help.
+        run.warn_if_unobserved = lambda: None
         if target is not None:
             run.observers.append(MongoRunObserver(target, fallback_dir=fallback))
             run.meta_info["options"]["--mongo_db"] = target.address  # never the password
@@ -116,11 +152,19 @@ def chief_output(backend_name):
         yield
 
 
-def make_experiment(backend_name):
-    """Experiment ``rhn_prediction`` (the original's name) driving ``backend_name``."""
-    ex = RHNExperiment("rhn_prediction", save_git_info=False,
+def make_experiment(backend_name, main_globals=None):
+    """Experiment ``rhn_prediction`` (the original's name) driving ``backend_name``.
+
+    ``main_globals``: those of the entry script (default: the caller's), whose file Sacred
+    stores as the main file and whose docstring opens ``--help``.
+    """
+    main_globals = main_globals if main_globals is not None else sys._getframe(1).f_globals
+    ex = RHNExperiment("rhn_prediction", base_dir=ROOT, save_git_info=False,
                        additional_cli_options=[mongo_fallback_option, sweep_option])
     ex.backend_name = backend_name
+    # Sacred took this module for the main file (it is the caller of Experiment()): use the entry script.
+    ex.mainfile, ex.sources, ex.dependencies = gather_sources_and_dependencies(main_globals, False, ROOT)
+    ex.doc = (main_globals.get("__doc__") or "").strip() + "\n\n" + describe_named_configs()
     # Progress bars redraw with carriage returns: the stored output keeps one line per bar at most,
     # so a run's document stays far below MongoDB's 16 MB whatever its length (tested).
     ex.captured_out_filter = clean_output
@@ -135,6 +179,7 @@ def make_experiment(backend_name):
     ex.config(hyperparameters)
     for name, scope in NAMED_CONFIGS.items():
         ex.add_named_config(name, scope) if isinstance(scope, dict) else ex.named_config(scope)
+        ex.named_configs[name].__doc__ = scope.__doc__  # print_named_configs shows it
 
     @ex.main
     def main(_config, _run):
@@ -142,7 +187,12 @@ def make_experiment(backend_name):
         with chief_output(backend_name):
             trainer = loop.Trainer(_config, backend_name, _run)  # bad config, data or checkpoint fail here
             print_config(_run)  # as the original's main does first
-            return trainer.train()
+            result = trainer.train()
+            if _config["sample_at_end"]:  # the backend holds the best epoch's weights now
+                sampling.write_sample(_config, trainer.backend, trainer.corpus, _run)
+                print(f"Write more: {os.path.basename(sys.argv[0])} sample with <the same config> "
+                      f"load_model={trainer.path('best.npz')} [sample_prime=TEXT temperature=T seed=N]")
+            return result
 
     @ex.command
     def evaluate(_config, _run):
@@ -155,5 +205,10 @@ def make_experiment(backend_name):
         """MC-dropout test perplexity of load_model with mc_steps accepted samples."""
         with chief_output(backend_name):
             return mc.evaluate_mc(_config, backend_name, _run)
+
+    @ex.command
+    def sample(_config, _run):
+        """Text written by load_model: sample_length symbols after sample_prime, at temperature."""
+        return sampling.sample(_config, backend_name, _run)
 
     return ex

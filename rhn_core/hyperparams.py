@@ -61,6 +61,11 @@ def hyperparameters():
     precision = 'float32'  # float32 products; tf32 (CUDA: TF32 matmuls) or bf16 (autocast outside the recurrence)
     replicas = 1  # TF: devices of this machine trained in parallel (MirroredStrategy); torch: use torchrun
     dist_timeout = 600  # seconds a rank waits for the others in a collective before it stops with an error
+    sample_length = 200  # sample: symbols (words or bytes) the model writes after sample_prime
+    sample_prime = ''  # sample: text the model reads first ('' = the start of a sentence or line)
+    temperature = 1.0  # sample: divides the log-probabilities; below 1 more predictable, above more varied
+    sample_at_end = False  # after training, print a sample of the best model (sample_length, prime, temperature)
+    threads = 0  # CPU threads of the framework; 0 = OMP_NUM_THREADS if set, else the cores this process may use
 
 
 def ptb_sota():
@@ -68,8 +73,21 @@ def ptb_sota():
     hidden_size = 830  # H of the README's best PTB model
 
 
+ptb_sota.__doc__ = "The paper's best PTB model: words, depth 10, H 830, tied (23.5 M parameters, 500 epochs)."
+
+
+# The line --help shows for each named config is its __doc__ (a docstring inside a config
+# function would become a config entry).
+class Described(dict):
+    """A named config given as values (Sacred takes a dict), with the line ``--help`` shows for it."""
+
+    def __init__(self, doc, values):
+        super().__init__(values)
+        self.__doc__ = doc
+
+
 # The two character-level configs differ only in their dataset (both "test BPC 1.27"
-# in the original); Sacred takes a dict as a named config.
+# in the original).
 CHAR_SOTA = dict(
     init_bias=-4.0,  # T biases start lower for characters
     depth=10,
@@ -81,8 +99,10 @@ CHAR_SOTA = dict(
     drop_x=0.10, drop_i=0.40, drop_h=0.10, drop_o=0.40,
     tied=False,  # untied: the embedding is V x V (in_size rule)
 )
-enwik8_sota = dict(CHAR_SOTA, dataset="enwik8")  # 205 byte values, 45,994,730 parameters
-text8_sota = dict(CHAR_SOTA, dataset="text8")  # a-z and space, 45,152,256 parameters
+enwik8_sota = Described("The paper's enwik8 model: bytes of Wikipedia, depth 10, H 1500 (46.0 M parameters).",
+                        dict(CHAR_SOTA, dataset="enwik8"))  # 205 byte values, 45,994,730 parameters
+text8_sota = Described("The paper's text8 model: letters and spaces, depth 10, H 1500 (45.2 M parameters).",
+                       dict(CHAR_SOTA, dataset="text8"))  # a-z and space, 45,152,256 parameters
 
 
 def demo():
@@ -104,6 +124,9 @@ def demo():
     tied = False  # untied, as the character-level configs
 
 
+demo.__doc__ = "Characters of Alice in Wonderland (shipped): about a minute on 2 CPU cores, then a sample."
+
+
 def tiny():
     hidden_size = 16  # a few seconds per run, for tests
     depth = 2  # D >= 2 keeps the recurrent micro-layers in play
@@ -113,6 +136,9 @@ def tiny():
     max_max_epoch = 2  # two epochs: decay, best-model selection and checkpoints all run
     full_eval_num_steps = 100  # window of the final B=1 pass
     progress = False  # quiet test logs
+
+
+tiny.__doc__ = "A 16-unit model that runs in seconds, to check a set-up (add dataset=... data_path=...)."
 
 
 NAMED_CONFIGS = {"ptb_sota": ptb_sota, "enwik8_sota": enwik8_sota, "text8_sota": text8_sota, "demo": demo,
@@ -133,6 +159,14 @@ def resolve_config(*named, **updates):
     return dict(ConfigScope(hyperparameters)(fixed=fixed))
 
 
+def is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_config(cfg):
     """Reject values that cannot work, with a message that says what to change."""
     if cfg["dataset"] not in DATASETS:
@@ -140,16 +174,15 @@ def check_config(cfg):
     positive = ("num_layers", "depth", "num_steps", "hidden_size", "batch_size",
                 "full_eval_num_steps", "max_max_epoch", "replicas")
     for key in positive:
-        value = cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise RHNError(f"{key}={value!r} must be a positive integer")
+        if not is_count(cfg[key]):
+            raise RHNError(f"{key}={cfg[key]!r} must be a positive integer")
     if cfg["max_epoch"] < 0:
         raise RHNError(f"max_epoch={cfg['max_epoch']!r} must be >= 0")
     for key in ("drop_x", "drop_i", "drop_h", "drop_o"):
         if not 0.0 <= cfg[key] < 1.0:
             raise RHNError(f"{key}={cfg[key]!r} is a drop probability: use a value in [0, 1)")
     for key in ("learning_rate", "lr_decay", "max_grad_norm", "init_scale", "dist_timeout"):
-        if not (isinstance(cfg[key], (int, float)) and cfg[key] > 0 and math.isfinite(cfg[key])):
+        if not (is_number(cfg[key]) and cfg[key] > 0):
             raise RHNError(f"{key}={cfg[key]!r} must be a positive number")
     if cfg["weight_decay"] < 0:
         raise RHNError(f"weight_decay={cfg['weight_decay']!r} must be >= 0")
@@ -168,6 +201,17 @@ def check_config(cfg):
         raise RHNError(f"precision={cfg['precision']} applies to float32 models: use dtype=float32 or precision=float32")
     if cfg["vocab_size"] < 0 or (cfg["vocab_size"] == 0 and cfg["dataset"] != "chars"):
         raise RHNError(f"vocab_size={cfg['vocab_size']!r} must be positive for dataset={cfg['dataset']}")
+    if not is_count(cfg["sample_length"]):
+        raise RHNError(f"sample_length={cfg['sample_length']!r} must be a positive integer (symbols to write)")
+    if not (is_number(cfg["temperature"]) and cfg["temperature"] > 0):
+        raise RHNError(f"temperature={cfg['temperature']!r} must be a positive number: 1 samples the model as it "
+                       f"is, lower is more predictable")
+    if not isinstance(cfg["sample_prime"], str):
+        raise RHNError(f"sample_prime={cfg['sample_prime']!r} must be text, e.g. sample_prime='Alice was'")
+    if not (isinstance(cfg["threads"], int) and not isinstance(cfg["threads"], bool) and cfg["threads"] >= 0):
+        raise RHNError(f"threads={cfg['threads']!r}: use a number of CPU threads, or 0 for OMP_NUM_THREADS / all cores")
+    if not isinstance(cfg["sample_at_end"], bool):
+        raise RHNError(f"sample_at_end={cfg['sample_at_end']!r}: use True or False")
 
 
 def lr_at(cfg, epoch):

@@ -10,7 +10,10 @@ recurrence (``recurrence``; the cell alone uses TensorFlow's autodiff).
 """
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of run logs
+# TensorFlow's native start-up lines (CPU feature notices, "absl::InitializeLog", XLA service, and on
+# machines without a GPU a cuInit *error*) say nothing a user can act on, and would open every
+# run's stored output. Set before the import; TF_CPP_MIN_LOG_LEVEL=0 in the environment shows them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -20,6 +23,7 @@ from ..errors import RHNError
 from ..distributed import World
 from ..masks import Masks
 from ..params import check_params, fuse, unfuse
+from . import cpu_threads
 from .tf_dist import connect, make_strategy, split_cpu
 
 if keras.backend.backend() != "tensorflow":
@@ -262,7 +266,7 @@ class Backend:
 
     def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32",
                  rhn_impl="auto", cuda_graphs=True, precision="float32", world=World(), replicas=1, timeout=600,
-                 jit_compile=True):
+                 threads=0, jit_compile=True):
         split_cpu(replicas, device)  # first: only possible before TensorFlow's runtime starts
         # rhn_impl and cuda_graphs choose torch's fast paths; here XLA compiles the whole step (jit_compile).
         if rhn_impl == "triton":
@@ -271,6 +275,12 @@ class Backend:
             raise RHNError("precision=bf16 is implemented in the torch backend only: use float32 or tf32 with tf")
         tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")  # TF's own default is on
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
+        self.threads = cpu_threads(threads)
+        try:  # before TensorFlow's first operation, which fixes its thread pools
+            tf.config.threading.set_intra_op_parallelism_threads(self.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(self.threads)
+        except RuntimeError:  # TensorFlow already ran in this process (tests, a notebook): its pools stay
+            self.threads = tf.config.threading.get_intra_op_parallelism_threads() or self.threads
         self.device, self.dtype = pick_device(device), tf.as_dtype(dtype)
         if self.device.startswith("/GPU") and not tf.config.list_logical_devices("GPU"):
             raise RuntimeError("no GPU visible to TensorFlow")

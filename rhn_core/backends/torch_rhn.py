@@ -20,6 +20,7 @@ from ..distributed import World
 from ..params import check_params, fuse, unfuse
 from .torch_kernels import make_steps, resolve_impl
 from .torch_kernels.graphs import StaticStep
+from . import cpu_threads
 from .torch_dist import connect
 
 
@@ -248,11 +249,14 @@ class Backend:
     name = "torch"
 
     def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32",
-                 rhn_impl="auto", cuda_graphs=True, precision="float32", world=World(), replicas=1, timeout=600):
+                 rhn_impl="auto", cuda_graphs=True, precision="float32", world=World(), replicas=1, timeout=600,
+                 threads=0):
         if replicas != 1:
             raise ValueError("torch runs one device per process: start several with torchrun")
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
         self.device, self.dtype = pick_device(device, world), getattr(torch, dtype)
+        self.threads = cpu_threads(threads)
+        torch.set_num_threads(self.threads)
         if self.device.type == "cuda" and world.size > 1:
             torch.cuda.set_device(self.device)  # NCCL uses the current device
         if self.device.type == "cpu":

@@ -28,8 +28,9 @@ import numpy as np
 from ..errors import RHNError
 
 COMPRESSED = (".xz", ".gz")
-PTB_HELP = ("get Mikolov's PTB (ptb.train.txt, ptb.valid.txt, ptb.test.txt from simple-examples.tgz, "
-            "data/ in the original repository) and set data_path=DIR")
+PTB_HELP = ("set data_path=DIR, a folder with ptb.train.txt, ptb.valid.txt, ptb.test.txt (plain, .xz or .gz: "
+            "no preparation needed), or run python data/prepare.py ptb to download and verify Mikolov's "
+            "simple-examples.tgz into data/")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Corpus:
     test: np.ndarray
     vocab_size: int
     unit: str  # 'word' or 'char': perplexity per word, bits per character
+    symbols: object = None  # what each id stands for: a list of words (PTB) or an array of byte values
 
 
 def find_file(path, what, hint):
@@ -92,7 +94,7 @@ def read_ptb(data_path):
     vocab = build_vocab(train_words)
     train, valid, test = (words_to_ids(w, vocab) for w in
                           (train_words, ptb_words(paths[1]), ptb_words(paths[2])))
-    return Corpus(train, valid, test, len(vocab), "word")
+    return Corpus(train, valid, test, len(vocab), "word", sorted(vocab, key=vocab.get))
 
 
 def byte_ids(data):
@@ -110,14 +112,14 @@ def byte_ids(data):
     return ids, np.flatnonzero(present).astype(np.uint8)
 
 
-def split_byte_corpus(ids, vocab_size, num_test_symbols, path):
+def split_byte_corpus(ids, values, num_test_symbols, path):
     """The original split by position: all but the last 2 x num_test_symbols for training."""
     n = len(ids) - 2 * num_test_symbols
     if n <= 0:
         raise RHNError(f"{path} has {len(ids)} symbols, fewer than valid + test "
                        f"(2 x num_test_symbols={num_test_symbols}); the file is truncated "
                        f"or num_test_symbols is too large")
-    return Corpus(ids[:n], ids[n:n + num_test_symbols], ids[n + num_test_symbols:], vocab_size, "char")
+    return Corpus(ids[:n], ids[n:n + num_test_symbols], ids[n + num_test_symbols:], len(values), "char", values)
 
 
 def read_zip_member(zip_path, name):
@@ -144,10 +146,10 @@ def read_byte_corpus(data_path, name, num_test_symbols, hint):
     if os.path.isfile(ids_path) and os.path.isfile(values_path):
         try:
             ids = np.load(ids_path, mmap_mode="r")
-            vocab_size = len(np.load(values_path))
+            values = np.load(values_path)
         except (OSError, ValueError) as e:
             raise RHNError(f"cannot read prepared {ids_path} ({e}): run python data/prepare.py {name} again")
-        return split_byte_corpus(ids, vocab_size, num_test_symbols, ids_path)
+        return split_byte_corpus(ids, values, num_test_symbols, ids_path)
     zip_path = os.path.join(data_path, f"{name}.zip")
     if os.path.isfile(zip_path) and not any(os.path.isfile(os.path.join(data_path, name) + e) for e in ("",) + COMPRESSED):
         data = read_zip_member(zip_path, name)
@@ -155,16 +157,15 @@ def read_byte_corpus(data_path, name, num_test_symbols, hint):
         path = find_file(os.path.join(data_path, name), "data file", hint)
         data = read_bytes(path)
     ids, values = byte_ids(data)
-    return split_byte_corpus(ids, len(values), num_test_symbols, os.path.join(data_path, name))
+    return split_byte_corpus(ids, values, num_test_symbols, os.path.join(data_path, name))
 
 
 def read_chars(path):
     """Any text file at byte level: first 90 % train, then 5 % valid and 5 % test."""
     ids, values = byte_ids(read_bytes(find_file(path, "text file", "set data_path=FILE")))
-    vocab_size = len(values)
     n_eval = len(ids) // 20
     n = len(ids) - 2 * n_eval
-    return Corpus(ids[:n], ids[n:n + n_eval], ids[n + n_eval:], vocab_size, "char")
+    return Corpus(ids[:n], ids[n:n + n_eval], ids[n + n_eval:], len(values), "char", values)
 
 
 def load_corpus(cfg):
