@@ -25,7 +25,6 @@ from sacred.dependencies import PackageDependency, gather_sources_and_dependenci
 import importlib.metadata
 import importlib.util
 import json
-import os
 import re
 import sys
 
@@ -94,8 +93,6 @@ class RHNExperiment(Experiment):
     In a data-parallel job only rank 0 gets observers (one run per job) and shows Sacred's log."""
 
     backend_name = "torch"
-
-    backend_name = None
 
     def get_usage(self, program_name=None):
         # Sacred shows the script's path relative to base_dir; a user typed its name.

@@ -57,9 +57,10 @@ class LineProgress(tqdm):
         super().close()
 
 
-def progress_bar(file=None, interval=LINE_INTERVAL, **kwargs):
-    """``tqdm(**kwargs)`` at a terminal, else a ``LineProgress`` (``file``: default stderr)."""
+def progress_bar(file=None, interval=None, **kwargs):
+    """``tqdm(**kwargs)`` at a terminal, else a ``LineProgress`` writing a line at most every
+    ``interval`` seconds (default ``LINE_INTERVAL``); ``file``: default stderr."""
     terminal = STDERR_IS_TERMINAL if file is None else (hasattr(file, "isatty") and file.isatty())
     if terminal:
         return tqdm(file=file, **kwargs)
-    return LineProgress(file=file, interval=interval, **kwargs)
+    return LineProgress(file=file, interval=LINE_INTERVAL if interval is None else interval, **kwargs)

@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 
 import oracle  # noqa: E402
 from conftest import run_experiment  # noqa: E402
-from rhn_core import loop, mc, reference  # noqa: E402
+from rhn_core import loop, mc, progress, reference, sample  # noqa: E402
 from rhn_core.checkpoint import load_checkpoint  # noqa: E402
 from rhn_core.errors import RHNError  # noqa: E402
 from rhn_core.hyperparams import resolve_config  # noqa: E402
@@ -376,11 +376,12 @@ def test_full_eval_num_steps_is_the_window_of_the_final_pass(text, tmp_path):
 
 
 @effect_of("progress")
-def test_progress_shows_bars(text, tmp_path, capsys):
-    for progress in (True, False):
-        trainer(text, tmp_path, progress=progress).evaluator.batched("valid")
+def test_progress_shows_bars(text, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "LINE_INTERVAL", 0.0)  # not a terminal: a line per update, not once a minute
+    for shown in (True, False):
+        trainer(text, tmp_path, progress=shown).evaluator.batched("valid")
         err = capsys.readouterr().err
-        assert ("valid (batched)" in err) == progress
+        assert ("valid (batched)" in err) == shown
 
 
 # --- MC-dropout evaluation --------------------------------------------------------------------
@@ -521,3 +522,58 @@ def test_dist_timeout_bounds_the_wait_for_the_other_ranks(text, tmp_path, monkey
     with pytest.raises(RHNError, match=r"rank 0 of 2 could not join the others within 3 s"):
         trainer(text, tmp_path, batch_size=4, dist_timeout=3)
     assert 3 <= time.monotonic() - start < 60
+
+
+# --- sampling and threads ---------------------------------------------------------------------
+def reference_sample(params, spec, prime, length, temperature, seed):
+    """Ids drawn as the sample command draws them, from the NumPy reference's log-probabilities."""
+    rng, ids = np.random.default_rng(seed), []
+    log_probs, state, _ = reference.forward(params, spec, np.array([prime]), oracle.zero_state(spec, 1))
+    for _ in range(length):
+        z = log_probs[0, -1] / temperature
+        p = np.exp(z - z.max())
+        ids.append(int(rng.choice(len(p), p=p / p.sum())))
+        log_probs, state, _ = reference.forward(params, spec, np.array([[ids[-1]]]), state)
+    return ids
+
+
+@effect_of("sample_length", "sample_prime", "temperature")
+@pytest.mark.parametrize("length, prime, temperature", [(12, "Alice", 1.0), (5, "", 0.5), (9, "the ", 3.0)])
+def test_sample_keys_set_the_prime_length_and_temperature_of_the_draws(text, data, tmp_path, model, length, prime,
+                                                                       temperature):
+    run = FakeRun()
+    cfg = config(text, tmp_path, load_model=model, sample_length=length, sample_prime=prime, temperature=temperature)
+    written = sample.sample(cfg, "torch", run)
+    t = trainer(text, tmp_path)
+    params, _ = load_checkpoint(model)
+    values = sorted(set(data))
+    prime_ids = [values.index(b) for b in (prime.encode() or b"\n")]
+    ids = reference_sample(params, t.spec, prime_ids, length, temperature, seed=1)
+    assert written == run.info["sample"] == prime + bytes(values[i] for i in ids).decode()
+
+
+@effect_of("sample_at_end")
+def test_sample_at_end_prints_a_sample_of_the_best_model(text, tmp_path, capsys):
+    for at_end in (False, True):
+        run = run_experiment("main", ["tiny"], dataset="chars", data_path=text, batch_size=B, num_steps=T,
+                             hidden_size=8, dtype="float64", max_max_epoch=1, sample_at_end=at_end, sample_length=20, save_dir=str(tmp_path))
+        out = capsys.readouterr().out
+        assert ("sample" in run.info) == at_end and ("Sample (20 chars" in out) == at_end
+        if at_end:  # the best epoch's weights write it: the sample command on best.npz gives the same text
+            again = sample.sample(config(text, tmp_path, load_model=str(tmp_path / "best.npz"), sample_length=20,
+                                         seed=run.config["seed"]), "torch", FakeRun())
+            assert run.info["sample"] == again
+
+
+@effect_of("threads")
+def test_threads_sets_the_frameworks_cpu_threads(text, tmp_path, monkeypatch):
+    import torch
+    before = torch.get_num_threads()
+    try:
+        assert trainer(text, tmp_path, threads=1).backend.threads == torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # 0: the environment's choice
+        assert trainer(text, tmp_path, threads=0).backend.threads == torch.get_num_threads() == 3
+        monkeypatch.delenv("OMP_NUM_THREADS")  # 0 and no OMP_NUM_THREADS: the cores this process may use
+        assert trainer(text, tmp_path, threads=0).backend.threads == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
