@@ -34,7 +34,7 @@ from . import loop, mc, sample as sampling
 from .backends import BACKENDS
 from .distributed import detect
 from .errors import RHNError
-from .hyperparams import NAMED_CONFIGS, hyperparameters
+from .hyperparams import NAMED_CONFIGS, check_value, hyperparameters
 from .tracking.credentials import check_run_inputs
 from .tracking.mongo import parse_target
 
@@ -113,6 +113,8 @@ class RHNExperiment(Experiment):
         if not detect(self.backend_name).chief:
             target = file_dir = None
             options["--loglevel"] = "ERROR"
+        if (config_updates or {}).get("seed") is not None:  # Sacred asserts on a bad seed before our checks
+            check_value("seed", config_updates["seed"])
         run = super()._create_run(command_name, config_updates, named_configs, info, meta_info, options)
         # Before any observer is attached or started: a password in the config or command line is refused.
         check_run_inputs(run.config, run.meta_info)

@@ -66,6 +66,7 @@ def hyperparameters():
     temperature = 1.0  # sample: divides the log-probabilities; below 1 more predictable, above more varied
     sample_at_end = False  # after training, print a sample of the best model (sample_length, prime, temperature)
     threads = 0  # CPU threads of the framework; 0 = OMP_NUM_THREADS if set, else the cores this process may use
+    resume_other_data = False  # let resume= continue on data other than the checkpoint's (the data fingerprint differs)
 
 
 def ptb_sota():
@@ -159,59 +160,118 @@ def resolve_config(*named, **updates):
     return dict(ConfigScope(hyperparameters)(fixed=fixed))
 
 
-def is_count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def integer(low):
+    """An int (not a bool) >= ``low``."""
+    rule = "a positive integer" if low == 1 else f"an integer >= {low}"
+    return lambda key, v: None if _is_int(v) and v >= low else f"{key}={v!r} must be {rule}"
+
+
+def number(rule, test, allow_inf=False):
+    """A real number (not a bool, not NaN, finite unless ``allow_inf``) passing ``test``."""
+    def check(key, v):
+        ok = _is_number(v) and not math.isnan(v) and (allow_inf or math.isfinite(v)) and test(v)
+        return None if ok else f"{key}={v!r} {rule}"
+    return check
+
+
+def choice(values, message):
+    return lambda key, v: None if isinstance(v, str) and v in values else message.format(key=key, v=v)
+
+
+def text(rule):
+    return lambda key, v: None if isinstance(v, str) else f"{key}={v!r} must be {rule}"
+
+
+def flag(key, v):
+    return None if isinstance(v, bool) else f"{key}={v!r}: use True or False"
+
+
+def other_bias(key, v):
+    ok = v == "uniform" or (_is_number(v) and math.isfinite(v))
+    return None if ok else f"{key}={v!r}: use 'uniform' or a number such as 0"
+
+
+POSITIVE = number("must be a positive number", lambda v: v > 0)
+DROP = number("is a drop probability: use a number in [0, 1)", lambda v: 0 <= v < 1)
+PATH = text("a path (a string; '' for none)")
+
+# Every key of the base config (and Sacred's seed) -> its check, in the order of the scope.
+# tests/test_bad_inputs.py walks every key with values of the wrong type through the entry point.
+KEY_CHECKS = {
+    "data_path": text("a path (a string)"),
+    "dataset": choice(DATASETS, "unknown dataset {v!r}: use one of " + ", ".join(DATASETS)),
+    "init_scale": POSITIVE,
+    "init_bias": number("must be a finite number", lambda v: True),
+    "num_layers": integer(1),
+    "depth": integer(1),
+    "learning_rate": POSITIVE,
+    "lr_decay": number("must be a number >= 1: the learning rate is divided by it every epoch after "
+                       "max_epoch (below 1 it would grow); 1 keeps it constant", lambda v: v >= 1),
+    "weight_decay": number("must be a finite number >= 0", lambda v: v >= 0),
+    "max_grad_norm": POSITIVE,
+    "num_steps": integer(1),
+    "hidden_size": integer(1),
+    "max_epoch": integer(0),
+    "max_max_epoch": integer(1),
+    "batch_size": integer(1),
+    "drop_x": DROP, "drop_i": DROP, "drop_h": DROP, "drop_o": DROP,
+    "tied": flag,
+    "load_model": PATH,
+    "mc_steps": integer(0),
+    "vocab_size": integer(0),
+    "device": text("a device name such as auto, cpu, cuda or cuda:1"),
+    "dtype": choice(DTYPES, "{key}={v!r}: use float32 or float64"),
+    "save_dir": PATH,
+    "resume": PATH,
+    "full_eval_num_steps": integer(1),
+    "num_test_symbols": integer(1),
+    "progress": flag,
+    "mc_mode": choice(("faithful", "corrected"), "{key}={v!r}: use faithful (as the original) or corrected"),
+    "mc_accept_perplexity": number("must be a positive number (inf accepts every sample)", lambda v: v > 0,
+                                   allow_inf=True),
+    "mc_batch_size": integer(1),
+    "tied_noise": flag,
+    "init_other_bias": other_bias,
+    "rhn_impl": choice(RHN_IMPLS, "{key}={v!r}: use one of " + ", ".join(RHN_IMPLS)),
+    "cuda_graphs": flag,
+    "precision": choice(PRECISIONS, "{key}={v!r}: use one of " + ", ".join(PRECISIONS)),
+    "replicas": integer(1),
+    "dist_timeout": POSITIVE,
+    "sample_length": integer(1),
+    "sample_prime": text("text, e.g. sample_prime='Alice was'"),
+    "temperature": number("must be a positive number: 1 samples the model as it is, lower is more predictable",
+                          lambda v: v > 0),
+    "sample_at_end": flag,
+    "threads": integer(0),
+    "resume_other_data": flag,
+    "seed": integer(0),  # Sacred's key; numpy's SeedSequence takes non-negative integers
+}
+
+
+def check_value(key, value):
+    """RHNError with a one-line message when ``value`` is not a valid ``key``."""
+    message = KEY_CHECKS[key](key, value)
+    if message:
+        raise RHNError(message)
 
 
 def check_config(cfg):
     """Reject values that cannot work, with a message that says what to change."""
-    if cfg["dataset"] not in DATASETS:
-        raise RHNError(f"unknown dataset {cfg['dataset']!r}: use one of {', '.join(DATASETS)}")
-    positive = ("num_layers", "depth", "num_steps", "hidden_size", "batch_size",
-                "full_eval_num_steps", "max_max_epoch", "replicas")
-    for key in positive:
-        if not is_count(cfg[key]):
-            raise RHNError(f"{key}={cfg[key]!r} must be a positive integer")
-    if cfg["max_epoch"] < 0:
-        raise RHNError(f"max_epoch={cfg['max_epoch']!r} must be >= 0")
-    for key in ("drop_x", "drop_i", "drop_h", "drop_o"):
-        if not 0.0 <= cfg[key] < 1.0:
-            raise RHNError(f"{key}={cfg[key]!r} is a drop probability: use a value in [0, 1)")
-    for key in ("learning_rate", "lr_decay", "max_grad_norm", "init_scale", "dist_timeout"):
-        if not (is_number(cfg[key]) and cfg[key] > 0):
-            raise RHNError(f"{key}={cfg[key]!r} must be a positive number")
-    if cfg["weight_decay"] < 0:
-        raise RHNError(f"weight_decay={cfg['weight_decay']!r} must be >= 0")
-    other = cfg["init_other_bias"]
-    if other != "uniform" and (isinstance(other, bool) or not isinstance(other, (int, float))):
-        raise RHNError(f"init_other_bias={other!r}: use 'uniform' or a number such as 0")
-    if cfg["dtype"] not in DTYPES:
-        raise RHNError(f"dtype={cfg['dtype']!r}: use float32 or float64")
-    if cfg["rhn_impl"] not in RHN_IMPLS:
-        raise RHNError(f"rhn_impl={cfg['rhn_impl']!r}: use one of {', '.join(RHN_IMPLS)}")
-    if not isinstance(cfg["cuda_graphs"], bool):
-        raise RHNError(f"cuda_graphs={cfg['cuda_graphs']!r}: use True or False")
-    if cfg["precision"] not in PRECISIONS:
-        raise RHNError(f"precision={cfg['precision']!r}: use one of {', '.join(PRECISIONS)}")
+    for key, value in cfg.items():
+        if key in KEY_CHECKS:
+            check_value(key, value)
     if cfg["precision"] != "float32" and cfg["dtype"] != "float32":
         raise RHNError(f"precision={cfg['precision']} applies to float32 models: use dtype=float32 or precision=float32")
-    if cfg["vocab_size"] < 0 or (cfg["vocab_size"] == 0 and cfg["dataset"] != "chars"):
+    if cfg["vocab_size"] == 0 and cfg["dataset"] != "chars":
         raise RHNError(f"vocab_size={cfg['vocab_size']!r} must be positive for dataset={cfg['dataset']}")
-    if not is_count(cfg["sample_length"]):
-        raise RHNError(f"sample_length={cfg['sample_length']!r} must be a positive integer (symbols to write)")
-    if not (is_number(cfg["temperature"]) and cfg["temperature"] > 0):
-        raise RHNError(f"temperature={cfg['temperature']!r} must be a positive number: 1 samples the model as it "
-                       f"is, lower is more predictable")
-    if not isinstance(cfg["sample_prime"], str):
-        raise RHNError(f"sample_prime={cfg['sample_prime']!r} must be text, e.g. sample_prime='Alice was'")
-    if not (isinstance(cfg["threads"], int) and not isinstance(cfg["threads"], bool) and cfg["threads"] >= 0):
-        raise RHNError(f"threads={cfg['threads']!r}: use a number of CPU threads, or 0 for OMP_NUM_THREADS / all cores")
-    if not isinstance(cfg["sample_at_end"], bool):
-        raise RHNError(f"sample_at_end={cfg['sample_at_end']!r}: use True or False")
 
 
 def lr_at(cfg, epoch):

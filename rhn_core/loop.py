@@ -21,7 +21,7 @@ import numpy as np
 from .data import readers
 from .tracking import remote
 from .backends import load_backend
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_writable, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .distributed import LocalComm, World, check_batch, detect, shard_masks
 from .errors import RHNError, TrainingInterrupted
 from .hyperparams import check_config, lr_at
@@ -29,6 +29,10 @@ from .masks import sampler
 from .plots import learning_curve
 from .params import check_params, count_params, describe, init_params, spec_from_config
 from .progress import progress_bar
+
+
+# Training-state entries a resumed run reads (with the logs); "hidden" is there only inside an epoch.
+RESUME_STATE = ("epoch", "step", "costs", "iters", "rng", "best_valid", "best_epoch", "batch_size", "num_steps")
 
 
 class _Stop(Exception):
@@ -72,7 +76,18 @@ class InterruptFlag:
 
 
 def perplexity(costs, iters):
-    return math.exp(costs / iters) if iters else float("inf")
+    """exp(mean NLL); inf for no tokens or a mean beyond a float's range (a diverged run), never an exception."""
+    if not iters or not math.isfinite(costs):
+        return math.inf if costs == costs else math.nan
+    try:
+        return math.exp(costs / iters)
+    except OverflowError:
+        return math.inf
+
+
+def diverged(ppl, vocab_size):
+    """Perplexity beyond V^2: V times worse than guessing uniformly (a healthy run starts near V), or not finite."""
+    return not ppl < vocab_size ** 2
 
 
 def bits(ppl):
@@ -85,6 +100,10 @@ def prepare(cfg, backend_name=None, world=World()):
     if backend_name:
         check_batch(world, cfg["batch_size"], cfg["replicas"], backend_name)
     corpus = readers.load_corpus(cfg)
+    for split, (dropped, total) in corpus.dropped.items():
+        if dropped:  # the original dropped them silently, which flatters the perplexity
+            print(f"Note: {dropped:,} of the {total:,} words of the {split} file ({100 * dropped / total:.2f} %) are "
+                  f"not in the training vocabulary and are left out, as the original did: they are not scored")
     for split in ("train", "valid", "test"):
         readers.check_batchable(getattr(corpus, split), cfg["batch_size"], cfg["num_steps"], split)
     return corpus, spec_from_config(cfg, corpus.vocab_size)
@@ -126,9 +145,7 @@ class Evaluator:
         costs = float(self.backend.to_numpy(losses).sum())
         if comm is not None:  # a pass sharded by rows: the ranks' sums of NLL and of predictions
             costs, iters = comm.sum(np.array([costs, iters]))
-        if not math.isfinite(costs):
-            raise RHNError(f"{desc} loss is {costs}: the weights are broken; use an earlier checkpoint")
-        return perplexity(costs, iters)
+        return perplexity(costs, iters)  # inf/nan: the caller says what it means
 
     def batched(self, split):
         """The original per-epoch pass: B and T of training, full windows only."""
@@ -165,17 +182,22 @@ class Trainer:
         self.logs = {"train_perplexity": [math.inf], "valid_perplexity": [math.inf],
                      "test_perplexity": [math.inf]}
         self.best_valid, self.best_epoch = math.inf, 0
+        self.data_fingerprint = readers.fingerprint(self.corpus)
         default_dir = os.path.join("runs", f"{cfg['dataset']}_{cfg['seed']}")
         resume = cfg["resume"]
-        fetched = remote.fetch(resume, run, os.path.join(cfg["save_dir"] or default_dir, "fetched"))
-        if fetched:  # a run in MongoDB: its checkpoints were downloaded; this run saves beside them
-            resume = fetched
-        if resume:
-            params = self._restore(resume)
-        self.run_dir = cfg["save_dir"] or (default_dir if fetched or not resume
+        from_db = remote.is_reference(resume)  # its checkpoints are fetched into <run_dir>/fetched
+        self.run_dir = cfg["save_dir"] or (default_dir if from_db or not resume
                                            else os.path.dirname(os.path.abspath(resume)))
-        if resume and self.world.chief:
+        if from_db:  # a run in MongoDB: its checkpoints are downloaded; this run saves beside them
+            self._prepare_run_dir()
+            resume = remote.fetch(resume, run, os.path.join(self.run_dir, "fetched"))
+        if resume:
+            params = self._restore(resume)  # a file that is no checkpoint fails before anything is written
+        if not from_db:
+            self._prepare_run_dir()
+        if resume and self.world.chief:  # the one writer; the others get best.npz from it at the end
             self._carry_best_over(os.path.dirname(os.path.abspath(resume)))
+            self._check_best(resume)
         self.backend = make_backend(cfg, backend_name, self.spec, params, self.world)
         self.comm = self.backend.comm
         self.backend_name = backend_name
@@ -192,48 +214,127 @@ class Trainer:
                 "rng": self.rng.bit_generator.state, "best_valid": self.best_valid,
                 "best_epoch": self.best_epoch, "backend": self.backend_name,
                 "batch_size": self.cfg["batch_size"], "num_steps": self.cfg["num_steps"],
+                "data_fingerprint": self.data_fingerprint,
                 **{k: np.array(v) for k, v in self.logs.items()},
                 # the global batch's state (a collective), so any number of processes can resume it
                 **({"hidden": self.comm.gather_rows(np.stack(self.hidden), 1)} if self.hidden is not None else {})}
+
+    def _prepare_run_dir(self):
+        """Writable now, not at the first checkpoint an epoch later; half-written checkpoints of a killed
+        run (94 MB each for ptb_sota) removed. Rank 0 only: it is the one writer."""
+        if not self.world.chief:
+            return
+        check_writable(self.run_dir)
+        for folder in (self.run_dir, os.path.join(self.run_dir, "fetched")):
+            for name in remove_stale_temporaries(folder):
+                print(f"Removed {os.path.join(folder, name)}: left by a process that is no longer running")
 
     def _restore(self, path):
         params, st = load_checkpoint(path)
         if "step" not in st:
             raise RHNError(f"{path} has no training state (a best.npz?): resume from the run's last.npz")
+        missing = [k for k in (*RESUME_STATE, *self.logs) if k not in st]
+        if missing:
+            raise RHNError(f"{path} is not a complete training checkpoint: its training state lacks "
+                           f"{', '.join(missing)}; resume from a last.npz written by a run")
         check_params(params, self.spec, path)
-        self.epoch, self.step = int(st["epoch"]), int(st["step"])
-        shape = {k: int(st[k]) for k in ("batch_size", "num_steps")}
-        if self.step and shape != {k: self.cfg[k] for k in shape}:
-            raise RHNError(f"{path} stopped inside an epoch with batch_size={shape['batch_size']}, "
-                           f"num_steps={shape['num_steps']}: resume with those values")
-        self.costs, self.iters = float(st["costs"]), int(st["iters"])
-        self.rng.bit_generator.state = json.loads(str(st["rng"]))
-        self.best_valid, self.best_epoch = float(st["best_valid"]), int(st["best_epoch"])
-        self.logs = {k: [float(v) for v in st[k]] for k in self.logs}
-        mine = self.world.rows(self.cfg["batch_size"])
-        self.hidden = [h[mine] for h in st["hidden"]] if "hidden" in st else None
+        self._check_data(path, st)
+        try:
+            self.epoch, self.step = int(st["epoch"]), int(st["step"])
+            shape = {k: int(st[k]) for k in ("batch_size", "num_steps")}
+            if self.step and shape != {k: self.cfg[k] for k in shape}:
+                raise RHNError(f"{path} stopped inside an epoch with batch_size={shape['batch_size']}, "
+                               f"num_steps={shape['num_steps']}: resume with those values")
+            self.costs, self.iters = float(st["costs"]), int(st["iters"])
+            self.rng.bit_generator.state = json.loads(str(st["rng"]))
+            self.best_valid, self.best_epoch = float(st["best_valid"]), int(st["best_epoch"])
+            self.logs = {k: [float(v) for v in st[k]] for k in self.logs}
+            mine = self.world.rows(self.cfg["batch_size"])
+            self.hidden = [h[mine] for h in st["hidden"]] if "hidden" in st else None
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise RHNError(f"{path} is not a usable training checkpoint: its training state is damaged "
+                           f"({type(e).__name__}); resume from a last.npz written by a run")
         print(f"Resuming from {path}: epoch {self.epoch}, step {self.step}")
         return params
+
+    def _check_data(self, path, st):
+        """A checkpoint continues only on the data it was trained on (unless resume_other_data=True)."""
+        if "data_fingerprint" not in st:
+            print(f"Note: {path} does not record its training data (written before fingerprints); not checked")
+        elif str(st["data_fingerprint"]) != self.data_fingerprint:
+            if not self.cfg["resume_other_data"]:
+                raise RHNError(f"{path} was trained on other data than {self.cfg['data_path']} "
+                               f"(data fingerprint {str(st['data_fingerprint'])[:12]}, this data "
+                               f"{self.data_fingerprint[:12]}): check dataset and data_path, or set "
+                               f"resume_other_data=True to continue on this data anyway")
+            print(f"Note: {path} was trained on other data; continuing on {self.cfg['data_path']} "
+                  f"(resume_other_data=True)")
 
     def _carry_best_over(self, old_dir):
         """A run resumed into another save_dir brings its best.npz along (the final pass needs it)."""
         old, new = os.path.join(old_dir, "best.npz"), self.path("best.npz")
         if os.path.isfile(old) and os.path.abspath(old) != os.path.abspath(new):
-            save_checkpoint(new, *load_checkpoint(old))
+            self._write(new, lambda: save_checkpoint(new, *load_checkpoint(old)))
+
+    def _check_best(self, resume):
+        """The final pass needs the best epoch's weights: a missing or foreign best.npz fails now, not after training."""
+        path = self.path("best.npz")
+        if not self.best_epoch:
+            return
+        if not os.path.isfile(path):
+            raise RHNError(f"{resume} continues a run whose best epoch ({self.best_epoch}) is kept in its best.npz, "
+                           f"which is neither beside it nor in {self.run_dir}: put that run's best.npz there "
+                           f"(the final evaluation needs it)")
+        _, st = load_checkpoint(path)
+        epoch = int(st["best_epoch"]) if "best_epoch" in st else 0
+        valid = float(st["valid_perplexity"]) if "valid_perplexity" in st else math.nan
+        # A best.npz of a later epoch than the checkpoint (killed between the two saves) is written again.
+        if epoch < self.epoch and (epoch, valid) != (self.best_epoch, self.best_valid):
+            raise RHNError(f"{path} holds epoch {epoch} (valid {valid:.3f}) but {resume} continues a run whose best "
+                           f"is epoch {self.best_epoch} (valid {self.best_valid:.3f}): it is another run's best.npz; "
+                           f"put the matching one there or resume into an empty save_dir")
+
+    def _write(self, path, write):
+        """``write()`` the file ``path``; a failure (a full disk...) stops the run in one line, the files on disk whole."""
+        try:
+            return write()
+        except OSError as e:
+            last = self.path("last.npz")
+            kept = (f"the checkpoints already on disk are unchanged: free space and continue with resume={last}"
+                    if os.path.isfile(last) else "no checkpoint was written yet: free space and start again")
+            raise RHNError(f"cannot write {path} ({e.strerror or e}); stopped; {kept}")
 
     def _save_last(self):
         state = self._train_state()  # every rank takes part; rank 0 writes
         if self.world.chief:
-            save_checkpoint(self.path("last.npz"), self.backend.get_params(), state)
-            self.run.add_artifact(self.path("last.npz"), "last.npz")  # observers replace the earlier one
+            path = self.path("last.npz")
+            self._write(path, lambda: save_checkpoint(path, self.backend.get_params(), state))
+            self.run.add_artifact(path, "last.npz")  # observers replace the earlier one
+
+    def _save_best(self, valid):
+        if self.world.chief:
+            path = self.path("best.npz")
+            self._write(path, lambda: save_checkpoint(path, self.backend.get_params(),
+                                                      {"best_epoch": self.epoch, "valid_perplexity": valid,
+                                                       "data_fingerprint": self.data_fingerprint}))
+            self.run.add_artifact(path, "best.npz")
 
     def _save_curve(self):
         """The learning curve so far, as an artifact (written only when an observer will store it)."""
         if self.run.observers and len(self.logs["valid_perplexity"]) > 1:
-            path = learning_curve(self.logs, self.path("learning_curve.png"), self.corpus.unit,
-                                  f"{self.cfg['dataset']} depth {self.cfg['depth']} "
-                                  f"hidden {self.cfg['hidden_size']} ({self.backend_name})")
+            path = self.path("learning_curve.png")
+            self._write(path, lambda: learning_curve(
+                self.logs, path, self.corpus.unit, f"{self.cfg['dataset']} depth {self.cfg['depth']} "
+                f"hidden {self.cfg['hidden_size']} ({self.backend_name})"))
             self.run.add_artifact(path, "learning_curve.png")
+
+    def _diverged(self, what):
+        """The one-line stop of a diverged run; the weights of this epoch are not saved."""
+        last = self.path("last.npz")
+        where = (f"the last good checkpoint is {last}: lower learning_rate or max_grad_norm and resume from it"
+                 if os.path.isfile(last) else "no checkpoint was written yet: lower learning_rate or max_grad_norm")
+        return RHNError(f"{what} in epoch {self.epoch} near step {self.step}; stopped without saving these weights; "
+                        f"{where}")
 
     # --- passes -----------------------------------------------------------------
     def _flush(self, pending):
@@ -242,12 +343,11 @@ class Trainer:
             values = self.backend.to_numpy(pending)
             pending.clear()
             if not np.all(np.isfinite(values)):
-                last = self.path("last.npz")
-                where = (f"the last good checkpoint is {last}: lower learning_rate or max_grad_norm and "
-                         f"resume from it" if os.path.isfile(last) else
-                         "no checkpoint was written yet: lower learning_rate or max_grad_norm")
-                raise RHNError(f"training loss became {values[~np.isfinite(values)][0]} in epoch {self.epoch} "
-                               f"near step {self.step}; stopped without saving these weights; {where}")
+                raise self._diverged(f"training loss became {values[~np.isfinite(values)][0]}")
+            ppl = perplexity(float(values.sum()), len(values) * self.cfg["num_steps"])
+            if diverged(ppl, self.corpus.vocab_size):
+                raise self._diverged(f"training perplexity became {ppl:.3g} (beyond vocab_size^2 = "
+                                     f"{self.corpus.vocab_size ** 2:,}: the run diverged)")
             self.costs += float(values.sum())
 
     def train_epoch(self, lr):
@@ -333,13 +433,14 @@ class Trainer:
         seconds = max(time.time() - start, 1e-9)
         tokens = (self.step - step0) * self.cfg["batch_size"] * self.cfg["num_steps"]
         valid, test = self.evaluator.batched("valid"), self.evaluator.batched("test")
+        for split, ppl in (("train", train), ("valid", valid), ("test", test)):
+            if diverged(ppl, self.corpus.vocab_size):  # e.g. valid 2.45e89: never let these weights replace last.npz
+                raise self._diverged(f"{split} perplexity became {ppl:.3g} (beyond vocab_size^2 = "
+                                     f"{self.corpus.vocab_size ** 2:,}: the run diverged)")
         self._record_epoch(train, valid, test, lr, seconds, tokens)
         if valid < self.best_valid:
             self.best_valid, self.best_epoch = valid, self.epoch
-            if self.world.chief:
-                save_checkpoint(self.path("best.npz"), self.backend.get_params(),
-                                {"best_epoch": self.epoch, "valid_perplexity": valid})
-                self.run.add_artifact(self.path("best.npz"), "best.npz")
+            self._save_best(valid)
         self.epoch, self.step, self.costs, self.iters = self.epoch + 1, 0, 0.0, 0
         self._save_last()
 
@@ -372,6 +473,10 @@ def evaluate(cfg, backend_name, run):
     results = {"valid_perplexity": evaluator.batched("valid"),
                "full_valid_perplexity": evaluator.full("valid"),
                "full_test_perplexity": evaluator.full("test")}
+    for key, ppl in results.items():
+        if not math.isfinite(ppl):
+            raise RHNError(f"{key} of {cfg['load_model']} is {ppl}: the weights are broken (a diverged run?); "
+                           f"evaluate an earlier checkpoint")
     for key, ppl in results.items():
         print(f"{key.replace('_', ' ').capitalize()}: {ppl:.3f} Bits: {bits(ppl):.3f}")
     run.info.update(results)

@@ -30,8 +30,9 @@ import os
 import numpy as np
 
 from .data import readers
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_writable, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .errors import RHNError, TrainingInterrupted
+from .hyperparams import check_config
 from .loop import InterruptFlag, _Stop, bits, make_backend, prepare
 from .masks import Masks, bernoulli_mask, sample_masks, tie_repeated_tokens
 from .params import check_params
@@ -42,6 +43,7 @@ CLIP = 1e-10
 
 
 def check_mc_config(cfg):
+    check_config(cfg)  # types and ranges of every key first
     if not cfg["load_model"]:
         raise RHNError("evaluate_mc needs load_model=PATH, a checkpoint such as runs/<dataset>_<seed>/best.npz")
     if not isinstance(cfg["mc_steps"], int) or cfg["mc_steps"] <= 0:
@@ -124,6 +126,8 @@ def evaluate_mc(cfg, backend_name, run):
     check_params(params, spec, cfg["load_model"])
     backend = make_backend(cfg, backend_name, spec, params)
     out_dir = cfg["save_dir"] or os.path.dirname(os.path.abspath(cfg["load_model"]))
+    check_writable(out_dir)  # the partial results and the plot are written hours later
+    remove_stale_temporaries(out_dir)
     partial_path = os.path.join(out_dir, f"mc_{cfg['mc_mode']}_partial.npz")
     K, mode, ids = cfg["mc_steps"], cfg["mc_mode"], corpus.test
     prob_sum, accepted, drawn, curve = np.zeros(len(ids) - 1), 0, 0, []
@@ -141,7 +145,8 @@ def evaluate_mc(cfg, backend_name, run):
                 log_p = mc_pass(backend, spec, cfg, ids, rngs, interrupt)
                 drawn += len(rngs)
                 for row in log_p:
-                    if accepted < K and math.exp(-row.mean()) < cfg["mc_accept_perplexity"]:
+                    # compared in log space: a sample with perplexity beyond a float's range is rejected, not a crash
+                    if accepted < K and -row.mean() < math.log(cfg["mc_accept_perplexity"]):
                         prob_sum += np.exp(row)
                         accepted += 1
                         curve.append(estimate(prob_sum, accepted, mode))

@@ -2,6 +2,8 @@
 import math
 import os
 
+from .checkpoint import temporary_path
+
 
 def learning_curve(logs, path, unit, title=""):
     """Train/valid/test per epoch (perplexity for words, bits per character for chars) as a PNG at ``path``."""
@@ -25,9 +27,13 @@ def learning_curve(logs, path, unit, title=""):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = f"{path}.{os.getpid()}.tmp.png"
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        tmp = temporary_path(path)  # a killed run leaves it to the next start's cleanup
+        try:
+            fig.savefig(tmp, format="png")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     finally:
         plt.close(fig)
     return path

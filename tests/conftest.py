@@ -107,12 +107,28 @@ def run_experiment(command="main", named=(), backend="torch", options=None, **up
                                         options={"--loglevel": "ERROR", **(options or {})})
 
 
-def run_cli(*args, backend="torch", timeout=300):
-    """``python rhn_train_<backend>.py ARGS`` in a subprocess; returns the CompletedProcess."""
+def run_cli(*args, backend="torch", timeout=300, cwd=None):
+    """``python rhn_train_<backend>.py ARGS`` in a subprocess (in ``cwd``); returns the CompletedProcess."""
     import subprocess
     import sys
     return subprocess.run([sys.executable, "-W", "ignore", os.path.join(REPO, f"rhn_train_{backend}.py"), *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def assert_one_line_error(result, *fragments, before_config=True):
+    """Exit status 1, no traceback, exactly one ``RHNError:`` line holding ``fragments``; returns that line.
+
+    ``before_config``: it failed before the run printed its config (bad input is found first).
+    """
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("RHNError: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    if before_config:
+        assert "Configuration" not in result.stdout
+    return errors[0]
 
 
 @pytest.fixture(scope="session")

@@ -7,19 +7,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import run_cli, run_experiment  # noqa: E402
+from conftest import assert_one_line_error, run_cli, run_experiment  # noqa: E402
 from rhn_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from rhn_core.errors import RHNError  # noqa: E402
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    errors = [line for line in result.stderr.splitlines() if line.startswith("RHNError: ")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    assert "Configuration" not in result.stdout  # it fails before printing the config
 
 
 def test_missing_ptb_directory_on_the_command_line(tmp_path):

@@ -348,6 +348,22 @@ def test_resume_continues_from_the_checkpoint(text, tmp_path):
     assert not np.array_equal(fresh["embedding"], saved["embedding"])
 
 
+@effect_of("resume_other_data")
+def test_resume_other_data_lets_a_checkpoint_continue_on_other_data(text, data, tmp_path):
+    trainer(text, tmp_path).train()
+    saved, _ = load_checkpoint(str(tmp_path / "last.npz"))
+    other = bytearray(data)
+    j = next(j for j in range(1, len(other)) if other[j] != other[0])
+    other[0], other[j] = other[j], other[0]  # the same characters: the same vocabulary, other data
+    (tmp_path / "other.txt").write_bytes(bytes(other))
+    resume = dict(resume=str(tmp_path / "last.npz"), max_max_epoch=2)
+    with pytest.raises(RHNError, match=r"last.npz was trained on other data than .*other.txt"):
+        trainer(str(tmp_path / "other.txt"), tmp_path / "refused", **resume)
+    t = trainer(str(tmp_path / "other.txt"), tmp_path / "allowed", resume_other_data=True, **resume)
+    assert t.epoch == 2 and all(np.array_equal(t.backend.get_params()[n], saved[n]) for n in saved)
+    assert trainer(text, tmp_path / "same", **resume).epoch == 2  # its own data needs no override
+
+
 # --- evaluation -----------------------------------------------------------------------------
 @effect_of("load_model")
 def test_load_model_is_the_checkpoint_evaluated(text, tmp_path):

@@ -18,16 +18,18 @@ carried from one minibatch to the next.
 """
 import collections
 import gzip
+import hashlib
 import lzma
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import RHNError
 
 COMPRESSED = (".xz", ".gz")
+EOS = "<eos>"  # appended to every line of a PTB file
 PTB_HELP = ("set data_path=DIR, a folder with ptb.train.txt, ptb.valid.txt, ptb.test.txt (plain, .xz or .gz: "
             "no preparation needed), or run python data/prepare.py ptb to download and verify Mikolov's "
             "simple-examples.tgz into data/")
@@ -42,6 +44,7 @@ class Corpus:
     vocab_size: int
     unit: str  # 'word' or 'char': perplexity per word, bits per character
     symbols: object = None  # what each id stands for: a list of words (PTB) or an array of byte values
+    dropped: dict = field(default_factory=dict)  # split -> (words left out as unknown, words in the file)
 
 
 def find_file(path, what, hint):
@@ -71,7 +74,7 @@ def ptb_words(path):
         text = read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise RHNError(f"{path} is not a UTF-8 text file ({e}); is it really PTB?")
-    return text.replace("\n", " <eos> ").split()
+    return text.replace("\n", f" {EOS} ").split()
 
 
 def build_vocab(words):
@@ -87,14 +90,35 @@ def words_to_ids(words, vocab):
 
 
 def read_ptb(data_path):
-    """PTB word ids (train, valid, test) with the vocabulary of the training file."""
+    """PTB word ids (train, valid, test) with the vocabulary of the training file.
+
+    Words of valid/test missing from the training vocabulary are dropped as the original did
+    (Mikolov's files have none: rare words are already <unk>); ``Corpus.dropped`` counts them.
+    """
     paths = [find_file(os.path.join(data_path, f"ptb.{split}.txt"), "PTB file", PTB_HELP)
              for split in ("train", "valid", "test")]
     train_words = ptb_words(paths[0])
     vocab = build_vocab(train_words)
-    train, valid, test = (words_to_ids(w, vocab) for w in
-                          (train_words, ptb_words(paths[1]), ptb_words(paths[2])))
-    return Corpus(train, valid, test, len(vocab), "word", sorted(vocab, key=vocab.get))
+    ids, dropped = [words_to_ids(train_words, vocab)], {}
+    for split, path in zip(("valid", "test"), paths[1:]):
+        words = ptb_words(path)
+        ids.append(words_to_ids(words, vocab))
+        dropped[split] = (len(words) - len(ids[-1]), len(words))
+        real = [w for w in words if w != EOS]  # <eos> ends every line of any file: it proves nothing
+        if real and not any(w in vocab for w in real):
+            raise RHNError(f"none of the {len(real)} words of {path} occurs in {paths[0]}: the {split} file "
+                           f"is not from the same corpus as the training file; check data_path")
+    return Corpus(*ids, len(vocab), "word", sorted(vocab, key=vocab.get), dropped)
+
+
+def fingerprint(corpus):
+    """SHA-256 of the id streams (train, valid, test) and their meaning: what a model was trained on."""
+    digest = hashlib.sha256(f"{corpus.unit} {corpus.vocab_size}".encode())
+    for ids in (corpus.train, corpus.valid, corpus.test):
+        digest.update(f" {len(ids)} ".encode())  # the id dtype is fixed per dataset (int32 words, uint8 bytes)
+        for i in range(0, len(ids), 1 << 24):  # in chunks: a memory-mapped enwik8 stays on disk
+            digest.update(np.ascontiguousarray(ids[i:i + (1 << 24)]).tobytes())
+    return digest.hexdigest()
 
 
 def byte_ids(data):

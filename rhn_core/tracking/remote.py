@@ -8,6 +8,7 @@ another. The run's ``best.npz`` comes along: the final evaluation needs it.
 import os
 import shutil
 
+from ..checkpoint import temporary_path
 from ..errors import RHNError
 from .credentials import RESUME_ADVICE, has_password
 from .mongo import connect, parse_resume, parse_target
@@ -18,6 +19,11 @@ def check_resume(value):
     ref = parse_resume(value)
     if ref and has_password(ref[0]):
         raise RHNError(RESUME_ADVICE)  # also refused earlier, before the run is created
+
+
+def is_reference(value):
+    """Whether ``resume=`` names a run in MongoDB (ADDRESS#ID or #ID) rather than a file."""
+    return parse_resume(value) is not None
 
 
 def _target_of(db_spec, run):
@@ -57,9 +63,13 @@ def fetch(value, run, folder):
         fs = gridfs.GridFS(database)
         for name in ("last.npz", "best.npz"):
             if name in files:
-                tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    shutil.copyfileobj(fs.get(files[name]), f, 1 << 20)
-                os.replace(tmp, os.path.join(folder, name))
+                tmp = temporary_path(os.path.join(folder, name))
+                try:
+                    with open(tmp, "wb") as f:
+                        shutil.copyfileobj(fs.get(files[name]), f, 1 << 20)
+                    os.replace(tmp, os.path.join(folder, name))
+                finally:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
     print(f"Fetched the checkpoints of run {ref[1]} ({doc.get('status')}) from {target.address} into {folder}")
     return os.path.join(folder, "last.npz")
