@@ -1,6 +1,7 @@
 """``python -m rhn_core.tracking.report``: synthetic Sacred runs on disk and in MongoDB, table, plot, errors."""
 import json
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -178,3 +179,48 @@ def test_bad_inputs(argv, message, tmp_path, capsys):
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert "Traceback" not in out + err
+
+
+def write_sweep_dir(root):
+    """A file-observer folder with the runs of sweep ``s``: depths 1 and 2, seeds 1-3, one run in two pieces,
+    plus a run of another sweep and one of none."""
+    root.mkdir()
+    ppl = {(1, 1): 100.0, (1, 2): 104.0, (1, 3): 108.0, (2, 1): 90.0, (2, 2): 91.0, (2, 3): None}
+    runs = [(depth, seed, ppl[depth, seed], "COMPLETED") for depth, seed in sorted(ppl)]
+    runs.insert(0, (1, 1, 500.0, "INTERRUPTED"))  # an earlier piece of (1, 1): superseded by the later one
+    runs.append((2, 3, None, "RUNNING"))  # its latest piece is still running
+    for i, (depth, seed, value, status) in enumerate(runs, 1):
+        meta = {"sweep": {"name": "s", "key": f"depth={depth},seed={seed}", "values": {"depth": depth, "seed": seed}}}
+        if (depth, seed) == (2, 3) and status == "COMPLETED":
+            continue
+        d = root / str(i)
+        d.mkdir()
+        (d / "run.json").write_text(json.dumps({"status": status, "meta": meta, "artifacts": []}))
+        (d / "config.json").write_text(json.dumps({"dataset": "ptb", "depth": depth, "seed": seed}))
+        info = {"nr_parameters": 1000 * depth} | ({"best_valid_perplexity": value} if value else {})
+        (d / "info.json").write_text(json.dumps(info))
+    other = root / "99"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"status": "COMPLETED", "meta": {"sweep": {
+        "name": "other", "key": "depth=1", "values": {"depth": 1}}}}))
+    (other / "config.json").write_text(json.dumps({"dataset": "ptb", "depth": 1}))
+    (other / "info.json").write_text(json.dumps({"best_valid_perplexity": 1.0}))
+    return str(root)
+
+
+def test_sweep_groups_latest_pieces_mean_std_and_error_bars(tmp_path, capsys):
+    plot = tmp_path / "sweep.png"
+    code, out, err = run(capsys, "--dir", write_sweep_dir(tmp_path / "runs"), "--sweep", "s", "--plot", str(plot))
+    assert code == 0, err
+    assert "6 runs (7 pieces)" in out and "mean and std over seed" in out
+    table = {r[0]: r for r in (line.split() for line in out.splitlines()) if r and r[0] in ("1", "2")}
+    # depth 1: the later piece of seed 1 counts (100, not 500): mean 104, sample std 4
+    assert table["1"][1:] == ["3", "3", "COMPLETED", "1,000", "3", "104.000", "4.000"]
+    # depth 2: seed 3 is still running (no figure): two values, mean 90.5, std sqrt(0.5)
+    assert table["2"][1:6] == ["3", "2", "COMPLETED,", "1", "RUNNING"] and table["2"][-3:] == ["2", "90.500", "0.707"]
+    assert plot.read_bytes().startswith(PNG)
+    code, out, _ = run(capsys, "--dir", str(tmp_path / "runs"), "--sweep", "s", "--over", "seed", "--over", "depth",
+                       "--status", "COMPLETED", "--no-plot")
+    assert code == 0 and out.splitlines()[-1].split()[-2:] == ["98.600", f"{statistics.stdev([100, 104, 108, 90, 91]):.3f}"]
+    code, _, err = run(capsys, "--dir", str(tmp_path / "runs"), "--sweep", "nope", "--no-plot")
+    assert code == 2 and "no run of sweep 'nope'" in err and err.count("\n") == 1

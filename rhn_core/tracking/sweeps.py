@@ -3,8 +3,8 @@
 A run of a sweep stores ``meta.sweep = {name, key, values}``; a run stopped and
 resumed is several pieces with the same key, of which the latest counts. Runs
 whose swept values differ only in the ``--over`` keys (default ``seed``) form one
-row: how many there are, their states, the mean of ``--y`` and its standard
-deviation (the sample one, n - 1; none for a single run). The plot shows the mean
+row: how many there are, their states, how many have a ``--y`` figure (n), its mean
+and its standard deviation (the sample one, n - 1; none for a single run). The plot shows the mean
 against ``--x`` with a bar of one standard deviation.
 """
 import json
@@ -41,7 +41,7 @@ def summary(setting, runs, args):
         states[str(r["status"])] = states.get(str(r["status"]), 0) + 1
     first = runs[0]
     params = [p for p in (lookup(r["info"], "nr_parameters") for r in runs) if number(p) is not None]
-    return {"setting": dict((k, json.loads(v)) for k, v in setting), "n": len(ys),
+    return {"setting": dict((k, json.loads(v)) for k, v in setting), "runs": len(runs), "n": len(ys),
             "states": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
             "params": round(statistics.mean(params)) if params else None,
             "mean": statistics.mean(ys) if ys else None, "std": statistics.stdev(ys) if len(ys) > 1 else None,
@@ -66,8 +66,8 @@ def report_sweep(source, args, statuses):
     keys = sorted({k for row in rows for k in row["setting"]})
     rows.sort(key=lambda r: (order(r["group"]), order(r["x"]), [order(r["setting"].get(k)) for k in keys]))
     cols = [(k, (lambda k: lambda r: fmt(r["setting"].get(k)))(k), True) for k in keys]
-    cols += [("runs", lambda r: str(r["n"]), True), ("states", lambda r: r["states"], False),
-             ("params", lambda r: fmt(r["params"], ","), True),
+    cols += [("runs", lambda r: str(r["runs"]), True), ("states", lambda r: r["states"], False),
+             ("params", lambda r: fmt(r["params"], ","), True), ("n", lambda r: str(r["n"]), True),
              (f"mean {ylabel}", lambda r: fmt(r["mean"], ".3f"), True), ("std", lambda r: fmt(r["std"], ".3f"), True)]
     print(f"sweep {args.sweep}: {len(runs)} runs ({sum(r['pieces'] for r in rows)} pieces) from {source.label}; "
           f"mean and std over {', '.join(sorted(over))}")
