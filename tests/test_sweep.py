@@ -63,6 +63,7 @@ def test_equal_params_picks_the_closest_hidden_size():
     (["-s", "depth"], "is not KEY=VALUE"),
     (["-s", "depth=0,1"], "depth=0 must be a positive integer"),
     (["--equal-params", "1e6", "-s", "hidden_size=3,4"], "--equal-params chooses hidden_size"),
+    (["--parallel", "0"], "--parallel=0 must be at least 1"),
 ])
 def test_bad_grids_fail_in_one_line(args, message, capsys):
     assert main(["run", "--name", "x", "--dry-run", *args, "torch", "with", "tiny"]) == 2

@@ -167,6 +167,10 @@ def write_plan(args, named, fixed, runs):
 
 
 def launch(args):
+    for option in ("parallel", "threads", "slurm_time", "slurm_cpus", "slurm_parallel"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise RHNError(f"--{option.replace('_', '-')}={value} must be at least 1")
     named, fixed = grid.parse_fixed(args.fixed)
     fixed.setdefault("progress", False)  # bars would fill the logs; the epoch lines remain
     runs = grid.expand(named, fixed, args.sweep, args.zip, args.equal_params)
