@@ -146,7 +146,11 @@ class SlurmCluster:
         os.chmod(dbd_conf, 0o600)
 
     def stop(self):
+        # munged and MariaDB serve the whole machine: another cluster (a second test session) may use them.
+        shared_in_use = _other_slurmctld(self.processes)
         for name, process in reversed(self.processes):
+            if name == "mariadbd" and shared_in_use:
+                continue
             if process.poll() is None:
                 process.terminate()
                 try:
@@ -155,7 +159,7 @@ class SlurmCluster:
                     process.kill()
                     process.wait()
         self.processes = []
-        if self.munged_pid:
+        if self.munged_pid and not shared_in_use:
             try:
                 os.kill(self.munged_pid, 15)
             except ProcessLookupError:
@@ -186,3 +190,17 @@ def _port_open(port):
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _other_slurmctld(ours):
+    """Whether a slurmctld other than ours runs on this machine (read from /proc)."""
+    mine = {p.pid for _, p in ours}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0")[0]
+        except OSError:
+            continue
+        if argv0.endswith(b"slurmctld") and int(pid) not in mine:
+            return True
+    return False
