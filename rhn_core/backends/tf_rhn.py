@@ -135,6 +135,7 @@ def recurrence(px, s0, mh, R, b):
     return run(px, s0, tf.convert_to_tensor(R), tf.convert_to_tensor(b))
 
 
+@keras.saving.register_keras_serializable(package="rhn")
 class RHNCell(keras.layers.Layer):
     """Recurrent Highway Network cell (Zilly et al. 2017), recurrence depth ``depth``,
     coupled carry gate (c = 1 - t). A Keras 3 RNN cell: ``state_size = units``::
@@ -174,6 +175,7 @@ class RHNCell(keras.layers.Layer):
                 "init_scale": self.init_scale, "init_bias": self.init_bias}
 
 
+@keras.saving.register_keras_serializable(package="rhn")
 class RHN(keras.layers.Layer):
     """A stack of ``num_layers`` RHN cells run over whole sequences, with the input
     projection hoisted out of the time loop and optional variational dropout masks:
@@ -182,9 +184,14 @@ class RHN(keras.layers.Layer):
 
     def __init__(self, hidden_size, depth, num_layers=1, init_scale=0.04, init_bias=-2.0, **kwargs):
         super().__init__(**kwargs)
-        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.hidden_size, self.depth, self.num_layers = hidden_size, depth, num_layers
+        self.init_scale, self.init_bias = init_scale, init_bias
         self.cells = [RHNCell(hidden_size, depth, init_scale, init_bias, dtype=self.dtype_policy, name=f"cell{l}")
                       for l in range(num_layers)]
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_size": self.hidden_size, "depth": self.depth,
+                "num_layers": self.num_layers, "init_scale": self.init_scale, "init_bias": self.init_bias}
 
     def build(self, input_shape):
         for l, cell in enumerate(self.cells):
