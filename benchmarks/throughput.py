@@ -21,16 +21,16 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from rhn_core.backends import BACKENDS, load_backend  # noqa: E402
 from rhn_core.backends.torch_rhn import pick_device  # noqa: E402
 from rhn_core.hyperparams import resolve_config  # noqa: E402
 from rhn_core.masks import sampler  # noqa: E402
 from rhn_core.params import count_params, init_params, spec_from_config  # noqa: E402
+from lstm_baseline import lstm_step  # noqa: E402
 
 DEFAULT_CONFIGS = ("ptb_sota", "ptb_sota hidden_size=200 depth=3", "demo")
 
@@ -53,32 +53,6 @@ def parse(text):
     return cfg
 
 
-class LSTMLanguageModel(nn.Module):
-    """Baseline: embedding -> one torch.nn.LSTM layer -> softmax, tied when the RHN is."""
-
-    def __init__(self, vocab_size, hidden_size, tied):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, hidden_size)
-        self.lstm = nn.LSTM(hidden_size, hidden_size, batch_first=True)
-        self.softmax_w = None if tied else nn.Parameter(torch.empty(hidden_size, vocab_size))
-        self.softmax_b = nn.Parameter(torch.zeros(vocab_size))
-        for p in self.parameters():
-            nn.init.uniform_(p, -0.04, 0.04)
-
-    def forward(self, x, state):
-        out, state = self.lstm(self.embedding(x), state)
-        w = self.embedding.weight.t() if self.softmax_w is None else self.softmax_w
-        return torch.matmul(out, w) + self.softmax_b, state
-
-
-def lstm_params(V, H, tied):
-    return V * H + 4 * (2 * H * H + 2 * H) + (0 if tied else H * V) + V
-
-
-def matching_lstm_size(target, V, tied):
-    return min(range(8, 4096), key=lambda h: abs(lstm_params(V, h, tied) - target))
-
-
 def time_steps(step, warmup, steps, sync):
     for _ in range(warmup):
         step()
@@ -94,7 +68,8 @@ def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):
     spec = spec_from_config(cfg)
     rng = np.random.default_rng(0)
     backend = load_backend(backend_name).Backend(spec, init_params(spec, rng), cfg["weight_decay"],
-                                                 cfg["max_grad_norm"], device, dtype)
+                                                 cfg["max_grad_norm"], device, dtype, rhn_impl=cfg["rhn_impl"],
+                                                 cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"])
     masks = sampler(cfg, spec)
     B, T = cfg["batch_size"], cfg["num_steps"]
     data = rng.integers(0, spec.vocab_size, (B, T + 1))
@@ -110,29 +85,11 @@ def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):
 
 
 def bench_lstm(cfg, n_params, device, dtype, warmup, steps):
-    V, B, T, tied = cfg["vocab_size"], cfg["batch_size"], cfg["num_steps"], cfg["tied"]
-    H = matching_lstm_size(n_params, V, tied)
-    model = LSTMLanguageModel(V, H, tied).to(device, getattr(torch, dtype))
-    params = list(model.parameters())
-    x = torch.randint(0, V, (B, T), device=device)
-    y = torch.randint(0, V, (B, T), device=device)
-    box = {"state": None, "losses": []}
-
-    def step():
-        logits, state = model(x, box["state"])
-        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="sum") / B
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            grads = torch._foreach_add(grads, params, alpha=cfg["weight_decay"])
-            norm = torch.stack(torch._foreach_norm(grads)).norm()
-            torch._foreach_mul_(grads, -cfg["learning_rate"] * cfg["max_grad_norm"] /
-                                torch.clamp(norm, min=cfg["max_grad_norm"]))
-            torch._foreach_add_(params, grads)
-        box["state"] = tuple(s.detach() for s in state)
-        box["losses"].append(loss.detach())
-
-    seconds = time_steps(step, warmup, steps, lambda: torch.stack(box["losses"]).cpu())
-    return sum(p.numel() for p in params), H, seconds
+    step, n, H = lstm_step(cfg["vocab_size"], cfg["batch_size"], cfg["num_steps"], cfg["tied"], n_params, device,
+                           getattr(torch, dtype), cfg["weight_decay"], cfg["learning_rate"], cfg["max_grad_norm"])
+    losses = []
+    seconds = time_steps(lambda: losses.append(step()), warmup, steps, lambda: torch.stack(losses).cpu())
+    return n, H, seconds
 
 
 def main():

@@ -35,9 +35,22 @@ def backend_module(name):
     return importlib.import_module(BACKENDS[name])
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+def cuda_available():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# Every backend on CPU; the torch backend on CUDA too where one is present (with its defaults
+# there: fused kernels and CUDA graphs).
+@pytest.fixture(params=sorted(BACKENDS) + [
+    pytest.param("torch-cuda", marks=pytest.mark.skipif(not cuda_available(), reason="no CUDA device"))])
 def Backend(request):
-    return backend_module(request.param).Backend
+    name, _, device = request.param.partition("-")
+    cls = backend_module(name).Backend
+    return (lambda *args, **kwargs: cls(*args, **{**kwargs, "device": device})) if device else cls
 
 
 def setup_case(Backend, spec, seed=0, B=3, T=5, dtype="float64", drops=(0.3, 0.3, 0.3, 0.3)):
@@ -172,20 +185,27 @@ def test_core_imports_no_framework():
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not cuda_available(), reason="no CUDA device"))])
 @pytest.mark.parametrize("with_mask", [False, True, "separate"])
-def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask):
+def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask, device):
     torch = pytest.importorskip("torch")
-    from rhn_core.backends.torch_rhn import RHNRecurrence, TorchSteps
-    g = torch.Generator().manual_seed(0)
+    from rhn_core.backends.torch_kernels import make_steps
+    from rhn_core.backends.torch_rhn import RHNRecurrence
+    g = torch.Generator(device).manual_seed(0)
+    f64 = dict(generator=g, dtype=torch.float64, device=device)
     B, T, H, D = 2, 3, 4, 3
-    px = torch.randn(B, T, 2 * H, generator=g, dtype=torch.float64, requires_grad=True)
-    s0 = torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True)
-    R = (0.7 * torch.randn(D, H, 2 * H, generator=g, dtype=torch.float64)).requires_grad_()
-    b = torch.randn(D, 2 * H, generator=g, dtype=torch.float64, requires_grad=True)
+    px = torch.randn(B, T, 2 * H, **f64, requires_grad=True)
+    s0 = torch.randn(B, H, **f64, requires_grad=True)
+    R = (0.7 * torch.randn(D, H, 2 * H, **f64)).requires_grad_()
+    b = torch.randn(D, 2 * H, **f64, requires_grad=True)
     width = 2 * H if with_mask == "separate" else H
-    mh = (torch.rand(B, width, generator=g, dtype=torch.float64) > 0.3).double() / 0.7 if with_mask else None
-    steps = TorchSteps()
-    assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps), (px, s0, R, b))
+    mh = (torch.rand(B, width, **f64) > 0.3).double() / 0.7 if with_mask else None
+    # the reference micro-steps everywhere; the fused kernels on CUDA (on CPU: test_kernels.py, interpreted)
+    for impl in ("reference", "triton") if device == "cuda" else ("reference",):
+        steps = make_steps(impl)
+        assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps),
+                                        (px, s0, R, b))
 
 
 def test_tf_cell_inside_keras_rnn_and_the_fused_layer_agree():
