@@ -105,6 +105,7 @@ def model_spec(shape):
 def time_rhn(shape, device, impl, graphs, precision, steps, warmup):
     """ms per training step of the torch backend, with NumPy dropout masks as in the loop."""
     import numpy as np
+    from common import time_steps
     from rhn_core.backends.torch_rhn import Backend
     from rhn_core.masks import sample_masks
     from rhn_core.params import count_params, init_params
@@ -121,26 +122,15 @@ def time_rhn(shape, device, impl, graphs, precision, steps, warmup):
         loss, box["state"] = backend.train_step(x, y, sample_masks(rng, x, spec, *shape["drops"]), box["state"], LR)
         box["losses"].append(loss)
 
-    seconds = timed(step, warmup, steps, lambda: backend.to_numpy(box["losses"]))
+    seconds = time_steps(step, warmup, steps, lambda: backend.to_numpy(box["losses"]))
     losses = backend.to_numpy(box["losses"])
     assert np.all(np.isfinite(losses)), "non-finite loss"
     return seconds, count_params(spec)
 
 
-def timed(step, warmup, steps, sync):
-    for _ in range(warmup):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return (time.perf_counter() - start) / steps
-
-
 def run_throughput(device, shapes, steps, warmup, variants):
     import torch
-    from lstm_baseline import lstm_step
+    from common import lstm_step, time_steps
     rows = []
     for name, shape in shapes.items():
         n_params = None
@@ -161,7 +151,7 @@ def run_throughput(device, shapes, steps, warmup, variants):
             step, n, H = lstm_step(shape["vocab_size"], shape["batch_size"], shape["num_steps"], shape["tied"],
                                    target, device, torch.float32, WEIGHT_DECAY, LR, MAX_GRAD_NORM, num_layers=L)
             losses = []
-            seconds = timed(lambda: losses.append(step()), warmup, steps, lambda: torch.stack(losses).cpu())
+            seconds = time_steps(lambda: losses.append(step()), warmup, steps, lambda: torch.stack(losses).cpu())
             row.update(model=f"LSTM {L} x {H} (cuDNN)" if device == "cuda" else f"LSTM {L} x {H}", ms=1e3 * seconds,
                        params=n)
         except Exception as e:  # noqa: BLE001

@@ -17,7 +17,6 @@ import ast
 import importlib.util
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from rhn_core.backends.torch_rhn import pick_device  # noqa: E402
 from rhn_core.hyperparams import resolve_config  # noqa: E402
 from rhn_core.masks import sampler  # noqa: E402
 from rhn_core.params import count_params, init_params, spec_from_config  # noqa: E402
-from lstm_baseline import lstm_step  # noqa: E402
+from common import lstm_step, time_steps  # noqa: E402
 
 DEFAULT_CONFIGS = ("ptb_sota", "ptb_sota hidden_size=200 depth=3", "demo")
 
@@ -51,17 +50,6 @@ def parse(text):
     if not cfg["vocab_size"]:
         cfg["vocab_size"] = 74  # the demo text's characters
     return cfg
-
-
-def time_steps(step, warmup, steps, sync):
-    for _ in range(warmup):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return (time.perf_counter() - start) / steps
 
 
 def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):

@@ -1,8 +1,22 @@
-"""The LSTM baseline of the benchmarks: a torch.nn.LSTM language model (cuDNN on a GPU)
-with about as many parameters as the RHN it is compared with. Needs only torch."""
+"""What the benchmarks share (torch only): timing of steps, and the LSTM baseline, a
+torch.nn.LSTM language model (cuDNN on a GPU) with about as many parameters as the RHN."""
+import time
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+def time_steps(step, warmup, steps, sync):
+    """Seconds per call of ``step`` after ``warmup`` calls; ``sync`` waits for the device."""
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - start) / steps
 
 
 class LSTMLanguageModel(nn.Module):
