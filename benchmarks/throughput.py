@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --config ptb_sota --steps 5 --device cuda
     python benchmarks/throughput.py --config "ptb_sota hidden_size=200 depth=3"
     python benchmarks/throughput.py --backend torch                # only one backend
+    python benchmarks/throughput.py --config ptb_sota --repeat 3   # median of 3 interleaved timings per row
 
 Each row times full training steps (of each backend) exactly as the loop runs them (masks drawn
 with NumPy, clipped SGD with weight decay, state carried), after warm-up steps,
@@ -89,6 +90,8 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--backend", action="append", choices=sorted(BACKENDS),
                         help="RHN backends to time (default: torch, and tf when TensorFlow is installed)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time every row this many times, interleaved, and report the median (noisy machines)")
     args = parser.parse_args()
     backends = args.backend or ["torch"] + (["tf"] if importlib.util.find_spec("tensorflow") else [])
     device = pick_device(args.device)
@@ -101,10 +104,15 @@ def main():
         cfg = parse(text)
         tokens = cfg["batch_size"] * cfg["num_steps"]
         shape = f"{cfg['batch_size']}x{cfg['num_steps']}"
-        rows = [(f"RHN D={cfg['depth']} {name}",) + bench_rhn(name, cfg, device.type, args.dtype, args.warmup,
-                                                               args.steps) for name in backends]
-        n_lstm, h_lstm, lstm_s = bench_lstm(cfg, rows[0][1], device, args.dtype, args.warmup, args.steps)
-        rows.append((f"LSTM H={h_lstm} torch", n_lstm, lstm_s))
+        times = {}  # row -> seconds of each repetition; rows alternate so that load changes hit them all
+        for _ in range(args.repeat):
+            for name in backends:
+                n_rhn, seconds = bench_rhn(name, cfg, device.type, args.dtype, args.warmup, args.steps)
+                times.setdefault((f"RHN D={cfg['depth']} {name}", n_rhn), []).append(seconds)
+            n_lstm, h_lstm, seconds = bench_lstm(cfg, n_rhn, device, args.dtype, args.warmup, args.steps)
+            times.setdefault((f"LSTM H={h_lstm} torch", n_lstm), []).append(seconds)
+        rows = [(model, n, float(np.median(s))) for (model, n), s in times.items()]
+        lstm_s = rows[-1][2]
         for i, (model, n, seconds) in enumerate(rows):
             print(f"{text if i == 0 else '':<36} {model:<18} {n:>12,} {shape:>9} {1e3 * seconds:>9.1f} "
                   f"{tokens / seconds:>10,.0f} {lstm_s / seconds:>7.2f}x")
