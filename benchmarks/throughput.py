@@ -95,8 +95,8 @@ def main():
     args = parser.parse_args()
     backends = args.backend or ["torch"] + (["tf"] if importlib.util.find_spec("tensorflow") else [])
     device = pick_device(args.device)
-    print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps after {args.warmup} warm-up\n")
+    print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads (unless a config sets "
+          f"threads), {args.steps} timed steps after {args.warmup} warm-up, median of {args.repeat}\n")
     header = f"{'config':<36} {'model':<18} {'params':>12} {'B x T':>9} {'ms/step':>9} {'tokens/s':>10} {'vs LSTM':>8}"
     print(header)
     print("-" * len(header))
