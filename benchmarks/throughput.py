@@ -5,6 +5,7 @@
     python benchmarks/throughput.py --config "ptb_sota hidden_size=200 depth=3"
     python benchmarks/throughput.py --backend torch                # only one backend
     python benchmarks/throughput.py --config ptb_sota --repeat 3   # median of 3 interleaved timings per row
+    python benchmarks/throughput.py --config "ptb_sota threads=1"  # one CPU thread per framework
 
 Each row times full training steps (of each backend) exactly as the loop runs them (masks drawn
 with NumPy, clipped SGD with weight decay, state carried), after warm-up steps,
@@ -58,7 +59,8 @@ def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):
     rng = np.random.default_rng(0)
     backend = load_backend(backend_name).Backend(spec, init_params(spec, rng), cfg["weight_decay"],
                                                  cfg["max_grad_norm"], device, dtype, rhn_impl=cfg["rhn_impl"],
-                                                 cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"])
+                                                 cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"],
+                                                 threads=cfg["threads"])
     masks = sampler(cfg, spec)
     B, T = cfg["batch_size"], cfg["num_steps"]
     data = rng.integers(0, spec.vocab_size, (B, T + 1))
