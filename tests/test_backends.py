@@ -9,8 +9,8 @@ import pytest
 
 from rhn_core import reference
 from rhn_core.backends import BACKENDS
-from rhn_core.masks import sample_masks
-from rhn_core.params import ModelSpec, init_params
+from rhn_core.masks import Masks, sample_masks
+from rhn_core.params import ModelSpec, fuse, init_params
 
 WD = 0.01
 
@@ -256,3 +256,85 @@ def test_torch_and_tf_agree_on_a_training_trace_with_dropout():
     a, b = (be.get_params() for be in backends)
     for n in a:
         np.testing.assert_allclose(a[n], b[n], rtol=0, atol=1e-10, err_msg=n)
+
+
+def test_target_log_probs_with_masks_against_the_reference(Backend):
+    """What the MC evaluation reads: log p(y) under dropout masks, and the state it leaves."""
+    spec = SPECS["separate_masks"]  # 2 layers, separate H/T masks (shared ones: the log_probs test)
+    params, x, y, state, masks, backend = setup_case(Backend, spec, seed=6)
+    log_p, final = backend.target_log_probs(x, y, backend.state_from_numpy(state), masks)
+    ref_lp, ref_final, _ = reference.forward(params, spec, x, state, masks)
+    expected = np.take_along_axis(ref_lp, y[..., None], -1)[..., 0]
+    np.testing.assert_allclose(log_p, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.stack(backend.state_to_numpy(final)), np.stack(ref_final), rtol=0, atol=1e-12)
+    unmasked = np.take_along_axis(reference.forward(params, spec, x, state)[0], y[..., None], -1)[..., 0]
+    assert np.abs(unmasked - expected).max() > 0.05  # the masks change the answer: the check can fail
+
+
+def test_float32_training_steps_follow_the_float64_reference(Backend):
+    spec = SPECS["separate_masks"]  # the richest case: 2 layers, untied, separate masks; tied: the short check
+    start, x, y, state, masks, backend = setup_case(Backend, spec, seed=7, dtype="float32")
+    params, ref_state, gpu_state = start, state, backend.state_from_numpy(state)
+    for step in range(3):
+        grads = reference.gradients(params, spec, x, y, ref_state, masks, WD)
+        j, _, next_state = reference.objective(params, spec, x, y, ref_state, masks, WD)
+        objective, gpu_state = backend.train_step(x, y, masks, gpu_state, lr=0.7)
+        params, ref_state = reference.clipped_sgd_step(params, grads, 0.7, 1.0), next_state
+        assert float(backend.to_numpy([objective])[0]) == pytest.approx(j, rel=2e-6), step
+    got = backend.get_params()
+    for n in params:
+        assert got[n].dtype == np.float32, n
+        assert np.abs(params[n] - start[n]).max() > 1e-3, n  # three steps moved it far beyond the tolerance
+        np.testing.assert_allclose(got[n], params[n], rtol=0, atol=2e-5, err_msg=n)
+    np.testing.assert_allclose(np.stack(backend.state_to_numpy(gpu_state)), np.stack(ref_state), rtol=0, atol=2e-5)
+
+
+def rhn_stack_case(masks_kind, B=3, T=6):
+    """A 2-layer stack with input width V < H (as the V x V character embedding), its canonical
+    parameters, an input sequence (embedded ids), a state and non-trivial masks."""
+    spec = ModelSpec(vocab_size=5, hidden_size=7, depth=3, num_layers=2, tied=False, init_scale=0.5, init_bias=-1.0)
+    rng = np.random.default_rng(11)
+    params = init_params(spec, rng)
+    x = rng.integers(0, 5, (B, T))
+    state = [0.5 * rng.normal(size=(B, 7)) for _ in range(2)]
+    per_gate = 2 if masks_kind == "separate" else 1
+    mi = tuple((rng.random((B, per_gate * n)) < 0.7) / 0.7 for n in spec.layer_input_sizes)
+    mh = tuple((rng.random((B, per_gate * 7)) < 0.7) / 0.7 for _ in range(2))
+    _, ref_final, cache = reference.forward(params, spec, x, state, Masks(None, mi, mh, None))
+    assert np.abs(cache["o"] - reference.forward(params, spec, x, state)[2]["o"]).max() > 0.05  # masks matter
+    return spec, params, params["embedding"][x], state, mi, mh, cache["o"], np.stack(ref_final)
+
+
+@pytest.mark.parametrize("masks_kind", ["shared", "separate"])
+def test_torch_rhn_module_masks_against_the_reference(masks_kind):
+    torch = pytest.importorskip("torch")
+    from rhn_core.backends.torch_rhn import RHN
+    spec, params, inputs, state, mi, mh, ref_out, ref_final = rhn_stack_case(masks_kind)
+    rhn = RHN(input_size=5, hidden_size=7, depth=3, num_layers=2).double()
+    fused = fuse(params, spec)
+    with torch.no_grad():
+        for l in range(2):
+            for p in "WRb":
+                getattr(rhn, p)[l].copy_(torch.from_numpy(fused[f"{p}{l}"]))
+    as_t = lambda arrays: [torch.from_numpy(a) for a in arrays]
+    out, final = rhn(torch.from_numpy(inputs), torch.from_numpy(np.stack(state)), as_t(mi), as_t(mh))
+    np.testing.assert_allclose(out.detach().numpy(), ref_out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(final.detach().numpy(), ref_final, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("masks_kind", ["shared", "separate"])
+def test_tf_rhn_layer_masks_against_the_reference(masks_kind):
+    pytest.importorskip("tensorflow")
+    import tensorflow as tf
+    from rhn_core.backends.tf_rhn import RHN
+    spec, params, inputs, state, mi, mh, ref_out, ref_final = rhn_stack_case(masks_kind)
+    stack = RHN(7, 3, num_layers=2, dtype="float64")
+    stack.build((None, None, 5))
+    fused = fuse(params, spec)
+    for l, cell in enumerate(stack.cells):
+        for p in "WRb":
+            getattr(cell, p).assign(fused[f"{p}{l}"])
+    as_t = lambda arrays: [tf.constant(a) for a in arrays]
+    out, final = stack(tf.constant(inputs), tf.constant(np.stack(state)), as_t(mi), as_t(mh))
+    np.testing.assert_allclose(out.numpy(), ref_out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(final.numpy(), ref_final, rtol=0, atol=1e-12)

@@ -194,8 +194,18 @@ def test_character_level_run_on_ptb_text(tmp_path):
     run = run_experiment(dataset="chars", data_path=path, hidden_size=64, depth=2, batch_size=32, num_steps=50,
                          max_max_epoch=4, max_epoch=4, tied=False, init_bias=-4.0, drop_x=0.0, drop_i=0.1, drop_h=0.0,
                          drop_o=0.1, learning_rate=0.5, save_dir=str(tmp_path))
-    uniform_bits = np.log2(readers.read_chars(path).vocab_size)
+    corpus = readers.read_chars(path)
+    uniform_bits = np.log2(corpus.vocab_size)
     assert run.info["best_valid_bits"] < uniform_bits - 1.0  # well below guessing uniformly
+    # and exactly what the NumPy reference gives for the kept weights (a wrong loss scale would
+    # also be "below uniform"): mean NLL per character, in bits
+    import oracle
+    from rhn_core.checkpoint import load_checkpoint
+    from rhn_core.params import spec_from_config
+    params, _ = load_checkpoint(str(tmp_path / "best.npz"))
+    expected = oracle.batched_perplexity(params, spec_from_config(run.config, corpus.vocab_size), corpus.valid, 32, 50)
+    assert run.info["best_valid_perplexity"] == pytest.approx(expected, rel=1e-4)  # float32 run
+    assert run.info["best_valid_bits"] == pytest.approx(np.log2(expected), rel=1e-4)
 
 
 def test_offline_download_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):

@@ -51,6 +51,20 @@ def test_batching_layout_written_out():
     np.testing.assert_array_equal(y, [[5, 6], [12, 13], [19, 20]])
 
 
+def test_the_last_window_needs_its_targets():
+    # batch_len 9, T = 3: a third window [6, 9) would need the target in column 9, which does not exist
+    rows = readers.batch_rows(np.arange(28), 3)  # 28 // 3 = 9 columns, id 27 dropped
+    assert rows.shape == (3, 9) and rows[2, 8] == 26
+    assert readers.epoch_size(rows, 3) == 2  # (9 - 1) // 3, where 9 // 3 = 3
+    x, y = readers.minibatch(rows, 1, 3)
+    np.testing.assert_array_equal(x, [[3, 4, 5], [12, 13, 14], [21, 22, 23]])
+    np.testing.assert_array_equal(y, [[4, 5, 6], [13, 14, 15], [22, 23, 24]])
+    assert readers.epoch_size(readers.batch_rows(np.arange(30), 3), 3) == 3  # 10 columns: (10 - 1) // 3
+    readers.check_batchable(np.arange(12), 3, 3, "valid")  # 4 columns: one window and its targets
+    with pytest.raises(RHNError, match="valid split has 11 tokens"):
+        readers.check_batchable(np.arange(11), 3, 3, "valid")  # 3 columns: no target for the last input
+
+
 def test_original_epoch_sizes():
     # ORIGINAL_SPEC 3: PTB train 929,589 tokens -> 1,327 steps; 90M chars -> 14,062.
     assert (929589 // 20 - 1) // 35 == readers.epoch_size(np.zeros((20, 929589 // 20)), 35) == 1327

@@ -98,3 +98,38 @@ def test_clipped_sgd_step():
     np.testing.assert_allclose(stepped["b"], [-0.2])
     unclipped = reference.clipped_sgd_step(params, grads, lr=0.1, max_grad_norm=10)
     np.testing.assert_allclose(unclipped["b"], [-0.4])
+
+
+def masked_golden_params():
+    """As golden_params, with T matrices that read their inputs, so the T masks matter."""
+    return {**golden_params(), "RHN0/t_0/Matrix": np.array([[0.4], [-0.6]]), "RHN0/t_0/Bias": np.array([0.1]),
+            "RHN0/t_1/Matrix": np.array([[0.3]])}
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["tied_noise", "separate_masks"])
+def test_masks_worked_out_by_hand(separate):
+    """Every mask (word, input, state for H and for T, output) enters where the equations say."""
+    spec = ModelSpec(vocab_size=2, hidden_size=1, depth=2, tied=True)
+    x, s0 = np.array([[0, 1]]), 0.2
+    mx, mo = [2.0, 0.5], 3.0
+    mi_h, mi_t, mh_h, mh_t = (3.0, 0.0, 0.5, 4.0) if separate else (3.0, 3.0, 0.5, 0.5)
+    masks = Masks(np.array([mx]), (np.array([[mi_h, mi_t]] if separate else [[mi_h]]),),
+                  (np.array([[mh_h, mh_t]] if separate else [[mh_h]]),), np.array([[mo]]))
+    sig = lambda z: 1.0 / (1.0 + math.exp(-z))
+    s, expected = s0, []
+    for t, e in enumerate((1.0, -1.0)):  # E[0] = 1, E[1] = -1
+        e = e * mx[t]
+        # micro-layer 0: H reads [e * m_i,H, s * m_h,H] with rows (1, 0.5); T reads (0.4, -0.6), bias 0.1
+        h, g = math.tanh(e * mi_h * 1.0 + s * mh_h * 0.5), sig(e * mi_t * 0.4 - s * mh_t * 0.6 + 0.1)
+        s = s + g * (h - s)
+        # micro-layer 1: H = tanh(2 s m_h,H - 1), T = sigmoid(0.3 s m_h,T + log 3); the carry is undropped
+        h, g = math.tanh(2.0 * s * mh_h - 1.0), sig(0.3 * s * mh_t + math.log(3.0))
+        s = s + g * (h - s)
+        o = s * mo
+        z = np.array([o, -o + 0.5])  # logits = o E^T + b
+        expected.append(z - math.log(np.exp(z).sum()))
+    log_probs, final, _ = reference.forward(masked_golden_params(), spec, x, [np.array([[s0]])], masks)
+    np.testing.assert_allclose(log_probs[0], np.array(expected), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(final[0], [[s]], rtol=0, atol=1e-15)
+    plain = reference.forward(masked_golden_params(), spec, x, [np.array([[s0]])])[0]
+    assert np.abs(plain - log_probs).min() > 1e-3  # every output depends on the masks

@@ -7,6 +7,7 @@ pytest.importorskip("torch")
 
 from conftest import run_cli, run_experiment  # noqa: E402
 from rhn_core.checkpoint import load_checkpoint  # noqa: E402
+from rhn_core.errors import TrainingInterrupted  # noqa: E402
 
 
 @pytest.mark.parametrize("named", ["", "ptb_sota", "enwik8_sota", "text8_sota", "demo", "tiny"])
@@ -69,3 +70,36 @@ def test_options_of_the_other_implementations_run(small_text, tmp_path, backend)
         small_text, save_dir=str(tmp_path), tied_noise=False, init_other_bias=0, drop_i=0.3, drop_h=0.3))
     assert np.isfinite(run.result)
     assert run.config["tied_noise"] is False and run.config["init_other_bias"] == 0
+
+
+def test_resume_inside_an_epoch_from_tf_in_torch_with_dropout(tmp_path, monkeypatch):
+    """Stopped inside epoch 2 by TF (dropout on, separate H/T masks, the carried state saved),
+    finished by torch: the numbers of an uninterrupted torch run (float64). (torch -> TF: TF's
+    step from a given state is checked against the reference in test_backends.)"""
+    import oracle
+    from rhn_core import loop
+    text = oracle.write_text(tmp_path / "text.txt", 3000)  # B = 8: 33 training steps per epoch, 1 + 1 evaluation
+    updates = {**char_updates(text, tied_noise=False, drop_x=0.2, drop_i=0.3, drop_h=0.3, drop_o=0.3), "batch_size": 8}
+    straight = run_experiment(named=["tiny"], **updates, save_dir=str(tmp_path / "straight"))
+    calls, original = {"n": 0}, loop.InterruptFlag.check
+
+    def check(self):
+        calls["n"] += 1
+        if calls["n"] == 35 + 8:  # epoch 1: 33 steps + 2 evaluation batches; then 8 steps into epoch 2
+            self.requested = True
+        original(self)
+
+    monkeypatch.setattr(loop.InterruptFlag, "check", check)
+    with pytest.raises(TrainingInterrupted):
+        run_experiment(named=["tiny"], backend="tf", **updates, save_dir=str(tmp_path / "mixed"))
+    monkeypatch.setattr(loop.InterruptFlag, "check", original)
+    _, state = load_checkpoint(str(tmp_path / "mixed" / "last.npz"))
+    assert (int(state["epoch"]), int(state["step"])) == (2, 8) and np.abs(state["hidden"]).max() > 0.01
+    mixed = run_experiment(named=["tiny"], **updates, resume=str(tmp_path / "mixed" / "last.npz"))
+    a, _ = load_checkpoint(str(tmp_path / "straight" / "last.npz"))
+    b, _ = load_checkpoint(str(tmp_path / "mixed" / "last.npz"))
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-9, err_msg=name)
+    for key in ("train_perplexity", "valid_perplexity", "test_perplexity"):
+        np.testing.assert_allclose(mixed.info["logs"][key], straight.info["logs"][key], rtol=1e-9, err_msg=key)
+    assert mixed.info["full_test_perplexity"] == pytest.approx(straight.info["full_test_perplexity"], rel=1e-9)
