@@ -13,6 +13,7 @@ EXTRAS = {
     # triton 3.9.0: its interpreter runs the kernel tests on CPU (3.5.0's fails with numpy 2.4).
     "test": ["pytest>=7", "secantusdb==0.7.0b3", "submitit>=1.5",
              "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+    "mutation": ["mutmut>=3.8"],  # tools/mutation.py (not part of CI)
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from rhn_core.errors import RHNError
-from rhn_core.params import ModelSpec, check_params, count_params, init_params, param_shapes, spec_from_config
+from rhn_core.params import (ModelSpec, check_params, count_params, describe, init_params, param_shapes,
+                             spec_from_config)
 
 
 def config_of(*named):
@@ -62,6 +63,10 @@ def test_mismatch_lists_every_problem():
     assert "unexpected extra" in message
     assert "RHN0/h_1/Matrix is (8, 9), config needs (8, 8)" in message
     assert "\n" not in message
+    assert message.startswith("ckpt.npz does not match the config") and message.endswith(
+        "missing softmax_w (8, 20); unexpected extra; RHN0/h_1/Matrix is (8, 9), config needs (8, 8)")
+    with pytest.raises(RHNError, match=r"^checkpoint does not match"):  # the default name of the source
+        check_params({}, spec)
 
 
 def test_constant_other_biases_option():
@@ -69,3 +74,24 @@ def test_constant_other_biases_option():
     params = init_params(spec, np.random.default_rng(0))
     assert np.all(params["softmax_b"] == 0) and np.all(params["RHN0/h_2/Bias"] == 0)
     assert np.all(params["RHN0/t_1/Bias"] == -4.0) and np.abs(params["RHN0/h_1/Matrix"]).max() > 0
+
+
+def test_parameters_are_float64_whatever_the_config_values_are():
+    # integer values from the command line (init_bias=-4, init_other_bias=0) still give float64 arrays
+    for other in ("uniform", 0):
+        params = init_params(ModelSpec(30, 8, 2, init_bias=-4, init_other_bias=other), np.random.default_rng(0))
+        assert {p.dtype for p in params.values()} == {np.dtype(np.float64)}, other
+
+
+def test_the_parameter_table_printed_at_start():
+    lines = describe(ModelSpec(10000, 1000, 4))  # the base config
+    assert lines[0] == "embedding: (10000, 1000)" and lines[1] == "RHN0/h_0/Matrix: (2000, 1000)"
+    assert lines[-2] == "softmax_b: (10000,)" and lines[-1] == "Total number of parameters: 20,018,000"
+    assert len(lines) == 1 + 4 * 4 + 1 + 1
+
+
+def test_a_config_from_before_the_init_other_bias_option_keeps_the_original_init():
+    cfg = dict(vocab_size=10, hidden_size=4, depth=2, num_layers=1, tied=True, init_scale=0.04, init_bias=-2.0)
+    spec = spec_from_config(cfg)  # e.g. the stored config of an older run
+    assert spec.init_other_bias == "uniform"
+    assert np.ptp(init_params(spec, np.random.default_rng(0))["RHN0/h_1/Bias"]) > 0

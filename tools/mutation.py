@@ -1,0 +1,211 @@
+"""Mutation testing of rhn_core with mutmut 3, one module at a time, each against its own fast tests.
+
+    python tools/mutation.py                      # every module below, then the table
+    python tools/mutation.py masks reference      # some modules
+    python tools/mutation.py --report             # the table (and survivors) of the last runs
+    python tools/mutation.py --list               # the modules and their tests
+
+Not part of CI (it runs each module's tests once per mutant). mutmut 3 only runs, for a
+mutant, the selected tests that called the mutated function, so the selection per module
+below is what makes it fit a 2-core machine: the fast tests that exercise that module
+(no subprocess, no MongoDB, no multi-minute run). Each module gets its own work folder,
+``.mutation/<module>/`` (a copy of the working tree plus a generated ``setup.cfg [mutmut]``
+section), so results are cached per module and a rerun only retries what changed (delete
+the folder to start over). TensorFlow functions run without XLA there (``mutation_plugin``
+below): the same graphs, and compiling them with XLA would be most of a TF test's time.
+
+The table counts a mutant as killed when a test failed or it timed out (a mutant that loops
+forever is caught); "no tests" mutants (code no selected test calls) count as not killed.
+"""
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
+    "params": ("rhn_core/params.py", ["tests/test_params.py", "tests/test_config_keys.py", "tests/test_backends.py",
+                                      "-k", "not tf"]),
+    "masks": ("rhn_core/masks.py", ["tests/test_masks.py", "tests/test_reference.py", "tests/test_config_keys.py",
+                                    "tests/test_loop.py"]),
+    "reference": ("rhn_core/reference.py", ["tests/test_reference.py", "tests/test_backends.py", "tests/test_loop.py",
+                                            "-k", "not tf"]),
+    "readers": ("rhn_core/data/readers.py", ["tests/test_readers.py", "tests/test_config_keys.py", "tests/test_loop.py",
+                                             "tests/test_prepare.py::test_prepared_cache_is_memory_mapped_and_equals_"
+                                             "the_original_mapping",
+                                             "tests/test_prepare.py::test_raw_zip_in_data_path_is_read_directly",
+                                             "tests/test_prepare.py::test_damaged_sources_are_refused_and_nothing_is_"
+                                             "written",
+                                             "tests/test_bad_inputs.py::test_empty_file",
+                                             "tests/test_bad_inputs.py::test_truncated_compressed_file",
+                                             "tests/test_bad_inputs.py::test_truncated_plain_ptb_is_caught_by_its_"
+                                             "vocabulary",
+                                             "tests/test_bad_inputs.py::test_data_too_short_for_the_batch_shape",
+                                             "tests/test_bad_inputs.py::test_char_data_with_the_wrong_number_of_symbols"]),
+    "torch_rhn": ("rhn_core/backends/torch_rhn.py", ["tests/test_backends.py", "tests/test_loop.py",
+                                                     "-k", "not tf"]),
+    "loop": ("rhn_core/loop.py", ["tests/test_loop.py", "tests/test_config_keys.py",
+                                  "tests/test_experiment.py::test_interrupted_and_resumed_run_ends_with_the_same_weights",
+                                  "tests/test_experiment.py::test_evaluate_scores_a_checkpoint_like_the_training_run",
+                                  "tests/test_experiment.py::test_metrics_are_logged_per_epoch",
+                                  "tests/test_experiment.py::test_full_evaluation_equals_the_t1_pass",
+                                  "tests/test_bad_inputs.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint",
+                                  "tests/test_bad_inputs.py::test_resume_inside_an_epoch_needs_the_same_batch_shape",
+                                  "tests/test_bad_inputs.py::test_resume_from_a_best_checkpoint_is_refused"]),
+    "tf_rhn": ("rhn_core/backends/tf_rhn.py", ["tests/test_backends.py", "-k", "tf"]),
+}
+# Only these functions of a module are mutated (globs on mutmut's mutant names), where the whole
+# module would take hours: in the loop, the training and evaluation passes and their numbers
+# (not the logging, plots, signal handling or command wrappers).
+FOCUS = {"loop": ["*Trainerǁtrain_epoch__*", "*Trainerǁ_epoch__*", "*Trainerǁ_flush__*", "*Evaluatorǁ_run__*",
+                  "*Evaluatorǁbatched__*", "*Evaluatorǁfull__*", "*x_perplexity__*", "*x_bits__*", "*x_prepare__*"]}
+# Lines never mutated: the wording of messages and progress bars (the bad-input tests check the
+# messages; mutating every word of them would double the run for no information on the numbers).
+NOT_MUTATED = [r"^\s*print\(", r"^\s*raise ", r'^\s*f"', r"desc=", r"set_postfix"]
+PLUGIN = '''"""Written by tools/mutation.py: TensorFlow functions without XLA during mutation runs."""
+try:
+    import torch  # noqa: F401  (torch before tensorflow, as tests/conftest.py)
+except ImportError:
+    pass
+try:
+    import tensorflow as tf
+except ImportError:
+    tf = None
+
+if tf is not None:
+    _function = tf.function
+
+    def _without_xla(*args, **kwargs):
+        kwargs["jit_compile"] = False
+        return _function(*args, **kwargs)
+
+    tf.function = _without_xla
+'''
+KILLED = {"killed", "timeout"}
+
+
+def work_dir(root, module):
+    return os.path.join(root, module)
+
+
+def prepare(source_repo, folder, module):
+    """Copy the working tree (tracked and untracked, not ignored files) and write the mutmut config."""
+    source, selection = MODULES[module]
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=source_repo, check=True,
+                           capture_output=True, text=True).stdout.split("\n")
+    os.makedirs(folder, exist_ok=True)
+    for name in filter(None, files):
+        src, dst = os.path.join(source_repo, name), os.path.join(folder, name)
+        if not os.path.isfile(src) or (os.path.isfile(dst) and open(src, "rb").read() == open(dst, "rb").read()):
+            continue  # unchanged files keep their time stamps: mutmut's cache stays valid
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(src, dst)
+    # tests that do not exist in this tree (an older revision) are left out of the selection
+    selection = [a for a in selection
+                 if not a.startswith("tests/") or os.path.isfile(os.path.join(folder, a.split("::")[0]))]
+    with open(os.path.join(folder, "mutation_plugin.py"), "w") as f:
+        f.write(PLUGIN)
+    lines = ["[mutmut]", "source_paths = rhn_core", f"only_mutate = {source}", "do_not_mutate_patterns ="]
+    lines += [f"    {p}" for p in NOT_MUTATED]
+    lines += ["also_copy =", "    mutation_plugin.py", "    data", "    rhn_train_torch.py", "    rhn_train_tf.py",
+              "pytest_add_cli_args =", "    -p", "    mutation_plugin", "    -p", "    no:cacheprovider",
+              "    -W", "    ignore", "pytest_add_cli_args_test_selection ="]
+    lines += [f"    {a}" for a in selection]
+    with open(os.path.join(folder, "setup.cfg"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def run(folder, max_children, shared_data, mutants=()):
+    env = dict(os.environ, OMP_NUM_THREADS="1", RHN_SHARED_DATA=shared_data, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYTHONPATH", None)  # mutmut puts the mutated copy first on sys.path
+    mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *mutants]
+    return subprocess.run(mutmut, cwd=folder, env=env).returncode
+
+
+def results(folder, module):
+    """{mutant name: status} from mutmut's meta file of the module."""
+    from mutmut.stats import status_by_exit_code
+    meta = os.path.join(folder, "mutants", MODULES[module][0] + ".meta")
+    if not os.path.isfile(meta):
+        return {}
+    with open(meta) as f:
+        codes = json.load(f)["exit_code_by_key"]
+    focus = FOCUS.get(module)
+    return {name: status_by_exit_code[code] for name, code in codes.items()
+            if not focus or any(fnmatch.fnmatch(name, f) for f in focus)}
+
+
+def report(root, modules, show_survivors):
+    print(f"{'module':<12}{'mutants':>9}{'killed':>8}{'timeout':>9}{'survived':>10}{'no tests':>10}"
+          f"{'other':>7}{'kill rate':>11}")
+    total = Counter()
+    for module in modules:
+        statuses = results(work_dir(root, module), module)
+        c = Counter(statuses.values())
+        n = len(statuses)
+        other = n - c["killed"] - c["timeout"] - c["survived"] - c["no tests"]
+        rate = f"{100 * (c['killed'] + c['timeout']) / n:.1f} %" if n else "-"
+        print(f"{module:<12}{n:>9}{c['killed']:>8}{c['timeout']:>9}{c['survived']:>10}{c['no tests']:>10}"
+              f"{other:>7}{rate:>11}")
+        total.update(c)
+        total["n"] += n
+    n = total["n"]
+    if len(modules) > 1 and n:
+        other = n - total["killed"] - total["timeout"] - total["survived"] - total["no tests"]
+        print(f"{'all':<12}{n:>9}{total['killed']:>8}{total['timeout']:>9}{total['survived']:>10}"
+              f"{total['no tests']:>10}{other:>7}{100 * (total['killed'] + total['timeout']) / n:>9.1f} %")
+    if show_survivors:
+        for module in modules:
+            alive = [m for m, s in results(work_dir(root, module), module).items() if s not in KILLED]
+            if alive:
+                print(f"\n{module}: not killed (see one with: cd {work_dir(root, module)} && "
+                      f"python -m mutmut show NAME)")
+                for name in sorted(alive):
+                    print(f"  {name}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"some of: {', '.join(MODULES)} (default: all)")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
+    parser.add_argument("--work", default=os.path.join(REPO, ".mutation"), help="work folders (default .mutation/)")
+    parser.add_argument("--repo", default=REPO, help="the tree to mutate (default: this one; e.g. an older "
+                                                       "revision checked out with git worktree, for a baseline)")
+    parser.add_argument("--shared-data", default=os.environ.get("RHN_SHARED_DATA",
+                                                                 os.path.join(REPO, "..", "shared", "data")))
+    parser.add_argument("--report", action="store_true", help="only print the table of the last runs")
+    parser.add_argument("--retry", action="store_true", help="test again the mutants the last run did not kill "
+                                                            "(mutmut keeps a result until the mutated code changes)")
+    parser.add_argument("--survivors", action="store_true", help="list the mutants not killed")
+    parser.add_argument("--list", action="store_true", help="list the modules and their test selection")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}: use some of {', '.join(MODULES)}")
+    modules = args.modules or list(MODULES)
+    if args.list:
+        for m in modules:
+            print(f"{m:<10} {MODULES[m][0]:<32} {' '.join(MODULES[m][1])}")
+        return 0
+    if not args.report:
+        for module in modules:
+            folder = work_dir(args.work, module)
+            retry = [m for m, s in results(folder, module).items() if s not in KILLED] if args.retry else []
+            if args.retry and not retry:
+                continue
+            names = retry or FOCUS.get(module, [])
+            prepare(args.repo, folder, module)
+            print(f"--- {module}: mutmut in {folder}", flush=True)
+            if run(folder, args.max_children, os.path.abspath(args.shared_data), names):
+                print(f"mutmut failed for {module} (see above)", file=sys.stderr)
+                return 1
+    report(args.work, modules, args.survivors or not args.report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
