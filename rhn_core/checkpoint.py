@@ -11,26 +11,18 @@ suggests loading one otherwise.
 import json
 import os
 import re
-import socket
 import tempfile
 import zipfile
 
 import numpy as np
 
+from .atomic import _HOST, atomic_file, temporary_path  # noqa: F401  (temporary_path: part of this module's interface)
 from .errors import RHNError
 
 STATE_PREFIX = "train_state/"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an .npz is one); the second: an empty one
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 # .last.npz.<host>.<pid>.tmp, and the form without host written before it was added
 _TEMPORARY = re.compile(r"^\.(?P<name>.+?\.(?:npz|png))\.(?:(?P<host>[A-Za-z0-9-]+)\.)?(?P<pid>\d+)\.tmp$")
-
-
-def temporary_path(path, pid=None, host=_HOST):
-    """Where ``path`` is written (by process ``pid``, default this one) before it is renamed into place
-    (same folder: the rename is atomic)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.{host}.{os.getpid() if pid is None else pid}.tmp")
 
 
 def _running(pid):
@@ -84,17 +76,8 @@ def save_checkpoint(path, params, train_state=None):
     arrays = dict(params)
     for key, value in (train_state or {}).items():
         arrays[STATE_PREFIX + key] = np.asarray(json.dumps(value) if isinstance(value, dict) else value)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
 
 
 def _what_it_is(head):

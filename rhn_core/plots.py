@@ -2,7 +2,7 @@
 import math
 import os
 
-from .checkpoint import temporary_path
+from .atomic import temporary_path
 
 
 def learning_curve(logs, path, unit, title=""):

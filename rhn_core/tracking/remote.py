@@ -8,7 +8,7 @@ another. The run's ``best.npz`` comes along: the final evaluation needs it.
 import os
 import shutil
 
-from ..checkpoint import temporary_path
+from ..atomic import temporary_path
 from ..errors import RHNError
 from .credentials import RESUME_ADVICE, has_password
 from .mongo import connect, parse_resume, parse_target
