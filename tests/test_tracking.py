@@ -80,7 +80,7 @@ def check_complete_run(db, run_id, epochs, save_dir=None):
     assert stored_file(db, run, "learning_curve.png").startswith(b"\x89PNG")
     assert f"Epoch: {epochs} Valid Perplexity" in run["captured_out"]
     sources = dict(run["experiment"]["sources"])
-    assert b"def make_experiment" in gridfs.GridFS(db).get(sources["experiment.py"]).read()
+    assert b"def make_experiment" in gridfs.GridFS(db).get(sources["rhn_core/experiment.py"]).read()
     return run
 
 
