@@ -4,6 +4,7 @@
     python tools/mutation.py masks reference      # some modules
     python tools/mutation.py --report             # the table (and survivors) of the last runs
     python tools/mutation.py --list               # the modules and their tests
+    python tools/mutation.py --sample 60 --seed 1 # the same 60 random mutants per module (see below)
 
 Not part of CI (it runs each module's tests once per mutant). mutmut 3 only runs, for a
 mutant, the selected tests that called the mutated function, so the selection per module
@@ -16,10 +17,20 @@ below): the same graphs, and compiling them with XLA would be most of a TF test'
 
 The table counts a mutant as killed when a test failed or it timed out (a mutant that loops
 forever is caught); "no tests" mutants (code no selected test calls) count as not killed.
+
+``--sample N --seed S`` tests a random sample of N mutants per module instead of all of them,
+where all would not fit the time there is: mutmut first generates every mutant (cheap), then
+the N whose names come first in the order of sha256("S:name") are tested. The choice depends
+only on the names, so two trees (e.g. --repo an older revision) get the same mutants wherever
+a function is unchanged. The table then gives the kill rate of the sample with its binomial
+standard error, sqrt(p (1 - p) / N). Mutants of the sample that already have a result are not
+tested again (an interrupted run resumes), unless --retry asks for the survivors.
 """
 import argparse
 import fnmatch
+import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -67,8 +78,16 @@ FOCUS = {"loop": ["*Trainerǁtrain_epoch__*", "*Trainerǁ_epoch__*", "*Trainerǁ
 # messages; mutating every word of them would double the run for no information on the numbers).
 NOT_MUTATED = [r"^\s*print\(", r"^\s*raise ", r'^\s*f"', r"desc=", r"set_postfix"]
 PLUGIN = '''"""Written by tools/mutation.py: TensorFlow functions without XLA during mutation runs."""
+import os
+
+try:  # torch, then triton, then tensorflow, as tests/conftest.py (another order aborts)
+    import torch  # noqa: F401
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
 try:
-    import torch  # noqa: F401  (torch before tensorflow, as tests/conftest.py)
+    import triton  # noqa: F401
 except ImportError:
     pass
 try:
@@ -126,6 +145,24 @@ def run(folder, max_children, shared_data, mutants=()):
     return subprocess.run(mutmut, cwd=folder, env=env).returncode
 
 
+GENERATE = ("import os, mutmut.__main__ as m; m.set_mutant_under_test('mutant_generation'); "
+            "os.makedirs('mutants', exist_ok=True); m.copy_src_dir(); m.copy_also_copy_files(); "
+            "m.setup_source_paths(); m.create_mutants(1)")
+
+
+def generate(folder):
+    """Only mutmut's first step (write the mutants and their names), so that a sample can be drawn."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    subprocess.run([sys.executable, "-c", GENERATE], cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def sample(names, size, seed):
+    """The `size` names first in the order of sha256("seed:name"): random, but the same for equal names."""
+    order = sorted(names, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
+    return set(order[:size])
+
+
 def results(folder, module):
     """{mutant name: status} from mutmut's meta file of the module."""
     from mutmut.stats import status_by_exit_code
@@ -139,28 +176,39 @@ def results(folder, module):
             if not focus or any(fnmatch.fnmatch(name, f) for f in focus)}
 
 
-def report(root, modules, show_survivors):
-    print(f"{'module':<12}{'mutants':>9}{'killed':>8}{'timeout':>9}{'survived':>10}{'no tests':>10}"
-          f"{'other':>7}{'kill rate':>11}")
-    total = Counter()
+def selected(folder, module, size, seed):
+    """{mutant name: status} of the module, only the sample's mutants when size is given."""
+    statuses = results(folder, module)
+    if size:
+        chosen = sample(statuses, size, seed)
+        statuses = {name: status for name, status in statuses.items() if name in chosen}
+    return statuses
+
+
+def report(root, modules, show_survivors, size=None, seed=0):
+    """The table: all mutants, or the sample (then "of" is how many mutants the module has)."""
+    print(f"{'module':<12}{'mutants':>9}{'of' if size else '':>7}{'killed':>8}{'timeout':>9}{'survived':>10}"
+          f"{'no tests':>10}{'other':>7}{'kill rate':>11}{'± s.e.' if size else '':>9}")
+    rows = [("all", Counter())]
     for module in modules:
-        statuses = results(work_dir(root, module), module)
+        statuses = selected(work_dir(root, module), module, size, seed)
         c = Counter(statuses.values())
-        n = len(statuses)
-        other = n - c["killed"] - c["timeout"] - c["survived"] - c["no tests"]
-        rate = f"{100 * (c['killed'] + c['timeout']) / n:.1f} %" if n else "-"
-        print(f"{module:<12}{n:>9}{c['killed']:>8}{c['timeout']:>9}{c['survived']:>10}{c['no tests']:>10}"
-              f"{other:>7}{rate:>11}")
-        total.update(c)
-        total["n"] += n
-    n = total["n"]
-    if len(modules) > 1 and n:
-        other = n - total["killed"] - total["timeout"] - total["survived"] - total["no tests"]
-        print(f"{'all':<12}{n:>9}{total['killed']:>8}{total['timeout']:>9}{total['survived']:>10}"
-              f"{total['no tests']:>10}{other:>7}{100 * (total['killed'] + total['timeout']) / n:>9.1f} %")
+        c["n"], c["of"] = len(statuses), len(results(work_dir(root, module), module))
+        rows.insert(-1, (module, c))
+        rows[-1][1].update(c)
+    for module, c in rows if len(modules) > 1 else rows[:-1]:
+        n = c["n"]
+        killed = c["killed"] + c["timeout"]
+        other = n - killed - c["survived"] - c["no tests"]
+        p = killed / n if n else None
+        rate = f"{100 * p:.1f} %" if n else "-"
+        se = f"{100 * math.sqrt(p * (1 - p) / n):.1f} %" if size and n else ""
+        print(f"{module:<12}{n:>9}{c['of'] if size else '':>7}{c['killed']:>8}{c['timeout']:>9}{c['survived']:>10}"
+              f"{c['no tests']:>10}{other:>7}{rate:>11}{se:>9}")
     if show_survivors:
         for module in modules:
-            alive = [m for m, s in results(work_dir(root, module), module).items() if s not in KILLED]
+            statuses = selected(work_dir(root, module), module, size, seed)
+            alive = [m for m, s in statuses.items() if s not in KILLED]
             if alive:
                 print(f"\n{module}: not killed (see one with: cd {work_dir(root, module)} && "
                       f"python -m mutmut show NAME)")
@@ -182,10 +230,15 @@ def main(argv=None):
                                                             "(mutmut keeps a result until the mutated code changes)")
     parser.add_argument("--survivors", action="store_true", help="list the mutants not killed")
     parser.add_argument("--list", action="store_true", help="list the modules and their test selection")
+    parser.add_argument("--sample", type=int, metavar="N", help="test only N random mutants per module "
+                                                               "(the same names in every tree, see --seed)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of --sample (default 0)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}: use some of {', '.join(MODULES)}")
+    if args.sample is not None and args.sample < 1:
+        parser.error(f"--sample {args.sample}: give the number of mutants per module, 1 or more")
     modules = args.modules or list(MODULES)
     if args.list:
         for m in modules:
@@ -194,16 +247,24 @@ def main(argv=None):
     if not args.report:
         for module in modules:
             folder = work_dir(args.work, module)
-            retry = [m for m, s in results(folder, module).items() if s not in KILLED] if args.retry else []
-            if args.retry and not retry:
-                continue
-            names = retry or FOCUS.get(module, [])
-            prepare(args.repo, folder, module)
+            if args.sample:
+                prepare(args.repo, folder, module)
+                generate(folder)
+                statuses = selected(folder, module, args.sample, args.seed)
+                names = [m for m, s in statuses.items() if (s not in KILLED if args.retry else s == "not checked")]
+                if not names:
+                    continue
+            else:
+                retry = [m for m, s in results(folder, module).items() if s not in KILLED] if args.retry else []
+                if args.retry and not retry:
+                    continue
+                names = retry or FOCUS.get(module, [])
+                prepare(args.repo, folder, module)
             print(f"--- {module}: mutmut in {folder}", flush=True)
             if run(folder, args.max_children, os.path.abspath(args.shared_data), names):
                 print(f"mutmut failed for {module} (see above)", file=sys.stderr)
                 return 1
-    report(args.work, modules, args.survivors or not args.report)
+    report(args.work, modules, args.survivors or not args.report, args.sample, args.seed)
     return 0
 
 
