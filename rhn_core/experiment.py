@@ -24,6 +24,7 @@ from sacred.commands import print_config
 from sacred.dependencies import PackageDependency, gather_sources_and_dependencies
 import importlib.metadata
 import importlib.util
+import io
 import json
 import re
 import sys
@@ -31,6 +32,7 @@ import sys
 from sacred.utils import apply_backspaces_and_linefeeds
 
 from . import loop, mc, sample as sampling
+from .progress import STDOUT_IS_TERMINAL
 from .backends import BACKENDS
 from .distributed import detect
 from .errors import RHNError
@@ -151,6 +153,20 @@ def chief_output(backend_name):
         yield
 
 
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def print_run_config(_run):
+    """Sacred's config listing; in colour at a terminal, plain text in a log file (no escape codes)."""
+    if STDOUT_IS_TERMINAL:
+        print_config(_run)
+        return
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        print_config(_run)
+    print(ANSI_CODE.sub("", listing.getvalue()), end="")
+
+
 def make_experiment(backend_name, main_globals=None):
     """Experiment ``rhn_prediction`` (the original's name) driving ``backend_name``.
 
@@ -185,7 +201,7 @@ def make_experiment(backend_name, main_globals=None):
         """Train, select the best epoch on validation, evaluate it on the full streams."""
         with chief_output(backend_name):
             trainer = loop.Trainer(_config, backend_name, _run)  # bad config, data or checkpoint fail here
-            print_config(_run)  # as the original's main does first
+            print_run_config(_run)  # as the original's main does first
             result = trainer.train()
             if _config["sample_at_end"]:  # the backend holds the best epoch's weights now
                 sampling.write_sample(_config, trainer.backend, trainer.corpus, _run)

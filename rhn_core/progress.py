@@ -1,5 +1,8 @@
 """Progress bars: tqdm's redrawn bar at a terminal, plain lines now and then otherwise.
 
+(This module also decides, once at import, whether stdout and stderr are terminals:
+the run's opening config is printed in colour only at a terminal.)
+
 Under a scheduler, or with output redirected to a file, a redrawn bar writes a
 carriage-return frame many times a second into the log (145 KB for one PTB epoch:
 tens of MB for a 500-epoch run, unreadable with ``less`` or ``tail``). There a bar
@@ -15,16 +18,18 @@ from tqdm import tqdm
 LINE_INTERVAL = 60.0  # seconds between two progress lines when output is not a terminal
 
 
-def _stderr_is_terminal():
+def is_terminal(stream):
+    """Whether ``stream`` writes to a terminal (False for a file, a pipe, a replaced stream)."""
     try:
-        return os.isatty(sys.stderr.fileno())
+        return os.isatty(stream.fileno())
     except (AttributeError, OSError, ValueError):  # replaced by an object without a file descriptor
         return False
 
 
 # Decided at import, before a run starts: Sacred's output capture then points the file
 # descriptors at a pipe, and a terminal would no longer look like one.
-STDERR_IS_TERMINAL = _stderr_is_terminal()
+STDERR_IS_TERMINAL = is_terminal(sys.stderr)
+STDOUT_IS_TERMINAL = is_terminal(sys.stdout)
 
 
 class LineProgress(tqdm):

@@ -44,6 +44,9 @@ def test_plain_run_output_has_no_bar_frames_and_no_sacred_warning(small_text, tm
     assert result.returncode == 0, result.stderr[-2000:]
     assert "\r" not in result.stderr + result.stdout  # redirected output: no carriage-return frames
     assert "No observers" not in result.stderr
+    assert "\x1b[" not in result.stdout  # the opening config listing without colour codes
+    assert "Configuration (modified, added, typechanged, doc):\n" in result.stdout
+    assert "\n  hidden_size = 16 " in result.stdout
     assert "Full Test Perplexity" in result.stdout
 
 
