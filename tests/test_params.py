@@ -1,10 +1,12 @@
 """Canonical parameters: original counts, initialisation, in_size rule, checks."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 from rhn_core.errors import RHNError
-from rhn_core.params import (ModelSpec, check_params, count_params, describe, init_params, param_shapes,
-                             spec_from_config)
+from rhn_core.params import (ModelSpec, check_params, count_params, describe, hidden_size_for_count, init_params,
+                             param_shapes, spec_from_config)
 
 
 def config_of(*named):
@@ -95,3 +97,17 @@ def test_a_config_from_before_the_init_other_bias_option_keeps_the_original_init
     spec = spec_from_config(cfg)  # e.g. the stored config of an older run
     assert spec.init_other_bias == "uniform"
     assert np.ptp(init_params(spec, np.random.default_rng(0))["RHN0/h_1/Bias"]) > 0
+
+
+@pytest.mark.parametrize("spec", [ModelSpec(50, 1, 2, tied=False), ModelSpec(30, 1, 3, num_layers=2, tied=True)])
+def test_hidden_size_for_a_parameter_count_is_the_closest_of_all_sizes(spec):
+    # against an exhaustive search (not the bisection): every count exactly, every midpoint
+    # between neighbours (a tie: the smaller H), one either side of it, and below the smallest
+    counts = {h: count_params(dataclasses.replace(spec, hidden_size=h)) for h in range(1, 130)}
+    targets = {0, counts[1] - 1}
+    for h in range(1, 120):
+        middle = (counts[h] + counts[h + 1]) / 2
+        targets |= {counts[h], middle - 1, middle, middle + 1}
+    for target in sorted(targets):
+        expected = min(counts, key=lambda h: (abs(counts[h] - target), h))
+        assert hidden_size_for_count(spec, target) == expected, target

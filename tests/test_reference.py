@@ -52,23 +52,23 @@ def test_loss_is_sum_over_time_of_batch_mean():
     assert reference.loss(lp, np.zeros((2, 3), int)) == pytest.approx(3 * math.log(4))
 
 
-@pytest.mark.parametrize("tied, layers", [(False, 2), (True, 1)])
-def test_gradients_match_finite_differences(tied, layers):
+@pytest.mark.parametrize("tied, layers, T, masked", [(False, 2, 4, True), (True, 1, 4, True), (False, 1, 1, False)],
+                         ids=["untied-2layers", "tied", "T1-no-masks-no-decay"])
+def test_gradients_match_finite_differences(tied, layers, T, masked):
+    # the last case leaves masks and weight_decay at their defaults (none) and has one time step
     spec = ModelSpec(vocab_size=9, hidden_size=9 if tied else 5, depth=3, num_layers=layers, tied=tied,
                      init_scale=0.6, init_bias=-1.0)
     rng = np.random.default_rng(0)
     params = init_params(spec, rng)
-    x, y = rng.integers(0, 9, (3, 4)), rng.integers(0, 9, (3, 4))
+    x, y = rng.integers(0, 9, (3, T)), rng.integers(0, 9, (3, T))
     state = [0.3 * rng.normal(size=(3, spec.hidden_size)) for _ in range(layers)]
-    masks = sample_masks(rng, x, spec, 0.3, 0.3, 0.3, 0.3)
-    grads = reference.gradients(params, spec, x, y, state, masks, weight_decay=0.05)
+    extra = (sample_masks(rng, x, spec, 0.3, 0.3, 0.3, 0.3), 0.05) if masked else ()
+    grads = reference.gradients(params, spec, x, y, state, *extra)
     for name in params:
         direction = rng.normal(size=params[name].shape)
         eps = 1e-5
-        plus = reference.objective({**params, name: params[name] + eps * direction}, spec, x, y, state,
-                                   masks, 0.05)[0]
-        minus = reference.objective({**params, name: params[name] - eps * direction}, spec, x, y, state,
-                                    masks, 0.05)[0]
+        plus = reference.objective({**params, name: params[name] + eps * direction}, spec, x, y, state, *extra)[0]
+        minus = reference.objective({**params, name: params[name] - eps * direction}, spec, x, y, state, *extra)[0]
         numeric = (plus - minus) / (2 * eps)
         analytic = float((grads[name] * direction).sum())
         assert abs(analytic) > 1e-4, name  # informative: the check could fail
@@ -133,3 +133,18 @@ def test_masks_worked_out_by_hand(separate):
     np.testing.assert_allclose(final[0], [[s]], rtol=0, atol=1e-15)
     plain = reference.forward(masked_golden_params(), spec, x, [np.array([[s0]])])[0]
     assert np.abs(plain - log_probs).min() > 1e-3  # every output depends on the masks
+
+
+def test_log_probs_stay_finite_and_exact_for_logits_in_the_thousands():
+    # logits above 1000 whose row maxima lie more than 800 apart: exp() overflows beyond 709, and
+    # underflows to 0 below -745, so shifting by anything but each row's own maximum gives inf or log(0)
+    spec = ModelSpec(vocab_size=6, hidden_size=4, depth=2, tied=False, init_scale=1.0, init_bias=0.0)
+    rng = np.random.default_rng(3)
+    params = {**init_params(spec, rng), "softmax_w": 3000.0 * rng.normal(size=(4, 6))}
+    x = rng.integers(0, 6, (4, 3))
+    log_probs, _, cache = reference.forward(params, spec, x, [np.zeros((4, 4))])
+    logits = cache["o"] @ params["softmax_w"] + params["softmax_b"]
+    assert logits.max() > 1000 and np.ptp(logits.max(axis=-1)) > 800  # the case is as hard as said
+    assert np.isfinite(log_probs).all()
+    np.testing.assert_allclose(log_probs, logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True),
+                               rtol=1e-12, atol=1e-9)
