@@ -1,6 +1,7 @@
 """Readers and batching, against expected values written out by hand."""
 import gzip
 import lzma
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +22,17 @@ def test_ptb_vocab_is_count_then_alphabetical_with_eos(tmp_path):
     np.testing.assert_array_equal(corpus.valid, [3, 1, 0])
     np.testing.assert_array_equal(corpus.test, [1, 2, 0])  # 'zz' is not in the vocabulary: dropped
     assert corpus.unit == "word"
+    # split -> (words left out, words in the file, <eos> included): valid c a <eos>, test a zz b <eos>
+    assert corpus.dropped == {"valid": (0, 3), "test": (1, 4)}
+
+
+def test_ptb_symbols_are_the_words_in_id_order(tmp_path):
+    # counts z 3, then <eos> 1 and y 1 (alphabetical: '<' before 'y'): not the alphabetical order
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"ptb.{split}.txt").write_text(" z z z y \n")
+    corpus = readers.read_ptb(str(tmp_path))
+    assert corpus.symbols == ["z", "<eos>", "y"]
+    np.testing.assert_array_equal(corpus.train, [0, 0, 0, 2, 1])
 
 
 def test_compressed_files_read_like_plain(tmp_path):
@@ -88,6 +100,27 @@ def test_byte_corpus_ids_and_split(tmp_path):
     np.testing.assert_array_equal(corpus.train[:5], [2, 1, 0, 1, 2])
     assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (14, 3, 3)
     assert corpus.train.dtype == np.uint8
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["raw", "prepared"])
+def test_byte_corpus_too_short_for_valid_and_test_names_its_file(tmp_path, prepared):
+    # 2 x num_test_symbols = 10: 10 symbols leave no training data, 11 leave one
+    for size in (10, 11):
+        data = bytes(range(97, 97 + size))
+        if prepared:
+            ids_path, values_path = readers.prepared_paths(str(tmp_path), "enwik8")
+            np.save(ids_path, np.arange(size, dtype=np.uint8))
+            np.save(values_path, np.frombuffer(data, dtype=np.uint8))
+            named = ids_path
+        else:
+            (tmp_path / "enwik8").write_bytes(data)
+            named = str(tmp_path / "enwik8")
+        if size == 10:
+            with pytest.raises(RHNError, match=f"^{re.escape(named)} has 10 symbols, fewer than valid"):
+                readers.read_byte_corpus(str(tmp_path), "enwik8", 5, "hint")
+        else:
+            corpus = readers.read_byte_corpus(str(tmp_path), "enwik8", 5, "hint")
+            assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (1, 5, 5)
 
 
 def test_chars_split_is_90_5_5(small_text):
