@@ -128,8 +128,14 @@ def test_chars_split_is_90_5_5(small_text):
     assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (10800, 600, 600)
 
 
+def test_missing_text_file_says_what_to_set(tmp_path):
+    missing = str(tmp_path / "book.txt")
+    with pytest.raises(RHNError, match=f"^text file {re.escape(missing)} not found .*: set data_path=FILE$"):
+        readers.read_chars(missing)
+
+
 def test_too_short_split_is_a_clear_error():
-    with pytest.raises(RHNError, match=r"valid split has 30 tokens.*batch_size=4 x num_steps=10"):
+    with pytest.raises(RHNError, match=r"valid split has 30 tokens.*batch_size=4 x num_steps=10 \(needs >= 44\)"):
         readers.check_batchable(np.arange(30), 4, 10, "valid")
     readers.check_batchable(np.arange(44), 4, 10, "valid")  # exactly B * (T + 1)
 
