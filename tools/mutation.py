@@ -111,7 +111,7 @@ def work_dir(root, module):
     return os.path.join(root, module)
 
 
-def prepare(source_repo, folder, module, timeout_multiplier=None):
+def prepare(source_repo, folder, module):
     """Copy the working tree (tracked and untracked, not ignored files) and write the mutmut config."""
     source, selection = MODULES[module]
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=source_repo, check=True,
@@ -129,8 +129,6 @@ def prepare(source_repo, folder, module, timeout_multiplier=None):
     with open(os.path.join(folder, "mutation_plugin.py"), "w") as f:
         f.write(PLUGIN)
     lines = ["[mutmut]", "source_paths = rhn_core", f"only_mutate = {source}", "do_not_mutate_patterns ="]
-    if timeout_multiplier:
-        lines.insert(1, f"timeout_multiplier = {timeout_multiplier}")
     lines += [f"    {p}" for p in NOT_MUTATED]
     lines += ["also_copy =", "    mutation_plugin.py", "    data", "    rhn_train_torch.py", "    rhn_train_tf.py",
               "pytest_add_cli_args =", "    -p", "    mutation_plugin", "    -p", "    no:cacheprovider",
@@ -235,9 +233,6 @@ def main(argv=None):
     parser.add_argument("--sample", type=int, metavar="N", help="test only N random mutants per module "
                                                                "(the same names in every tree, see --seed)")
     parser.add_argument("--seed", type=int, default=0, help="the seed of --sample (default 0)")
-    parser.add_argument("--timeout-multiplier", type=float, help="a mutant is stopped (timeout: killed) after "
-                        "2 x this x (its tests' time + 1 s) of CPU (default mutmut's 15; lower it where mutants "
-                        "loop forever on a loaded machine)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -253,7 +248,7 @@ def main(argv=None):
         for module in modules:
             folder = work_dir(args.work, module)
             if args.sample:
-                prepare(args.repo, folder, module, args.timeout_multiplier)
+                prepare(args.repo, folder, module)
                 generate(folder)
                 statuses = selected(folder, module, args.sample, args.seed)
                 names = [m for m, s in statuses.items() if (s not in KILLED if args.retry else s == "not checked")]
@@ -264,7 +259,7 @@ def main(argv=None):
                 if args.retry and not retry:
                     continue
                 names = retry or FOCUS.get(module, [])
-                prepare(args.repo, folder, module, args.timeout_multiplier)
+                prepare(args.repo, folder, module)
             print(f"--- {module}: mutmut in {folder}", flush=True)
             if run(folder, args.max_children, os.path.abspath(args.shared_data), names):
                 print(f"mutmut failed for {module} (see above)", file=sys.stderr)
