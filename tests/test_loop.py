@@ -35,7 +35,7 @@ def copy_rng(rng):
 
 @pytest.mark.parametrize("shape", [dict(num_layers=1, tied=False, tied_noise=True),
                                    dict(num_layers=2, tied=True, tied_noise=False)], ids=["1layer", "2layers"])
-def test_training_run_follows_the_numpy_trace(text, tmp_path, shape):
+def test_training_run_follows_the_numpy_trace(text, tmp_path, shape, capsys):
     cfg = resolve_config("tiny", dataset="chars", data_path=text, batch_size=B, num_steps=T, hidden_size=8, depth=2,
                          init_scale=0.3, learning_rate=0.5, lr_decay=2.0, max_epoch=1, max_max_epoch=2,
                          max_grad_norm=1.0, weight_decay=0.01, dtype="float64", device="cpu", seed=5,
@@ -59,6 +59,13 @@ def test_training_run_follows_the_numpy_trace(text, tmp_path, shape):
 
     result = trainer.train()
 
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "Learning rate" in line] == [
+        "Epoch: 1 Learning rate: 0.500", "Epoch: 2 Learning rate: 0.250"]  # once at the start of each epoch
+    # the logged speed is the epoch's 53 x B x T characters over its seconds
+    seconds = [v for n, _, v in run.scalars if n == "epoch_seconds"]
+    speeds = [v for n, _, v in run.scalars if n == "chars_per_second"]
+    np.testing.assert_allclose(np.multiply(seconds, speeds), [53 * B * T] * 2, rtol=1e-12)
     logs = run.info["logs"]
     for split in ("train", "valid", "test"):
         np.testing.assert_allclose(logs[f"{split}_perplexity"][1:], expected[split], rtol=1e-10, err_msg=split)

@@ -96,6 +96,18 @@ except ImportError:
     tf = None
 
 if tf is not None:
+    import inspect
+    import types
+
+    # mutmut replaces a mutated method by a functools.wraps wrapper (*args, **kwargs). Keras reads
+    # a layer's __init__ with inspect.getfullargspec, which (unlike inspect.signature) does not
+    # follow __wrapped__, and fails on every layer whose __init__ has mutants: show it the original.
+    from keras.src.ops import operation as _operation
+    _unwrapping = types.ModuleType("inspect")
+    _unwrapping.__dict__.update(inspect.__dict__)
+    _unwrapping.getfullargspec = lambda f: inspect.getfullargspec(inspect.unwrap(f))
+    _operation.inspect = _unwrapping
+
     _function = tf.function
 
     def _without_xla(*args, **kwargs):
