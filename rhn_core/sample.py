@@ -59,12 +59,12 @@ def generate(backend, prime, length, temperature, rng):
 
 
 def write_sample(cfg, backend, corpus, run):
-    """Print and record (``run.info['sample']``) a sample of the model ``backend`` holds."""
+    """Print and record (``run.info['sample']``, the exact bytes) a sample of the model ``backend`` holds."""
     prime = encode(corpus, cfg["sample_prime"])
     ids = generate(backend, prime, cfg["sample_length"], cfg["temperature"], np.random.default_rng(cfg["seed"]))
     text = decode(corpus, list(prime) + ids if cfg["sample_prime"] else ids)  # PTB: unknown words read <unk>
     print(f"Sample ({cfg['sample_length']} {corpus.unit}s, temperature {cfg['temperature']}, seed {cfg['seed']}):")
-    print(text)
+    print(text.replace("\r\n", "\n").replace("\r", "\n"))  # CRLF texts (the demo's): no carriage returns in logs
     run.info["sample"] = text
     return text
 

@@ -28,6 +28,14 @@ def test_either_backend_writes_the_same_text_for_the_same_seed(char_model):
     assert sample("torch", char_model, sample_prime="Alice ", sample_length=40, seed=6) != texts["torch"]
 
 
+def test_printed_sample_has_line_breaks_for_the_texts_carriage_returns(char_model, capsys):
+    """The demo text ends its lines with CRLF: the sample keeps the bytes, the log gets plain line breaks."""
+    text = sample("torch", char_model, sample_prime="Alice\r\nsaid", sample_length=5, seed=5)
+    assert text.startswith("Alice\r\nsaid")
+    out = capsys.readouterr().out
+    assert "Alice\nsaid" in out and "\r" not in out
+
+
 def test_temperature_sharpens_the_models_distribution(char_model):
     """Near 0 the draw is the most likely symbol: a run of different seeds writes one text."""
     greedy = {sample("torch", char_model, sample_length=15, temperature=1e-3, seed=s) for s in (1, 2, 3)}
