@@ -58,6 +58,7 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
                                              "tests/test_bad_inputs.py::test_data_too_short_for_the_batch_shape",
                                              "tests/test_bad_inputs.py::test_char_data_with_the_wrong_number_of_symbols"]),
     "torch_rhn": ("rhn_core/backends/torch_rhn.py", ["tests/test_backends.py", "tests/test_loop.py",
+                                                     "tests/test_config_keys.py::test_device_places_the_model",
                                                      "-k", "not tf"]),
     "loop": ("rhn_core/loop.py", ["tests/test_loop.py", "tests/test_config_keys.py",
                                   "tests/test_experiment.py::test_interrupted_and_resumed_run_ends_with_the_same_weights",
