@@ -77,6 +77,10 @@ FOCUS = {"loop": ["*Trainerǁtrain_epoch__*", "*Trainerǁ_epoch__*", "*Trainerǁ
                   "*Evaluatorǁbatched__*", "*Evaluatorǁfull__*", "*x_perplexity__*", "*x_bits__*", "*x_prepare__*"]}
 # Lines never mutated: the wording of messages and progress bars (the bad-input tests check the
 # messages; mutating every word of them would double the run for no information on the numbers).
+# Modules whose mutants start from mutmut's fork server (a process that has only collected the
+# tests) instead of a fork of the process that ran them: TensorFlow's thread pools, started by
+# that run, leave a forked copy waiting forever (mutants of tf_rhn sat there at no CPU).
+FORK_SERVER = {"tf_rhn"}
 NOT_MUTATED = [r"^\s*print\(", r"^\s*raise ", r'^\s*f"', r"desc=", r"set_postfix"]
 PLUGIN = '''"""Written by tools/mutation.py: TensorFlow functions without XLA during mutation runs."""
 import os
@@ -142,6 +146,8 @@ def prepare(source_repo, folder, module):
     with open(os.path.join(folder, "mutation_plugin.py"), "w") as f:
         f.write(PLUGIN)
     lines = ["[mutmut]", "source_paths = rhn_core", f"only_mutate = {source}", "do_not_mutate_patterns ="]
+    if module in FORK_SERVER:
+        lines.insert(1, "process_isolation = forkserver")
     lines += [f"    {p}" for p in NOT_MUTATED]
     lines += ["also_copy =", "    mutation_plugin.py", "    data", "    rhn_train_torch.py", "    rhn_train_tf.py",
               "pytest_add_cli_args =", "    -p", "    mutation_plugin", "    -p", "    no:cacheprovider",
