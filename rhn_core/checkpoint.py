@@ -16,7 +16,7 @@ import zipfile
 
 import numpy as np
 
-from .atomic import _HOST, atomic_file, temporary_path  # noqa: F401  (temporary_path: part of this module's interface)
+from .atomic import _HOST, atomic_file
 from .errors import RHNError
 
 STATE_PREFIX = "train_state/"

@@ -22,7 +22,8 @@ pytest.importorskip("torch")
 
 from conftest import REPO, assert_one_line_error, run_cli, run_experiment  # noqa: E402
 from rhn_core import checkpoint, loop  # noqa: E402
-from rhn_core.checkpoint import load_checkpoint, save_checkpoint, temporary_path  # noqa: E402
+from rhn_core.atomic import temporary_path  # noqa: E402
+from rhn_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from rhn_core.data import readers  # noqa: E402
 from rhn_core.errors import RHNError  # noqa: E402
 from rhn_core.hyperparams import KEY_CHECKS  # noqa: E402
