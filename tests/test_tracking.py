@@ -175,7 +175,7 @@ def _start_long_run(server, name, small_text, save_dir, epochs, *extra):
     # serverSelectionTimeoutMS in the URL: the retries of a lost server are quicker than the 5 s default
     url = f"{server.url}/{name}?serverSelectionTimeoutMS=1000"
     proc = subprocess.Popen(cli("-m", url, "-b", "0.5", *extra, "with",
-                                *tiny(small_text, save_dir, epochs, "hidden_size=48")),
+                                *tiny(small_text, save_dir, epochs, "hidden_size=48", "threads=1")),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = database(server, name)
     _wait_for(lambda: db.metrics.find_one({"name": "valid_perplexity", "steps.0": 1}) is not None, 120,
@@ -184,7 +184,7 @@ def _start_long_run(server, name, small_text, save_dir, epochs, *extra):
 
 
 def test_server_lost_mid_run_and_back(private_mongo, small_text, tmp_path):
-    name, epochs = unique_db(), 60
+    name, epochs = unique_db(), 30
     proc = _start_long_run(private_mongo, name, small_text, tmp_path / "ckpt", epochs,
                            "--mongo_fallback", str(tmp_path / "kept"))
     private_mongo.stop()
