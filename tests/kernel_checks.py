@@ -44,7 +44,8 @@ def make_case(case, device, dtype, impl, seed=0, B=3, T=4, **backend_options):
                                                                tied_noise=mask_kind == "shared")
     backend = Backend(spec, params, weight_decay=WD, max_grad_norm=1.0, device=device, dtype=dtype, rhn_impl=impl,
                       **backend_options)
-    assert type(backend.model.rhn.steps).__name__ == {"triton": "TritonSteps", "reference": "TorchSteps"}[impl]
+    assert type(backend.model.rhn.steps).__name__ == {"triton": "TritonSteps", "reference": "TorchSteps",
+                                                      "onednn": "OneDNNSteps"}[impl]
     return spec, params, x, y, state, masks, backend
 
 

@@ -469,9 +469,27 @@ def test_mc_mode_decides_the_word_mask_and_the_scored_positions(text, tmp_path, 
 def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
     pytest.importorskip("triton")
     import torch
-    auto = trainer(text, tmp_path, rhn_impl="auto").backend
+    auto = trainer(text, tmp_path, rhn_impl="auto").backend  # float64: oneDNN has no float64 products
     assert type(auto.model.rhn.steps).__name__ == ("TritonSteps" if auto.device.type == "cuda" else "TorchSteps")
     assert type(trainer(text, tmp_path, rhn_impl="reference").backend.model.rhn.steps).__name__ == "TorchSteps"
+    small = trainer(text, tmp_path, rhn_impl="auto", dtype="float32", device="cpu").backend
+    assert type(small.model.rhn.steps).__name__ == "TorchSteps"  # H 8: oneDNN's per-call cost would dominate
+    big = trainer(text, tmp_path, rhn_impl="auto", dtype="float32", device="cpu", hidden_size=512).backend
+    assert type(big.model.rhn.steps).__name__ == "OneDNNSteps"
+    # rhn_impl=onednn at any size: every product in oneDNN, the reference gradients to float32 rounding
+    t = trainer(text, tmp_path, rhn_impl="onednn", dtype="float32", device="cpu")
+    assert type(t.backend.model.rhn.steps).__name__ == "OneDNNSteps"
+    x, y = oracle.minibatches(t.corpus.train, B, T)[0]
+    params = t.backend.get_params()
+    _, got = t.backend.gradients(x, y, None, t.backend.zero_state(B))
+    expected = reference.gradients(params, t.spec, x, y, oracle.zero_state(t.spec, B),
+                                   weight_decay=t.cfg["weight_decay"])
+    for n in expected:  # every gradient, to float32 rounding
+        scale = np.abs(expected[n]).max()
+        assert scale > 1e-6, n  # not a zero gradient
+        np.testing.assert_allclose(got[n], expected[n], rtol=1e-3, atol=1e-4 * scale, err_msg=n)
+    with pytest.raises(RHNError, match="rhn_impl=onednn runs float32 models on CPU"):
+        trainer(text, tmp_path, rhn_impl="onednn")  # float64
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton kernels need CUDA or the interpreter")
     t = trainer(text, tmp_path, rhn_impl="triton", device="cuda" if torch.cuda.is_available() else "cpu")
@@ -480,7 +498,7 @@ def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
     expected = oracle.sgd_step(before, grads(t.cfg["weight_decay"]), 0.5, t.cfg["max_grad_norm"])
     for n in expected:
         np.testing.assert_allclose(after[n], expected[n], rtol=0, atol=1e-12, err_msg=n)
-    with pytest.raises(RHNError, match="rhn_impl='fused': use one of auto, reference, triton"):
+    with pytest.raises(RHNError, match="rhn_impl='fused': use one of auto, reference, onednn, triton"):
         trainer(text, tmp_path, rhn_impl="fused")
 
 

@@ -61,10 +61,10 @@ def test_cuda_graph_steps_give_the_eager_numbers_exactly(impl):
 
 def test_impl_choice_and_its_errors(monkeypatch):
     from rhn_core.backends.torch_kernels import resolve_impl
-    assert resolve_impl("auto", "cpu") == "reference"
+    assert resolve_impl("auto", "cpu", torch.float64) == "reference"
     assert resolve_impl("auto", "cuda") == "triton"  # triton is installed here
     assert resolve_impl("reference", "cuda") == "reference"
-    with pytest.raises(RHNError, match="use one of auto, reference, triton"):
+    with pytest.raises(RHNError, match="use one of auto, reference, onednn, triton"):
         resolve_impl("cudnn", "cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RHNError, match="rhn_impl=triton runs on CUDA .*use rhn_impl=auto"):

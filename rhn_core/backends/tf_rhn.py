@@ -276,8 +276,8 @@ class Backend:
                  threads=0, jit_compile=True):
         split_cpu(replicas, device)  # first: only possible before TensorFlow's runtime starts
         # rhn_impl and cuda_graphs choose torch's fast paths; here XLA compiles the whole step (jit_compile).
-        if rhn_impl == "triton":
-            raise RHNError("rhn_impl=triton is the torch backend's: use rhn_impl=auto or reference with tf")
+        if rhn_impl in ("onednn", "triton"):
+            raise RHNError(f"rhn_impl={rhn_impl} is the torch backend's: use rhn_impl=auto or reference with tf")
         if precision == "bf16":
             raise RHNError("precision=bf16 is implemented in the torch backend only: use float32 or tf32 with tf")
         tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")  # TF's own default is on

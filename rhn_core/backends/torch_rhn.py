@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from ..distributed import World
 from ..params import check_params, fuse, unfuse
 from .torch_kernels import make_steps, resolve_impl
+from .torch_kernels.reference import TorchSteps
 from .torch_kernels.graphs import StaticStep
 from . import cpu_threads
 from .torch_dist import connect
@@ -57,7 +58,7 @@ class RHN(nn.Module):
                 p.uniform_(-init_scale, init_scale)
             for b in self.b:
                 b[:, H:] = init_bias
-        self.steps = TorchSteps()  # how the micro-steps run: PyTorch operations, or fused kernels
+        self.steps = TorchSteps()  # how it computes: PyTorch operations; torch_kernels has oneDNN and Triton paths
 
     def forward(self, input, state=None, input_masks=None, state_masks=None):
         B, H = input.shape[0], self.hidden_size
@@ -69,12 +70,12 @@ class RHN(nn.Module):
             mh = None if state_masks is None else state_masks[l]
             # The input projection of micro-layer 0 for all T steps in one product
             # (two when H and T have separate masks, i.e. a mask twice the input width).
-            W, n_in = self.W[l], input.shape[-1]
+            W, b0, n_in, project = self.W[l], self.b[l][0], input.shape[-1], self.steps.project
             if mi is not None and mi.shape[-1] == 2 * n_in:
-                px = torch.cat([torch.matmul(input * mi[:, None, :n_in], W[:, :H]),
-                                torch.matmul(input * mi[:, None, n_in:], W[:, H:])], dim=-1) + self.b[l][0]
+                px = torch.cat([project(input * mi[:, None, :n_in], W[:, :H], b0[:H]),
+                                project(input * mi[:, None, n_in:], W[:, H:], b0[H:])], dim=-1)
             else:
-                px = torch.matmul(input if mi is None else input * mi[:, None, :], W) + self.b[l][0]
+                px = project(input if mi is None else input * mi[:, None, :], W, b0)
             if torch.is_autocast_enabled(px.device.type):  # bf16 autocast: the recurrence stays float32
                 with torch.autocast(px.device.type, enabled=False):
                     input, s = RHNRecurrence.apply(px.float(), state[l], mh, self.R[l], self.b[l], self.steps)
@@ -82,52 +83,6 @@ class RHN(nn.Module):
                 input, s = RHNRecurrence.apply(px, state[l], mh, self.R[l], self.b[l], self.steps)
             finals.append(s)
         return input, torch.stack(finals)
-
-
-class TorchSteps:
-    """The micro-steps of ``RHNRecurrence`` from PyTorch operations: the reference path
-    (any device, any dtype). ``torch_kernels.TritonSteps`` has the same two methods, fused."""
-
-    def forward_step(self, s, mh, R_k, bias, a, s_out):
-        """a = [h | t] (B x 2H) and s_out = s + t (h - s) of one micro-step."""
-        H = s.shape[-1]
-        h, g = a[:, :H], a[:, H:]
-        if mh is not None and mh.shape[-1] == 2 * H:  # separate masks: one product for H, one for T
-            torch.addmm(bias[..., :H], s * mh[:, :H], R_k[:, :H], out=h)
-            torch.addmm(bias[..., H:], s * mh[:, H:], R_k[:, H:], out=g)
-        else:  # H and T of a micro-layer in one product
-            torch.addmm(bias, s if mh is None else s * mh, R_k, out=a)
-        h.tanh_()
-        g.sigmoid_()
-        torch.addcmul(s, g, h - s, out=s_out)  # s + t (h - s): the carry is undropped
-
-    def backward_state(self, mh, R, S, A, d_out, d_final, d_pre):
-        """Fill d_pre (N x B x 2H, dJ/d[pre_h | pre_t] of every micro-step) and return dJ/ds0."""
-        N, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
-        D, T = R.shape[0], d_out.shape[1]
-        h, g, s_in = A[..., :H], A[..., H:], S[:N]
-        # d_pre = ds * P and the carried part ds * (1 - t); P for all micro-steps at once
-        P = torch.cat([g * (1 - h * h), (h - s_in) * g * (1 - g)], dim=-1)
-        carry = 1 - g
-        split = mh is not None and mh.shape[-1] == 2 * H
-        Rt = [r.t() for r in R.unbind(0)]
-        RtH, RtT = [r[:, :H].t() for r in R.unbind(0)], [r[:, H:].t() for r in R.unbind(0)]
-        Ps, Cs, Ds = P.view(N, B, 2, H).unbind(0), carry.unbind(0), d_pre.unbind(0)
-        Ds3 = d_pre.view(N, B, 2, H).unbind(0)
-        ds = d_final
-        for t in reversed(range(T)):
-            ds = ds + d_out[:, t]
-            for k in reversed(range(D)):
-                i = t * D + k
-                torch.mul(Ps[i], ds.unsqueeze(1), out=Ds3[i])
-                if split:
-                    ds_in = torch.mm(Ds[i][:, :H], RtH[k]) * mh[:, :H] + torch.mm(Ds[i][:, H:], RtT[k]) * mh[:, H:]
-                else:
-                    ds_in = torch.mm(Ds[i], Rt[k])
-                    if mh is not None:
-                        ds_in.mul_(mh)
-                ds = torch.addcmul(ds_in, ds, Cs[i])
-        return ds
 
 
 class RHNRecurrence(torch.autograd.Function):
@@ -173,14 +128,15 @@ class RHNRecurrence(torch.autograd.Function):
         ds = ctx.steps.backward_state(mh, R, S, A, d_out, d_final, d_pre)
         split = mh is not None and mh.shape[-1] == 2 * H
         dR, db = torch.empty_like(R), torch.zeros(D, 2 * H, dtype=R.dtype, device=R.device)
+        product = ctx.steps.product
         for k in range(D):
             dk = d_pre[k::D].reshape(-1, 2 * H)
             if split:
                 for cols in (slice(None, H), slice(H, None)):
-                    dR[k][:, cols] = (S[k:N:D] * mh[:, cols]).reshape(-1, H).t() @ dk[:, cols]
+                    dR[k][:, cols] = product((S[k:N:D] * mh[:, cols]).reshape(-1, H).t(), dk[:, cols])
             else:
                 a = S[k:N:D] if mh is None else S[k:N:D] * mh
-                torch.mm(a.reshape(-1, H).t(), dk, out=dR[k])
+                product(a.reshape(-1, H).t(), dk, out=dR[k])
             if k:
                 db[k] = dk.sum(0)
         return d_pre[0::D].transpose(0, 1), ds, None, dR, db, None
@@ -207,7 +163,7 @@ class RHNLanguageModel(nn.Module):
         if masks is not None and masks.o is not None:
             out = out * masks.o[:, None, :]
         w = self.embedding.t() if self.softmax_w is None else self.softmax_w
-        return torch.matmul(out, w) + self.softmax_b, state
+        return self.rhn.steps.project(out, w, self.softmax_b), state
 
     def loss(self, x, y, state, masks=None):
         """C = sum_t mean_b NLL (the original's loss scale) and the final state."""
@@ -264,7 +220,7 @@ class Backend:
         self.model = RHNLanguageModel(spec).to(self.device, self.dtype)
         self.params = list(self.model.parameters())
         self.set_params(params)
-        self.impl = resolve_impl(rhn_impl, self.device.type)
+        self.impl = resolve_impl(rhn_impl, self.device.type, self.dtype, spec.hidden_size)
         self.model.rhn.steps = make_steps(self.impl, tf32=precision == "tf32")
         self.precision = precision
         if precision == "tf32" and self.device.type == "cuda":  # cuBLAS products of this process
@@ -336,8 +292,10 @@ class Backend:
         with torch.no_grad():
             sq = torch._foreach_norm(self.params)
             l2 = 0.5 * self.weight_decay * torch.stack(sq).square().sum()
-            # d/dtheta of weight_decay/2 * theta^2, added before clipping as in the original.
-            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
+            # d/dtheta of weight_decay/2 * theta^2, added before clipping as in the original; in place
+            # (the gradients are this step's own tensors): no second copy of every parameter per step
+            grads = list(grads)
+            torch._foreach_add_(grads, self.params, alpha=self.weight_decay)
         return loss.detach() + l2, grads, state.detach()
 
     def _apply_update(self, grads, lr):

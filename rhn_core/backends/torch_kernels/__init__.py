@@ -1,21 +1,25 @@
-"""Fast paths of the PyTorch backend: fused Triton micro-step kernels and the
-static-buffer / CUDA-graph step.
+"""Fast paths of the PyTorch backend: oneDNN products on CPU, fused Triton micro-step
+kernels and the static-buffer / CUDA-graph step.
 
-``rhn_impl`` picks how the recurrence's micro-steps run:
+``rhn_impl`` picks how the recurrence's micro-steps and the model's products run:
 
-    reference  PyTorch operations (``torch_rhn.TorchSteps``), any device and dtype
+    reference  PyTorch operations (``reference.TorchSteps``), any device and dtype
+    onednn     the same operations with every product in oneDNN (``OneDNNSteps``): float32 on CPU
     triton     one Triton kernel per micro-step forward and one per backward (``TritonSteps``);
                needs CUDA, or ``TRITON_INTERPRET=1`` (set before triton is imported) on CPU
-    auto       triton on CUDA when triton imports, else reference
+    auto       triton on CUDA when triton imports; onednn for float32 on CPU from H = 512; else reference
 
 Triton is optional: it is imported only when the triton path is chosen.
 """
 import importlib.util
 import os
 
-from ...errors import RHNError
+import torch
 
-IMPLS = ("auto", "reference", "triton")
+from ...errors import RHNError
+from . import onednn
+
+IMPLS = ("auto", "reference", "onednn", "triton")
 
 
 def triton_installed():
@@ -27,12 +31,19 @@ def interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def resolve_impl(impl, device_type):
-    """'reference' or 'triton' for the config value ``impl`` on a device of ``device_type``."""
+def resolve_impl(impl, device_type, dtype=torch.float32, hidden_size=None):
+    """'reference', 'onednn' or 'triton' for the config value ``impl`` on a device of
+    ``device_type``, for a model of ``dtype`` and ``hidden_size`` (None: large)."""
     if impl not in IMPLS:
         raise RHNError(f"rhn_impl={impl!r}: use one of {', '.join(IMPLS)}")
     if impl == "auto":
-        return "triton" if device_type == "cuda" and triton_installed() else "reference"
+        if device_type == "cuda" and triton_installed():
+            return "triton"
+        large = hidden_size is None or hidden_size >= onednn.MIN_HIDDEN_SIZE
+        return "onednn" if large and onednn.usable(device_type, dtype) else "reference"
+    if impl == "onednn" and not onednn.usable(device_type, dtype):
+        raise RHNError(f"rhn_impl=onednn runs float32 models on CPU (this is {str(dtype).replace('torch.', '')} "
+                       f"on {device_type}, or PyTorch lacks oneDNN); use rhn_impl=auto")
     if impl == "triton":
         if not triton_installed():
             raise RHNError("rhn_impl=triton needs the triton package (pip install triton); or use rhn_impl=auto")
@@ -45,7 +56,9 @@ def resolve_impl(impl, device_type):
 def make_steps(impl, tf32=False):
     """The micro-step implementation for a resolved ``impl``."""
     if impl == "reference":
-        from ..torch_rhn import TorchSteps
+        from .reference import TorchSteps
         return TorchSteps()
+    if impl == "onednn":
+        return onednn.OneDNNSteps()
     from .fused import TritonSteps
     return TritonSteps(tf32=tf32)

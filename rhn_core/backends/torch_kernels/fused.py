@@ -1,15 +1,17 @@
 """The recurrence's micro-steps through the fused Triton kernels (``triton_steps``).
 
-Same two methods as ``torch_rhn.TorchSteps``, so ``RHNRecurrence`` runs its loops and
+Same two methods as ``reference.TorchSteps``, so ``RHNRecurrence`` runs its loops and
 its weight-gradient GEMMs unchanged: only the per-micro-step work is one launch here.
 """
 import torch
 
+from .reference import TorchSteps
 from . import triton_steps
 
 
-class TritonSteps:
-    """One kernel per micro-step forward and one per micro-step backward."""
+class TritonSteps(TorchSteps):
+    """One kernel per micro-step forward and one per micro-step backward (the weight
+    gradients and projections stay ``TorchSteps``' products: large cuBLAS GEMMs)."""
 
     def __init__(self, tf32=False):
         self.tf32 = tf32  # products in TF32 (float32 models on CUDA only)
