@@ -3,9 +3,10 @@
 PyTorch sends a float32 ``torch.mm`` / ``addmm`` on CPU to MKL's sgemm. oneDNN (which
 PyTorch ships and uses for its own CPU inference passes) runs the same products faster
 on the AMD EPYC machines this project is developed on, most of all the recurrence's
-small ones (B x H by H x 2H, B = 20): measured with 2 threads, 350 micro-step products
-of ptb_sota 626 -> 337 ms forward and 392 -> 346 ms backward, the ten dR products
-245 -> 183 ms and the softmax's three 421 -> 298 ms (``benchmarks/cpu_products.py``).
+small ones (B x H by H x 2H, B = 20): measured with 2 threads (``benchmarks/cpu_products.py``),
+the 350 micro-step products of a ptb_sota step 618 -> 368 ms forward and 547 -> 362 ms
+backward, all its products 1.35x; with one thread only 1.05x (the forward and the weight
+gradients faster, the backward and the softmax a little slower).
 oneDNN reads the weights as they are (transposed and sliced views included), so
 nothing is packed or copied when SGD changes them.
 
