@@ -81,3 +81,16 @@ def test_the_rhn_module_with_onednn_steps_equals_its_default_path():
     for ref, fast in zip(*results):
         assert ref.abs().max() > 1e-3
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_the_products_benchmark_runs_and_prints_its_table():
+    """benchmarks/cpu_products.py at a tiny size, so that it cannot rot."""
+    import os
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cpu_products.py")
+    out = subprocess.run([sys.executable, script, "--config", "tiny", "--repeat", "1", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("micro-step", "all"))]
+    assert [r[0] for r in rows] == ["micro-step", "micro-step", "all"] and all(r[-1].endswith("x") for r in rows)
