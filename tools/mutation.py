@@ -5,6 +5,7 @@
     python tools/mutation.py --report             # the table (and survivors) of the last runs
     python tools/mutation.py --list               # the modules and their tests
     python tools/mutation.py --sample 60 --seed 1 # the same 60 random mutants per module (see below)
+    python tools/mutation.py params --only '*hidden_size_for_count__mutmut_1[45]'   # (re)test these mutants
 
 Not part of CI (it runs each module's tests once per mutant). mutmut 3 only runs, for a
 mutant, the selected tests that called the mutated function, so the selection per module
@@ -252,10 +253,14 @@ def main(argv=None):
     parser.add_argument("--sample", type=int, metavar="N", help="test only N random mutants per module "
                                                                "(the same names in every tree, see --seed)")
     parser.add_argument("--seed", type=int, default=0, help="the seed of --sample (default 0)")
+    parser.add_argument("--only", nargs="+", metavar="GLOB", help="(re)test only the mutants whose names match "
+                                                                  "(mutmut's names, * and [] as in fnmatch)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}: use some of {', '.join(MODULES)}")
+    if args.only and (args.sample or args.retry):
+        parser.error("--only names the mutants itself: give it without --sample and --retry")
     if args.sample is not None and args.sample < 1:
         parser.error(f"--sample {args.sample}: give the number of mutants per module, 1 or more")
     modules = args.modules or list(MODULES)
@@ -266,7 +271,10 @@ def main(argv=None):
     if not args.report:
         for module in modules:
             folder = work_dir(args.work, module)
-            if args.sample:
+            if args.only:  # mutmut reruns the mutants it is given by name, whatever their last result
+                prepare(args.repo, folder, module)
+                names = args.only
+            elif args.sample:
                 prepare(args.repo, folder, module)
                 generate(folder)
                 statuses = selected(folder, module, args.sample, args.seed)
