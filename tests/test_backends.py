@@ -338,3 +338,46 @@ def test_tf_rhn_layer_masks_against_the_reference(masks_kind):
     out, final = stack(tf.constant(inputs), tf.constant(np.stack(state)), as_t(mi), as_t(mh))
     np.testing.assert_allclose(out.numpy(), ref_out, rtol=0, atol=1e-12)
     np.testing.assert_allclose(final.numpy(), ref_final, rtol=0, atol=1e-12)
+
+
+
+def test_tf_backend_places_the_model_on_the_device_asked_and_checks_its_parameters():
+    tf_rhn = backend_module("tf")
+    import tensorflow as tf
+    from rhn_core.errors import RHNError
+    assert [tf_rhn.pick_device(d) for d in ("cpu", "cuda", "cuda:1")] == ["/CPU:0", "/GPU:0", "/GPU:1"]
+    spec = SPECS["tied"]
+    params = init_params(spec, np.random.default_rng(0))
+    backend = tf_rhn.Backend(spec, params, device="cpu")
+    assert backend.device == "/CPU:0"
+    with pytest.raises(RHNError, match=r"^parameters does not match the config .*: embedding is \(13, 6\), "
+                                       r"config needs \(13, 7\)$"):
+        backend.set_params({**params, "embedding": params["embedding"][:, :6]})
+    if not tf.config.list_logical_devices("GPU"):
+        assert tf_rhn.Backend(spec, params, device="auto").device == "/CPU:0"
+        with pytest.raises(RuntimeError, match="no GPU visible to TensorFlow"):
+            tf_rhn.Backend(spec, params, device="cuda:0")
+
+
+def test_tf_layers_start_from_the_papers_initialisation_and_rebuild_from_their_config():
+    """Standalone (a Keras user's) layers: U(-init_scale, init_scale) weights and H biases, T biases =
+    init_bias, zero embedding and softmax (the backends overwrite them with init_params' values)."""
+    tf_rhn = backend_module("tf")
+    spec = ModelSpec(vocab_size=13, hidden_size=7, depth=2, num_layers=2, tied=False, init_scale=0.04,
+                     init_bias=-1.0)  # init_bias not the layers' default
+    model = tf_rhn.RHNLanguageModel(spec, dtype="float64")
+    model.build()
+    H = spec.hidden_size
+    for name in ("embedding", "softmax_w", "softmax_b"):
+        assert not getattr(model, name).numpy().any(), name
+    for cell in model.rhn.cells:
+        uniform = np.concatenate([cell.W.numpy().ravel(), cell.R.numpy().ravel(), cell.b.numpy()[:, :H].ravel()])
+        assert 0.03 < np.abs(uniform).max() <= 0.04  # > 0.03 somewhere among ~300 draws, unless the range is wrong
+        assert (cell.b.numpy()[:, H:] == -1.0).all()
+    for layer, expected in ((tf_rhn.RHN(7, 3, num_layers=2, init_scale=0.5, init_bias=-1.5, name="stack"),
+                             dict(hidden_size=7, depth=3, num_layers=2)),
+                            (tf_rhn.RHNCell(7, 3, init_scale=0.5, init_bias=-1.5, name="stack"),
+                             dict(units=7, depth=3))):
+        copy = type(layer).from_config(layer.get_config())
+        for key, value in {**expected, "init_scale": 0.5, "init_bias": -1.5, "name": "stack"}.items():
+            assert getattr(copy, key) == value, key
