@@ -110,4 +110,5 @@ def test_hidden_size_for_a_parameter_count_is_the_closest_of_all_sizes(spec):
         targets |= {counts[h], middle - 1, middle, middle + 1}
     for target in sorted(targets):
         expected = min(counts, key=lambda h: (abs(counts[h] - target), h))
-        assert hidden_size_for_count(spec, target) == expected, target
+        found = hidden_size_for_count(spec, target)
+        assert found == expected and type(found) is int, (target, found)  # the sweep writes it into a config
