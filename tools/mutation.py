@@ -274,18 +274,20 @@ def main(argv=None):
             if args.only:  # mutmut reruns the mutants it is given by name, whatever their last result
                 prepare(args.repo, folder, module)
                 names = args.only
-            elif args.sample:
+            elif args.sample or module in FOCUS:
+                # mutmut retests every mutant it is given by name (or glob): name only those of the
+                # sample / focus without a result (the survivors with --retry), so that a run resumes
                 prepare(args.repo, folder, module)
                 generate(folder)
                 statuses = selected(folder, module, args.sample, args.seed)
                 names = [m for m, s in statuses.items() if (s not in KILLED if args.retry else s == "not checked")]
                 if not names:
                     continue
-            else:
+            else:  # the whole module, no names: mutmut itself skips the mutants that have a result
                 retry = [m for m, s in results(folder, module).items() if s not in KILLED] if args.retry else []
                 if args.retry and not retry:
                     continue
-                names = retry or FOCUS.get(module, [])
+                names = retry
                 prepare(args.repo, folder, module)
             print(f"--- {module}: mutmut in {folder}", flush=True)
             if run(folder, args.max_children, os.path.abspath(args.shared_data), names):
