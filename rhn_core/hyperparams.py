@@ -56,7 +56,7 @@ def hyperparameters():
     mc_batch_size = 32  # evaluate_mc: samples run in parallel as the rows of one batch
     tied_noise = True  # H and T share dropout masks (TF original); False: separate masks (Torch7, Theano option)
     init_other_bias = 'uniform'  # H and softmax biases: 'uniform' as TF, or a number (Theano's init_other_bias)
-    rhn_impl = 'auto'  # torch: reference (PyTorch ops), onednn (CPU float32 products), triton (fused CUDA kernels); auto: the fastest here
+    rhn_impl = 'auto'  # torch: reference, onednn (CPU float32) or triton (CUDA); auto: triton on CUDA, onednn from H 512
     cuda_graphs = True  # torch on CUDA: capture the train and eval steps once in CUDA graphs and replay them
     precision = 'float32'  # float32 products; tf32 (CUDA: TF32 matmuls) or bf16 (autocast outside the recurrence)
     replicas = 1  # TF: devices of this machine trained in parallel (MirroredStrategy); torch: use torchrun

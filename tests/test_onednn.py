@@ -1,6 +1,10 @@
 """The torch backend's CPU fast path (``rhn_impl=onednn``: every product of a float32 step
 in oneDNN) against the float64 oracle, with the checks the Triton kernels pass
 (kernel_checks.py): forward, every gradient, a clipped SGD step, the static-buffer step."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -85,9 +89,6 @@ def test_the_rhn_module_with_onednn_steps_equals_its_default_path():
 
 def test_the_products_benchmark_runs_and_prints_its_table():
     """benchmarks/cpu_products.py at a tiny size, so that it cannot rot."""
-    import os
-    import subprocess
-    import sys
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cpu_products.py")
     out = subprocess.run([sys.executable, script, "--config", "tiny", "--repeat", "1", "--threads", "1"],
                          capture_output=True, text=True, timeout=120)

@@ -43,6 +43,15 @@ def matmul(a, b, bias=None):
     return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
 
 
+def affine(x, w, bias, out=None):
+    """x @ w + bias, bias a vector (added inside the product) or one row per row of x
+    (micro-layer 0: the input projection of this time step); into ``out`` if given."""
+    if bias.dim() == 1:
+        y = matmul(x, w, bias)
+        return y if out is None else out.copy_(y)
+    return torch.add(matmul(x, w), bias, out=out)
+
+
 class Projection(torch.autograd.Function):
     """x @ w + b for x N x in (the input projection and the softmax), all three
     products of its gradient through oneDNN too."""
@@ -68,10 +77,7 @@ class OneDNNSteps(TorchSteps):
     """``TorchSteps`` whose products run in oneDNN (float32 on CPU)."""
 
     def affine(self, x, w, bias, out):
-        if bias.dim() == 1:
-            out.copy_(matmul(x, w, bias))
-        else:  # micro-layer 0: a bias per row (the input projection of this time step)
-            torch.add(matmul(x, w), bias, out=out)
+        affine(x, w, bias, out)
 
     def product(self, a, b, out=None):
         return matmul(a, b) if out is None else out.copy_(matmul(a, b))
@@ -82,9 +88,7 @@ class OneDNNSteps(TorchSteps):
             return super().forward_step(s, mh, R_k, bias, a, s_out)
         # the activations read the product's own output (no copy into a first), and lerp is
         # s + t (h - s) in one operation: five operations per micro-step instead of seven
-        pre = matmul(s if mh is None else s * mh, R_k, bias if bias.dim() == 1 else None)
-        if bias.dim() == 2:  # micro-layer 0: the input projection of this time step
-            pre.add_(bias)
+        pre = affine(s if mh is None else s * mh, R_k, bias)
         h, g = a[:, :H], a[:, H:]
         torch.tanh(pre[:, :H], out=h)
         torch.sigmoid(pre[:, H:], out=g)
