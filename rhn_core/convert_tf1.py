@@ -31,7 +31,8 @@ def canonical_name(name):
 def read_original_checkpoint(prefix):
     """Canonical params from an original checkpoint (its path prefix, as given to Saver.save)."""
     try:
-        import tensorflow as tf
+        from .backends.tf_import import import_tensorflow
+        tf = import_tensorflow()
     except ImportError:
         raise RHNError("reading a TensorFlow checkpoint needs TensorFlow: pip install tensorflow-cpu")
     try:

@@ -97,3 +97,23 @@ def test_progress_at_a_terminal_is_tqdms_bar():
         assert not isinstance(bar, LineProgress)
         bar.update(10)
     assert "\r" in screen.getvalue()
+
+
+def test_tensorflow_start_up_notices_are_filtered_like_tensorflows_own_log_level():
+    """The lines TF 2.21 prints at import on CPUs with its oneDNN operations (seen on Intel and AMD
+    AVX-512 machines), filtered by rhn_core.backends.tf_import on every CPU, with or without TF."""
+    from rhn_core.backends.tf_import import keep_lines
+    pre = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    onednn = ("I0000 00:00:1796479678.384580    2290 port.cc:153] oneDNN custom operations are on. You may see "
+              "slightly different numerical results.\n")
+    guard = ("I0000 00:00:1796479678.417206    2290 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.\n"
+             "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow.\n")
+    warning = "W0000 00:00:1796479678.5    2290 gpu_device.cc:2342] Cannot dlopen some GPU libraries.\n"
+    error = "E0000 00:00:1796479678.6    2290 cuda_executor.cc:1309] failed call to cuInit: UNKNOWN ERROR (303)\n"
+    fatal = "F0000 00:00:1796479678.7    2290 port.cc:99] Check failed: something\n"
+    python = "/usr/lib/python3/site-packages/keras/__init__.py:1: DeprecationWarning: a Python warning\n"
+    text = pre + onednn + guard + python + warning + error + fatal + pre + onednn
+    assert keep_lines(text, 3) == python + fatal
+    assert keep_lines(text, 2) == python + error + fatal
+    assert keep_lines(text, 1) == python + warning + error + fatal
+    assert keep_lines(text, 0) == text

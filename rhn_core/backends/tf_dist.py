@@ -8,10 +8,12 @@ clipping and the update happen once, on the average. The loop's collectives
 (``rhn_core.distributed.comm``) go through the same strategy between processes.
 """
 import numpy as np
-import tensorflow as tf
 
 from ..distributed import LocalComm
 from ..errors import RHNError
+from .tf_import import import_tensorflow
+
+tf = import_tensorflow()
 
 
 def split_cpu(replicas, device):

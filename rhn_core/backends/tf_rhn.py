@@ -8,16 +8,12 @@ projection of micro-layer 0 applied to all time steps outside the time loop, one
 product per micro-layer for H and T together, and a hand-written gradient of the
 recurrence (``recurrence``; the cell alone uses TensorFlow's autodiff).
 """
-import os
+import numpy as np
 
-# TensorFlow's native start-up lines (CPU feature notices, "absl::InitializeLog", XLA service, and on
-# machines without a GPU a cuInit *error*) say nothing a user can act on, and would open every
-# run's stored output. Set before the import; TF_CPP_MIN_LOG_LEVEL=0 in the environment shows them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from .tf_import import import_tensorflow
 
+tf = import_tensorflow()  # without its native start-up notices (see tf_import)
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from ..errors import RHNError
 from ..distributed import World
