@@ -117,3 +117,18 @@ def load_checkpoint(path):
     params = {n: a for n, a in arrays.items() if not n.startswith(STATE_PREFIX)}
     state = {n[len(STATE_PREFIX):]: a for n, a in arrays.items() if n.startswith(STATE_PREFIX)}
     return params, state
+
+
+def read_state_entries(path, keys):
+    """The training-state entries ``keys`` of a checkpoint, as Python values, without loading its weights
+    (a few small members of the archive); entries it lacks, or a file that is not readable, give none."""
+    found = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for key in keys:
+                if STATE_PREFIX + key in z.files:
+                    value = z[STATE_PREFIX + key]
+                    found[key] = value.item() if value.ndim == 0 else value
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError):
+        pass
+    return found

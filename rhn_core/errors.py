@@ -24,9 +24,19 @@ class RHNError(SacredError):
 
 
 class TrainingInterrupted(SacredInterrupt, RHNError):
-    """Ctrl-C during training: a resumable checkpoint was written first."""
+    """A signal stopped the work (Ctrl-C, SIGTERM, SIGHUP, SIGUSR2); the message names the checkpoint on disk.
+
+    The command line exits with 128 + the number of the first signal (130 for Ctrl-C, 143 for SIGTERM,
+    129 for SIGHUP), as a shell reports a process stopped by that signal: the same status whether the
+    checkpoint was written or a second Ctrl-C cut its writing short (an older whole one is then named)."""
 
     STATUS = "INTERRUPTED"
+    last_exit_status = None  # of the latest one raised in this process, read by the command line
+
+    def __init__(self, message, signum=2):
+        super().__init__(message)
+        self.exit_status = 128 + int(signum)
+        TrainingInterrupted.last_exit_status = self.exit_status
 
 
 # traceback.format_exception_only omits the module for builtins, so the user

@@ -27,6 +27,7 @@ import importlib.util
 import io
 import json
 import re
+import signal
 import sys
 
 from sacred.utils import apply_backspaces_and_linefeeds
@@ -35,7 +36,8 @@ from . import loop, mc, sample as sampling
 from .progress import STDOUT_IS_TERMINAL
 from .backends import BACKENDS
 from .distributed import detect
-from .errors import RHNError
+from .errors import RHNError, TrainingInterrupted
+from .output import guard_std_streams
 from .hyperparams import NAMED_CONFIGS, check_value, hyperparameters
 from .tracking.credentials import check_run_inputs
 from .tracking.mongo import parse_target
@@ -99,6 +101,21 @@ class RHNExperiment(Experiment):
     def get_usage(self, program_name=None):
         # Sacred shows the script's path relative to base_dir; a user typed its name.
         return super().get_usage(os.path.join(self.base_dir, os.path.basename(program_name or sys.argv[0])))
+
+    def run_commandline(self, argv=None):
+        """Sacred's command line, with printing that cannot stop a run and the documented exit statuses:
+        0 done, 1 error (one line), 128 + signal number when a signal stopped it (130 Ctrl-C, 143 SIGTERM,
+        129 SIGHUP; the line names the checkpoint on disk)."""
+        guard_std_streams()
+        try:
+            return super().run_commandline(argv)
+        except SystemExit as e:
+            if e.code == 1 and TrainingInterrupted.last_exit_status:
+                raise SystemExit(TrainingInterrupted.last_exit_status)
+            raise
+        except KeyboardInterrupt:  # Ctrl-C outside training (reading data, evaluate, sample): nothing to save
+            print("Interrupted (Ctrl-C): stopped; no checkpoint was being written", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signal.SIGINT)
 
     def _create_run(self, command_name=None, config_updates=None, named_configs=(), info=None,
                     meta_info=None, options=None):

@@ -281,3 +281,16 @@ def check_config(cfg):
 def lr_at(cfg, epoch):
     """Learning rate of 1-based ``epoch``: lr / lr_decay^max(epoch - max_epoch, 0)."""
     return cfg["learning_rate"] / cfg["lr_decay"] ** max(epoch - cfg["max_epoch"], 0)
+
+
+# Keys that say where files are or how a run shows itself; a resumed run may change them unnoticed.
+# (data_path: the data itself is compared by its fingerprint.)
+NOT_TRAINING_KEYS = ("resume", "save_dir", "progress", "threads", "dist_timeout", "data_path", "resume_other_data",
+                     "load_model")
+
+
+def config_changes(stored, cfg):
+    """{key: (value in ``stored``, value in ``cfg``)} of the keys a resumed run changes (keys a checkpoint
+    written by an older version does not know are left out)."""
+    return {k: (stored[k], cfg[k]) for k in cfg
+            if k in stored and k not in NOT_TRAINING_KEYS and stored[k] != cfg[k]}

@@ -15,20 +15,22 @@ import os
 import signal
 import threading
 import time
+import uuid
 
 import numpy as np
 
 from .data import readers
 from .tracking import remote
 from .backends import load_backend
-from .checkpoint import check_writable, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import check_writable, load_checkpoint, read_state_entries, remove_stale_temporaries, save_checkpoint
 from .distributed import LocalComm, World, check_batch, detect, shard_masks
 from .errors import RHNError, TrainingInterrupted
-from .hyperparams import check_config, lr_at
+from .hyperparams import check_config, config_changes, lr_at
 from .masks import sampler
 from .plots import learning_curve
 from .params import check_params, count_params, describe, init_params, spec_from_config
 from .progress import progress_bar
+from .runlock import RunFolder, checkpoints_in, default_base, note_writer, shell_arg
 
 
 # Training-state entries a resumed run reads (with the logs); "hidden" is there only inside an epoch.
@@ -39,15 +41,30 @@ class _Stop(Exception):
     """Ctrl-C was seen between two steps."""
 
 
-class InterruptFlag:
-    """First Ctrl-C (or SIGTERM, or Slurm's pre-timeout SIGUSR2): finish the step, save, stop. A second
-    Ctrl-C aborts at once; a scheduler's further signals (Slurm may send SIGTERM and SIGUSR2 to every
-    process of a job) are ignored, so they cannot cut the checkpoint short."""
+class Abort(KeyboardInterrupt):
+    """A second Ctrl-C: stop now, without waiting for the step or the checkpoint being written."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ())
+
+def _say(text):
+    """A line from a signal handler: never an exception there, whatever happened to the output."""
+    try:
+        print(text, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+class InterruptFlag:
+    """First Ctrl-C (or SIGTERM, SIGHUP when the terminal or SSH session closes, or Slurm's pre-timeout
+    SIGUSR2): finish the step, save, stop. A second Ctrl-C aborts at once (``Abort``); a scheduler's
+    further signals (Slurm may send SIGTERM and SIGUSR2 to every process of a job) are ignored, so they
+    cannot cut the checkpoint short."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
+                    if hasattr(signal, name))
 
     def __init__(self, vote=bool):
         self.requested = False
+        self.signum = signal.SIGINT  # the first signal seen: the exit status is 128 + its number
         self.vote = vote  # data parallel: the ranks' agreement, so all stop after the same step
         self._previous = {}
 
@@ -64,15 +81,32 @@ class InterruptFlag:
     def _handle(self, signum, frame):
         if self.requested:
             if signum == signal.SIGINT:
-                raise KeyboardInterrupt
+                raise Abort
             return
-        self.requested = True
+        self.requested, self.signum = True, signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again aborts)", flush=True)
+        _say(f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again aborts)")
 
     def check(self):
         if self.vote(self.requested):
             raise _Stop
+
+
+def resume_file(value):
+    """``resume=``: a checkpoint, a database reference, or a run's folder (its last.npz)."""
+    if value and not remote.is_reference(value) and os.path.isdir(value):
+        last = os.path.join(value, "last.npz")
+        if not os.path.isfile(last):
+            raise RHNError(f"resume={value} is a folder without a last.npz: give the last.npz a run wrote "
+                           f"(it is in the folder its start line names)")
+        return last
+    return value
+
+
+def progress_of(state):
+    """How far a last.npz got, from its epoch and step entries."""
+    epoch, step = int(state["epoch"]), int(state["step"])
+    return f"in epoch {epoch} at step {step}" if step else f"{epoch - 1} epoch{'s' if epoch != 2 else ''} done"
 
 
 def perplexity(costs, iters):
@@ -173,8 +207,29 @@ class Trainer:
         self.world = detect(backend_name)
         if not self.world.chief:  # only rank 0 shows progress
             cfg = dict(cfg, progress=False)
-        self.cfg, self.run = cfg, run
-        self.corpus, self.spec = prepare(cfg, backend_name, self.world)
+        self.cfg, self.run, self.backend_name = cfg, run, backend_name
+        check_config(cfg)  # before the folder is claimed: a bad value leaves nothing behind
+        resume = resume_file(cfg["resume"])
+        from_db = remote.is_reference(resume)  # its checkpoints are fetched into <run_dir>/fetched
+        resume_dir = os.path.dirname(os.path.abspath(resume)) if resume and not from_db else ""
+        # The one writer (rank 0) locks its folder first, before any work: a second run there stops now.
+        self.folder = RunFolder.claim(cfg["save_dir"] or resume_dir, default_base(cfg)) if self.world.chief \
+            else None
+        self.run_dir = self.folder.path if self.folder else cfg["save_dir"] or resume_dir or default_base(cfg)
+        try:
+            self._start(resume, from_db, resume_dir)
+        except BaseException:
+            if self.folder:
+                self.folder.abandon()
+            raise
+
+    def _start(self, resume, from_db, resume_dir):
+        cfg, run = self.cfg, self.run
+        if not resume:
+            self._refuse_foreign(resume_dir, None)
+        elif not from_db:
+            self._refuse_foreign(resume_dir, read_state_entries(resume, ["run_lineage"]).get("run_lineage", ""))
+        self.corpus, self.spec = prepare(cfg, self.backend_name, self.world)
         init_seq, mask_seq = np.random.SeedSequence(cfg["seed"]).spawn(2)
         self.rng = np.random.default_rng(mask_seq)
         params = init_params(self.spec, np.random.default_rng(init_seq))
@@ -182,28 +237,43 @@ class Trainer:
         self.logs = {"train_perplexity": [math.inf], "valid_perplexity": [math.inf],
                      "test_perplexity": [math.inf]}
         self.best_valid, self.best_epoch = math.inf, 0
+        self.lineage = uuid.uuid4().hex  # this run's id in its checkpoints; a resumed run keeps its own
         self.data_fingerprint = readers.fingerprint(self.corpus)
-        default_dir = os.path.join("runs", f"{cfg['dataset']}_{cfg['seed']}")
-        resume = cfg["resume"]
-        from_db = remote.is_reference(resume)  # its checkpoints are fetched into <run_dir>/fetched
-        self.run_dir = cfg["save_dir"] or (default_dir if from_db or not resume
-                                           else os.path.dirname(os.path.abspath(resume)))
+        self._prepare_run_dir()
         if from_db:  # a run in MongoDB: its checkpoints are downloaded; this run saves beside them
-            self._prepare_run_dir()
-            resume = remote.fetch(resume, run, os.path.join(self.run_dir, "fetched"))
+            fetched = os.path.join(self.run_dir, "fetched")
+            resume = remote.fetch(resume, run, fetched)
+            self._refuse_foreign(fetched, read_state_entries(resume, ["run_lineage"]).get("run_lineage", ""))
         if resume:
             params = self._restore(resume)  # a file that is no checkpoint fails before anything is written
-        if not from_db:
-            self._prepare_run_dir()
         if resume and self.world.chief:  # the one writer; the others get best.npz from it at the end
             self._carry_best_over(os.path.dirname(os.path.abspath(resume)))
             self._check_best(resume)
-        self.backend = make_backend(cfg, backend_name, self.spec, params, self.world)
+        self.backend = make_backend(cfg, self.backend_name, self.spec, params, self.world)
         self.comm = self.backend.comm
-        self.backend_name = backend_name
         self.masks = sampler(cfg, self.spec)
         self.interrupt = InterruptFlag(self.comm.vote)
         self.evaluator = Evaluator(cfg, self.backend, self.corpus, self.interrupt, self.comm)
+
+    def _refuse_foreign(self, own_dir, lineage):
+        """A run never replaces another run's checkpoints: a new run (``lineage`` None) needs a folder without
+        any; a resumed run may write only over its own (its resume file's folder, or files of its lineage)."""
+        if not self.folder or (own_dir and os.path.realpath(own_dir) == os.path.realpath(self.run_dir)):
+            return
+        found = checkpoints_in(self.run_dir)
+        if lineage is not None:
+            found = [n for n in found if read_state_entries(self.path(n), ["run_lineage"]).get("run_lineage")
+                     != lineage]
+        if not found:
+            return
+        last = self.path("last.npz")
+        held = read_state_entries(last, ["epoch", "step"]) if "last.npz" in found else {}
+        what = ", ".join(f"{name} ({progress_of(held)})" if name == "last.npz" and held else name for name in found)
+        advice = (f"continue that run with {shell_arg('resume', last)}, or " if "last.npz" in found and
+                  lineage is None else "")
+        raise RHNError(f"{self.run_dir} holds another run's checkpoints ({what}), which this run would replace: "
+                       f"{advice}set save_dir= to a new folder, or leave save_dir out (each run then gets a "
+                       f"fresh folder under runs/)")
 
     # --- checkpoints ------------------------------------------------------------
     def path(self, name):
@@ -214,7 +284,8 @@ class Trainer:
                 "rng": self.rng.bit_generator.state, "best_valid": self.best_valid,
                 "best_epoch": self.best_epoch, "backend": self.backend_name,
                 "batch_size": self.cfg["batch_size"], "num_steps": self.cfg["num_steps"],
-                "data_fingerprint": self.data_fingerprint,
+                "data_fingerprint": self.data_fingerprint, "run_lineage": self.lineage,
+                "config": json.dumps(dict(self.cfg), default=str),  # what a resume compares its config with
                 **{k: np.array(v) for k, v in self.logs.items()},
                 # the global batch's state (a collective), so any number of processes can resume it
                 **({"hidden": self.comm.gather_rows(np.stack(self.hidden), 1)} if self.hidden is not None else {})}
@@ -251,11 +322,26 @@ class Trainer:
             self.logs = {k: [float(v) for v in st[k]] for k in self.logs}
             mine = self.world.rows(self.cfg["batch_size"])
             self.hidden = [h[mine] for h in st["hidden"]] if "hidden" in st else None
+            self.lineage = str(st["run_lineage"]) if "run_lineage" in st else self.lineage
+            stored = json.loads(str(st["config"])) if "config" in st else None
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise RHNError(f"{path} is not a usable training checkpoint: its training state is damaged "
                            f"({type(e).__name__}); resume from a last.npz written by a run")
         print(f"Resuming from {path}: epoch {self.epoch}, step {self.step}")
+        self._note_changes(path, stored)
         return params
+
+    def _note_changes(self, path, stored):
+        """A resumed run whose config differs from its checkpoint's says so, one line a key, and records it."""
+        if stored is None:
+            print(f"Note: {path} does not record its config (written before configs were stored); changes "
+                  f"of learning_rate, dropout... since then are not checked")
+            return
+        changes = config_changes(stored, self.cfg)
+        for key, (old, new) in changes.items():
+            print(f"Changed since the checkpoint: {key} {old!r} -> {new!r}")
+        if changes:
+            self.run.info["resumed_with_changes"] = {k: list(v) for k, v in changes.items()}
 
     def _check_data(self, path, st):
         """A checkpoint continues only on the data it was trained on (unless resume_other_data=True)."""
@@ -300,7 +386,8 @@ class Trainer:
             return write()
         except OSError as e:
             last = self.path("last.npz")
-            kept = (f"the checkpoints already on disk are unchanged: free space and continue with resume={last}"
+            kept = (f"the checkpoints already on disk are unchanged: free space and continue with "
+                    f"{shell_arg('resume', last)}"
                     if os.path.isfile(last) else "no checkpoint was written yet: free space and start again")
             raise RHNError(f"cannot write {path} ({e.strerror or e}); stopped; {kept}")
 
@@ -316,7 +403,8 @@ class Trainer:
             path = self.path("best.npz")
             self._write(path, lambda: save_checkpoint(path, self.backend.get_params(),
                                                       {"best_epoch": self.epoch, "valid_perplexity": valid,
-                                                       "data_fingerprint": self.data_fingerprint}))
+                                                       "data_fingerprint": self.data_fingerprint,
+                                                       "run_lineage": self.lineage}))
             self.run.add_artifact(path, "best.npz")
 
     def _save_curve(self):
@@ -381,11 +469,16 @@ class Trainer:
                 self.hidden = self.backend.state_to_numpy(state) if self.step < n else None
         return perplexity(self.costs, self.iters)
 
-    def _record_epoch(self, train, valid, test, lr, seconds, tokens):
-        e, unit = self.epoch, self.corpus.unit
+    def _log_epoch(self, train, valid, test):
+        """The epoch's perplexities into the logs (kept in last.npz), before anything is printed."""
+        for split, ppl in (("train", train), ("valid", valid), ("test", test)):
+            self.logs[f"{split}_perplexity"].append(ppl)
+
+    def _report_epoch(self, e, train, valid, test, lr, seconds, tokens):
+        """Lines and metrics of epoch ``e``, once its checkpoints are on disk."""
+        unit = self.corpus.unit
         for split, ppl in (("Train", train), ("Valid", valid), ("Test", test)):
             print(f"Epoch: {e} {split} Perplexity: {ppl:.3f} Bits: {bits(ppl):.3f}")
-            self.logs[f"{split.lower()}_perplexity"].append(ppl)
             self.run.log_scalar(f"{split.lower()}_perplexity", ppl, e)
             self.run.log_scalar(f"{split.lower()}_bits", bits(ppl), e)
         self.run.log_scalar("learning_rate", lr, e)
@@ -406,28 +499,53 @@ class Trainer:
         print(f"Backend: {self.backend_name} on {self.backend.device} ({cfg['dtype']}, "
               f"{self.backend.threads} CPU threads{parallel}); "
               f"checkpoints in {self.run_dir}")
-        with self.interrupt:
-            try:
-                while self.epoch <= cfg["max_max_epoch"]:
-                    self._epoch()
-                self._save_curve()
-                result = self._final()
-                self.comm.close()
-                return result
-            except _Stop:
-                where = f"in epoch {self.epoch} at step {self.step}"
-                if self.epoch <= cfg["max_max_epoch"]:
-                    self._save_last()
+        try:
+            with self.interrupt:
+                try:
+                    while self.epoch <= cfg["max_max_epoch"]:
+                        self._epoch()
                     self._save_curve()
-                else:  # the last epoch's last.npz is on disk; resuming runs the final pass
-                    where = "during the final evaluation"
-                self.comm.close()
-                raise TrainingInterrupted(f"stopped {where}; continue with resume={self.path('last.npz')}")
+                    result = self._final()
+                    self.comm.close()
+                    return result
+                except _Stop:
+                    self._stopped()
+                except Abort:
+                    raise self._aborted("")
+        finally:
+            if self.folder:
+                self.folder.release()
+
+    def _stopped(self):
+        """After the step a signal asked for: the checkpoint, then the one line that names it."""
+        where = f"in epoch {self.epoch} at step {self.step}"
+        try:
+            if self.epoch <= self.cfg["max_max_epoch"]:
+                self._save_last()
+                self._save_curve()
+            else:  # the last epoch's last.npz is on disk; resuming runs the final pass
+                where = "during the final evaluation"
+        except Abort:
+            raise self._aborted(" while its checkpoint was being written")
+        self.comm.close()
+        raise TrainingInterrupted(f"stopped {where}; continue with {shell_arg('resume', self.path('last.npz'))}",
+                                  self.interrupt.signum)
+
+    def _aborted(self, when):
+        """A second Ctrl-C: what is on disk, in one line (a checkpoint cut short is never left half-written)."""
+        last = self.path("last.npz")
+        held = read_state_entries(last, ["epoch", "step"]) if self.world.chief else {}
+        if held:
+            kept = (f"{last} on disk is whole ({progress_of(held)}): continue with "
+                    f"{shell_arg('resume', last)}")
+        else:
+            kept = "no checkpoint of this run is on disk yet: start it again"
+        return TrainingInterrupted(f"aborted by a second Ctrl-C{when}; {kept}", self.interrupt.signum)
 
     def _epoch(self):
         lr = lr_at(self.cfg, self.epoch)
-        if self.step == 0:
-            print(f"Epoch: {self.epoch} Learning rate: {lr:.3f}")
+        print(f"Epoch: {self.epoch} Learning rate: {lr:.3f}" +
+              (f" (resumed at step {self.step})" if self.step else ""))
         start, step0 = time.time(), self.step
         train = self.train_epoch(lr)
         seconds = max(time.time() - start, 1e-9)
@@ -437,12 +555,14 @@ class Trainer:
             if diverged(ppl, self.corpus.vocab_size):  # e.g. valid 2.45e89: never let these weights replace last.npz
                 raise self._diverged(f"{split} perplexity became {ppl:.3g} (beyond vocab_size^2 = "
                                      f"{self.corpus.vocab_size ** 2:,}: the run diverged)")
-        self._record_epoch(train, valid, test, lr, seconds, tokens)
-        if valid < self.best_valid:
+        self._log_epoch(train, valid, test)
+        if valid < self.best_valid:  # the best epoch is the one of the lowest VALIDATION perplexity
             self.best_valid, self.best_epoch = valid, self.epoch
             self._save_best(valid)
+        e = self.epoch
         self.epoch, self.step, self.costs, self.iters = self.epoch + 1, 0, 0.0, 0
-        self._save_last()
+        self._save_last()  # on disk before the epoch's lines: a failing output cannot lose the epoch
+        self._report_epoch(e, train, valid, test, lr, seconds, tokens)
 
     def _final(self):
         # rank 0 wrote best.npz; the others get it from rank 0 (no shared disk needed)
@@ -467,6 +587,7 @@ def evaluate(cfg, backend_name, run):
     if not cfg["load_model"]:
         raise RHNError("evaluate needs load_model=PATH, a checkpoint such as runs/<dataset>_<seed>/best.npz")
     corpus, spec = prepare(cfg)
+    note_writer(cfg["load_model"], "scoring")
     params, _ = load_checkpoint(cfg["load_model"])
     check_params(params, spec, cfg["load_model"])
     evaluator = Evaluator(cfg, make_backend(cfg, backend_name, spec, params), corpus)

@@ -37,6 +37,7 @@ from .loop import InterruptFlag, _Stop, bits, make_backend, prepare
 from .masks import Masks, bernoulli_mask, sample_masks, tie_repeated_tokens
 from .params import check_params
 from .progress import progress_bar
+from .runlock import RunFolder
 
 MODES = ("faithful", "corrected")
 CLIP = 1e-10
@@ -121,13 +122,26 @@ def plot_curve(curve, path, mode):
 def evaluate_mc(cfg, backend_name, run):
     """Sacred ``evaluate_mc``: the MC-dropout test perplexity of ``load_model``."""
     check_mc_config(cfg)
-    corpus, spec = prepare(cfg)
-    params, _ = load_checkpoint(cfg["load_model"])
-    check_params(params, spec, cfg["load_model"])
-    backend = make_backend(cfg, backend_name, spec, params)
     out_dir = cfg["save_dir"] or os.path.dirname(os.path.abspath(cfg["load_model"]))
-    check_writable(out_dir)  # the partial results and the plot are written hours later
-    remove_stale_temporaries(out_dir)
+    # One writer per folder, taken before any work: a training run still writing there (or another MC
+    # evaluation) refuses this one.
+    folder = RunFolder.claim(out_dir, command="MC evaluation")
+    try:
+        corpus, spec = prepare(cfg)
+        params, _ = load_checkpoint(cfg["load_model"])
+        check_params(params, spec, cfg["load_model"])
+        backend = make_backend(cfg, backend_name, spec, params)
+        check_writable(out_dir)  # the partial results and the plot are written hours later
+        remove_stale_temporaries(out_dir)
+        return _evaluate_mc(cfg, run, backend, spec, corpus, out_dir)
+    except BaseException:
+        folder.abandon()  # a folder this created and left empty is removed
+        raise
+    finally:
+        folder.release()
+
+
+def _evaluate_mc(cfg, run, backend, spec, corpus, out_dir):
     partial_path = os.path.join(out_dir, f"mc_{cfg['mc_mode']}_partial.npz")
     K, mode, ids = cfg["mc_steps"], cfg["mc_mode"], corpus.test
     prob_sum, accepted, drawn, curve = np.zeros(len(ids) - 1), 0, 0, []

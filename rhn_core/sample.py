@@ -14,6 +14,7 @@ from .checkpoint import load_checkpoint
 from .errors import RHNError
 from .loop import make_backend, prepare
 from .params import check_params
+from .runlock import note_writer
 
 EOS = "<eos>"
 
@@ -74,6 +75,7 @@ def sample(cfg, backend_name, run):
     if not cfg["load_model"]:
         raise RHNError("sample needs load_model=PATH, a checkpoint such as runs/<dataset>_<seed>/best.npz")
     corpus, spec = prepare(cfg)
+    note_writer(cfg["load_model"], "sampling from")
     params, _ = load_checkpoint(cfg["load_model"])
     check_params(params, spec, cfg["load_model"])
     return write_sample(cfg, make_backend(cfg, backend_name, spec, params), corpus, run)

@@ -151,6 +151,7 @@ def test_unreachable_with_fallback_keeps_run_on_disk_then_upload(private_mongo, 
                      *tiny(small_text, tmp_path / "ckpt"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "this run is kept in" in result.stderr
+    assert "or add --mongo_fallback" not in result.stderr  # it was given: the warning does not ask for it
     folder = tmp_path / "kept" / "1"
     assert json.loads((folder / "run.json").read_text())["status"] == "COMPLETED"
     private_mongo.start()

@@ -54,6 +54,8 @@ def _first_slurm_host(environ):
 
 
 def _torch_world(environ):
+    if environ.get("RHN_RANKS_FROM") == "srun":  # filled in below by an earlier call: srun started this job
+        environ = {k: v for k, v in environ.items() if k not in ("WORLD_SIZE", "RANK")}
     if "WORLD_SIZE" in environ and "RANK" in environ:
         return World(_int(environ, "RANK"), _int(environ, "WORLD_SIZE"),
                      _int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else 0, "torchrun")
@@ -64,6 +66,8 @@ def _torch_world(environ):
             if "MASTER_ADDR" not in environ:
                 environ["MASTER_ADDR"] = _first_slurm_host(environ)
             environ.setdefault("MASTER_PORT", "29500")
+            if "RANK" not in environ:  # set here, not by torchrun: a later call must still say srun
+                environ["RHN_RANKS_FROM"] = "srun"
             environ.setdefault("RANK", str(world.rank))
             environ.setdefault("WORLD_SIZE", str(world.size))
             environ.setdefault("LOCAL_RANK", str(world.local_rank))

@@ -80,8 +80,13 @@ def parse_resume(value):
     return (m["db"], int(m["run_id"])) if m else None
 
 
-def connect(target, timeout_s=TIMEOUT_S):
-    """(client, database) after a ping; RHNError in about ``timeout_s`` if the server is away."""
+FALLBACK_ADVICE = ("; or add --mongo_fallback=DIR to keep the run on disk and upload it later with "
+                   "python -m rhn_core.tracking.upload")
+
+
+def connect(target, timeout_s=TIMEOUT_S, fallback_advice=False):
+    """(client, database) after a ping; RHNError in about ``timeout_s`` if the server is away (with
+    ``fallback_advice``, a run's start without --mongo_fallback: the message names that option)."""
     import pymongo
     from pymongo.errors import OperationFailure, PyMongoError
     # Options written in the URL win over these defaults (pymongo lets keywords override the URL).
@@ -108,5 +113,4 @@ def connect(target, timeout_s=TIMEOUT_S):
             client.close()
         reason = redact(re.split(r" \(configured timeouts|, Timeout:", str(e))[0])
         raise RHNError(f"cannot reach MongoDB at {target.display} within {timeout_s:g} s ({reason}): "
-                       f"start the server or fix the address; or add --mongo_fallback=DIR to keep the "
-                       f"run on disk and upload it later with python -m rhn_core.tracking.upload")
+                       f"start the server or fix the address" + (FALLBACK_ADVICE if fallback_advice else ""))

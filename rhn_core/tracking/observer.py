@@ -155,7 +155,7 @@ class MongoRunObserver(RunObserver):
     def _start(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         from pymongo.errors import PyMongoError
         from ..errors import RHNError
-        self.client, database = connect(self.target, self.timeout_s)
+        self.client, database = connect(self.target, self.timeout_s, fallback_advice=not self.fallback_dir)
         try:
             return self._insert(ex_info, command, host_info, start_time, config, meta_info, _id, database)
         except PyMongoError as e:  # the server went away between the ping and the first write
