@@ -338,6 +338,9 @@ class Trainer:
                   f"of learning_rate, dropout... since then are not checked")
             return
         changes = config_changes(stored, self.cfg)
+        given = getattr(getattr(self.run, "config_modifications", None), "modified", None)
+        if given is not None and "seed" not in given:  # Sacred drew a new one; the masks go on from the checkpoint
+            changes.pop("seed", None)
         for key, (old, new) in changes.items():
             print(f"Changed since the checkpoint: {key} {old!r} -> {new!r}")
         if changes:

@@ -45,10 +45,6 @@ def describe_holder(text):
             f"{fields.get('started', '?').replace('T', ' ')})")
 
 
-class FolderBusy(RHNError):
-    """The folder's lock is held by another process."""
-
-
 class RunLock:
     """The exclusive lock on ``folder`` (created if needed); ``release()`` or process exit frees it."""
 
@@ -58,7 +54,15 @@ class RunLock:
         self.fd = None
 
     def acquire(self):
-        """Take the lock or raise ``FolderBusy`` naming the holder (never waits)."""
+        """Take the lock or raise RHNError naming the holder (never waits)."""
+        holder = self.try_acquire()
+        if holder is not None:
+            raise RHNError(f"{self.folder} is in use by {describe_holder(holder)}: one process writes a run "
+                           f"folder at a time; wait for it to end or set {self.key}= to another folder")
+        return self
+
+    def try_acquire(self):
+        """Take the lock and return None, or return the holder's text when another process has it."""
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -71,9 +75,7 @@ class RunLock:
                 holder = _read(fd)
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise FolderBusy(f"{self.folder} is in use by {describe_holder(holder)}: one process "
-                                     f"writes a run folder at a time; wait for it to end or set {self.key}= "
-                                     f"to another folder")
+                    return holder
                 raise RHNError(f"cannot lock {self.path} ({e.strerror or e}; the file system does not "
                                f"support flock, e.g. Lustre mounted without -o flock): set {self.key}= to a "
                                f"folder on a local disk or one that supports locks")
@@ -93,7 +95,7 @@ class RunLock:
             os.pwrite(fd, text.encode(), 0)
         except OSError:
             pass  # the lock holds without its description
-        return self
+        return None
 
     def release(self):
         """Remove the lock file and free the lock (a process waiting on the old file sees it is gone)."""
@@ -177,9 +179,7 @@ def claim_default(base, command="training"):
         except OSError as e:
             raise RHNError(f"cannot create {folder} ({e.strerror or e}): set save_dir= to a writable folder")
         lock = RunLock(folder, command)
-        try:
-            lock.acquire()
-        except FolderBusy:
+        if lock.try_acquire() is not None:
             continue  # claimed by a run started at the same moment
         if only_lock_left(folder):
             return folder, lock, existed

@@ -185,7 +185,7 @@ def test_bias_keys_reach_the_parameters(text, tmp_path):
 
 @effect_of("seed")
 def test_seed_fixes_the_initialisation_and_the_masks(text, tmp_path):
-    a, b, c = (trainer(text, tmp_path, seed=s) for s in (1, 1, 2))
+    a, b, c = (trainer(text, tmp_path / str(i), seed=s) for i, s in enumerate((1, 1, 2)))  # three runs: three folders
     pa, pb, pc = (t.backend.get_params() for t in (a, b, c))
     assert all(np.array_equal(pa[n], pb[n]) for n in pa) and not np.array_equal(pa["embedding"], pc["embedding"])
     x = np.zeros((B, T), dtype=int)
@@ -208,7 +208,7 @@ def test_drop_keys_set_the_rate_and_scale_of_the_training_masks(text, data, tmp_
         assert set(np.unique(mask)) == {0.0, 1 / (1 - p)}, key  # inverted dropout
         assert abs((mask == 0).mean() - p) < 0.03, key
     assert m.i[0].shape == m.h[0].shape == m.o.shape == (500, 40)  # V = 55 > H: the input is H wide
-    off = trainer(text, tmp_path, drop_x=0.0, drop_i=0.0, drop_h=0.0, drop_o=0.0)
+    off = trainer(text, tmp_path / "off", drop_x=0.0, drop_i=0.0, drop_h=0.0, drop_o=0.0)
     assert off.masks(rng, np.zeros((B, T), dtype=int)) == (None, None, None, None)
 
 
@@ -295,7 +295,8 @@ def test_max_grad_norm_clips_the_step(text, tmp_path):
 @effect_of("dtype")
 def test_dtype_is_the_precision_of_the_computation(text, tmp_path):
     for dtype, atol in (("float64", 1e-13), ("float32", 1e-6)):
-        before, after, grads = first_step(trainer(text, tmp_path, dtype=dtype, max_grad_norm=1e6, weight_decay=0.0))
+        before, after, grads = first_step(trainer(text, tmp_path / dtype, dtype=dtype, max_grad_norm=1e6,
+                                                  weight_decay=0.0))
         expected = oracle.sgd_step(before, grads(0.0), 0.5, 1e6)
         assert after["embedding"].dtype == np.dtype(dtype)
         worst = max(np.abs(after[n] - expected[n]).max() for n in expected)
@@ -316,7 +317,7 @@ def test_device_places_the_model(text, tmp_path):
 @effect_of("batch_size", "num_steps")
 def test_batch_shape_keys_cut_the_stream_as_the_original(text, tmp_path):
     for b, t_ in ((3, 5), (2, 7)):
-        t = trainer(text, tmp_path, batch_size=b, num_steps=t_)
+        t = trainer(text, tmp_path / f"{b}x{t_}", batch_size=b, num_steps=t_)
         calls = spy(t.backend, "train_step")
         t.train_epoch(0.1)
         expected = oracle.minibatches(t.corpus.train, b, t_)
@@ -372,7 +373,7 @@ def test_load_model_is_the_checkpoint_evaluated(text, tmp_path):
         model = train_small_model(text, tmp_path / str(seed), seed=seed)
         cfg = config(text, tmp_path, load_model=model)
         params, _ = load_checkpoint(model)
-        t = trainer(text, tmp_path)
+        t = trainer(text, tmp_path / f"spec{seed}")
         got = loop.evaluate(cfg, "torch", FakeRun())
         assert got["valid_perplexity"] == pytest.approx(
             oracle.batched_perplexity(params, t.spec, t.corpus.valid, B, T), rel=1e-12)
@@ -385,7 +386,7 @@ def test_load_model_is_the_checkpoint_evaluated(text, tmp_path):
 @effect_of("full_eval_num_steps")
 def test_full_eval_num_steps_is_the_window_of_the_final_pass(text, tmp_path):
     for window, expected in ((10, [10, 10, 10, 10, 4]), (30, [30, 14])):  # 44 predictions of 45 test chars
-        t = trainer(text, tmp_path, full_eval_num_steps=window)
+        t = trainer(text, tmp_path / str(window), full_eval_num_steps=window)
         calls = spy(t.backend, "eval_step")
         t.evaluator.full("test")
         assert [c[0].shape for c in calls] == [(1, n) for n in expected]
@@ -469,15 +470,15 @@ def test_mc_mode_decides_the_word_mask_and_the_scored_positions(text, tmp_path, 
 def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
     pytest.importorskip("triton")
     import torch
-    auto = trainer(text, tmp_path, rhn_impl="auto").backend  # float64: oneDNN has no float64 products
+    auto = trainer(text, tmp_path / "auto", rhn_impl="auto").backend  # float64: oneDNN has no float64 products
     assert type(auto.model.rhn.steps).__name__ == ("TritonSteps" if auto.device.type == "cuda" else "TorchSteps")
-    assert type(trainer(text, tmp_path, rhn_impl="reference").backend.model.rhn.steps).__name__ == "TorchSteps"
-    small = trainer(text, tmp_path, rhn_impl="auto", dtype="float32", device="cpu").backend
+    assert type(trainer(text, tmp_path / "ref", rhn_impl="reference").backend.model.rhn.steps).__name__ == "TorchSteps"
+    small = trainer(text, tmp_path / "small", rhn_impl="auto", dtype="float32", device="cpu").backend
     assert type(small.model.rhn.steps).__name__ == "TorchSteps"  # H 8: oneDNN's per-call cost would dominate
-    big = trainer(text, tmp_path, rhn_impl="auto", dtype="float32", device="cpu", hidden_size=512).backend
+    big = trainer(text, tmp_path / "big", rhn_impl="auto", dtype="float32", device="cpu", hidden_size=512).backend
     assert type(big.model.rhn.steps).__name__ == "OneDNNSteps"
     # rhn_impl=onednn at any size: every product in oneDNN, the reference gradients to float32 rounding
-    t = trainer(text, tmp_path, rhn_impl="onednn", dtype="float32", device="cpu")
+    t = trainer(text, tmp_path / "onednn", rhn_impl="onednn", dtype="float32", device="cpu")
     assert type(t.backend.model.rhn.steps).__name__ == "OneDNNSteps"
     x, y = oracle.minibatches(t.corpus.train, B, T)[0]
     params = t.backend.get_params()
@@ -505,7 +506,7 @@ def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
 @effect_of("cuda_graphs")
 def test_cuda_graphs_capture_the_steps_on_cuda_only(text, tmp_path):
     import torch
-    on, off = (trainer(text, tmp_path, device="auto", cuda_graphs=c).backend for c in (True, False))
+    on, off = (trainer(text, tmp_path / str(c), device="auto", cuda_graphs=c).backend for c in (True, False))
     assert off.step_mode == "eager"
     assert on.step_mode == ("graph" if torch.cuda.is_available() else "eager")  # CPU: nothing to capture
     if torch.cuda.is_available():  # captured and eager steps agree exactly
@@ -518,7 +519,8 @@ def test_cuda_graphs_capture_the_steps_on_cuda_only(text, tmp_path):
 
 @effect_of("precision")
 def test_precision_rounds_the_products(text, tmp_path):
-    steps = {p: first_step(trainer(text, tmp_path, dtype="float32", precision=p, max_grad_norm=1e6, weight_decay=0.0))
+    steps = {p: first_step(trainer(text, tmp_path / p, dtype="float32", precision=p, max_grad_norm=1e6,
+                                   weight_decay=0.0))
              for p in ("float32", "bf16")}
     before, exact, grads = steps["float32"]
     expected = oracle.sgd_step(before, grads(0.0), 0.5, 1e6)
@@ -590,11 +592,12 @@ def test_sample_keys_set_the_prime_length_and_temperature_of_the_draws(text, dat
 def test_sample_at_end_prints_a_sample_of_the_best_model(text, tmp_path, capsys):
     for at_end in (False, True):
         run = run_experiment("main", ["tiny"], dataset="chars", data_path=text, batch_size=B, num_steps=T,
-                             hidden_size=8, dtype="float64", max_max_epoch=1, sample_at_end=at_end, sample_length=20, save_dir=str(tmp_path))
+                             hidden_size=8, dtype="float64", max_max_epoch=1, sample_at_end=at_end, sample_length=20,
+                             save_dir=str(tmp_path / str(at_end)))  # two runs, two folders
         out = capsys.readouterr().out
         assert ("sample" in run.info) == at_end and ("Sample (20 chars" in out) == at_end
         if at_end:  # the best epoch's weights write it: the sample command on best.npz gives the same text
-            again = sample.sample(config(text, tmp_path, load_model=str(tmp_path / "best.npz"), sample_length=20,
+            again = sample.sample(config(text, tmp_path, load_model=str(tmp_path / "True" / "best.npz"), sample_length=20,
                                          seed=run.config["seed"]), "torch", FakeRun())
             assert run.info["sample"] == again
 
