@@ -107,6 +107,7 @@ class RHNExperiment(Experiment):
         0 done, 1 error (one line), 128 + signal number when a signal stopped it (130 Ctrl-C, 143 SIGTERM,
         129 SIGHUP; the line names the checkpoint on disk)."""
         guard_std_streams()
+        TrainingInterrupted.last_exit_status = None  # only this command's interruption counts
         try:
             return super().run_commandline(argv)
         except SystemExit as e:
