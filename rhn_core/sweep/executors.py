@@ -38,20 +38,20 @@ class LocalExecutor:
 
     def _one(self, job, report):
         if self.stopping.is_set():
-            return {"key": job.key, "returncode": None, "seconds": 0.0}
-        with self._lock:
-            self._running.add(job)
-        report(job, None)
-        try:
-            result = job()
-        finally:
+            result = job.result("not started", time.time(), reason="the sweep was asked to stop")
+        else:
             with self._lock:
-                self._running.discard(job)
+                self._running.add(job)
+            try:
+                result = job(announce=lambda line: report(job, line))
+            finally:
+                with self._lock:
+                    self._running.discard(job)
         report(job, result)
         return result
 
     def run(self, jobs, report):
-        """Run ``jobs``; ``report(job, result)`` is called at each start (result None) and end."""
+        """Run ``jobs``; ``report(job, line)`` is called as each starts, ``report(job, result)`` as it ends."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
