@@ -7,7 +7,10 @@
     rhn-sweep status --name depth -m 127.0.0.1:27017:rhn
 
 ``run`` is idempotent: launched again, it skips completed runs and runs that are alive,
-and resumes failed, interrupted and silent ones from their last checkpoint. Problems
+and resumes failed, interrupted and silent ones from their last checkpoint. It decides
+as each run starts, under the run's claim (``claim``), so two launches of one sweep never
+both start a run: the one that finds the run claimed skips it. Options may also follow
+the entry point (``... torch with demo --dry-run``). Problems
 end in one ``error: ...`` line on stderr and exit status 2.
 """
 import argparse
