@@ -8,7 +8,6 @@ import datetime
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -144,7 +143,8 @@ def test_a_sweep_launched_twice_runs_each_run_once(store, request, small_text, t
     keys = [f"depth={d},seed={s}" for d in (1, 2) for s in (1, 2)]
     starts = [line.split()[1] for out in outs for line in out.splitlines() if line.startswith("started ")]
     assert sorted(starts) == keys, outs  # each run started by exactly one of the launches
-    assert "\nskipped   depth=" in "".join(outs), outs  # and some reached by both: the other left them
+    # and some were reached by both launches: the one that came second left them to the other
+    assert "\nskipped   depth=" in "".join(outs) or "another launch runs it" in "".join(outs), outs
     for out in outs:  # one line per event, never two on one line
         for event in ("started   depth=", "skipped   depth=", "finished after"):
             assert out.count(event) == sum(event in line for line in out.splitlines()), out

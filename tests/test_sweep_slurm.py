@@ -1,7 +1,10 @@
 """``rhn-sweep --executor slurm`` on a real one-node Slurm cluster (the ``slurm`` fixture) into SecantusDB:
 a job array, a re-launch that skips what finished, a cancelled job, and a requeue after the pre-timeout
 signal (submitit's ``job._interrupt()``) that continues the run where it stopped."""
+import os
 import re
+import subprocess
+import time
 
 import pytest
 
@@ -82,9 +85,6 @@ def test_cancel_requeue_and_resume(slurm, mongo_db, small_text, tmp_path):
 def test_pre_timeout_signal_requeues_as_soon_as_the_run_has_saved(slurm, mongo_db, small_text, tmp_path):
     """``scancel --signal=USR2`` (Slurm's pre-timeout signal): the run saves, and the job is requeued within
     seconds of the save, not at the end of the wait for the run (the job is killed at the time limit)."""
-    import os
-    import subprocess
-    import time
     server, db_name = mongo_db
     launched = sweep_cli("run", "--name", "usr2", "--executor", "slurm", "-m", server.spec(db_name), "--sweep-dir",
                          str(tmp_path), "--slurm-time", "10", "-s", "seed=1", *tiny_run(small_text, epochs=200))

@@ -248,7 +248,7 @@ def run_local(args, jobs):
             return say(result)
         outcome = result["outcome"]
         if outcome in ("skipped", "not started"):
-            return say(f"{outcome:9s} {job.key}: {result['reason']}")
+            return  # told as it was decided
         with lock:
             done.append(job)
             n = len(done)

@@ -37,13 +37,15 @@ class LocalExecutor:
                 job.stop(signal.SIGKILL)
 
     def _one(self, job, report):
+        def announce(line):
+            report(job, line)
         if self.stopping.is_set():
-            result = job.result("not started", time.time(), reason="the sweep was asked to stop")
+            result = job.leave("not started", "the sweep was asked to stop", time.time(), announce)
         else:
             with self._lock:
                 self._running.add(job)
             try:
-                result = job(announce=lambda line: report(job, line))
+                result = job(announce=announce)
             finally:
                 with self._lock:
                     self._running.discard(job)
@@ -51,7 +53,7 @@ class LocalExecutor:
         return result
 
     def run(self, jobs, report):
-        """Run ``jobs``; ``report(job, line)`` is called as each starts, ``report(job, result)`` as it ends."""
+        """Run ``jobs``; ``report(job, line)`` says what each does as it starts, ``report(job, result)`` is its end."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -67,21 +67,26 @@ class SweepJob:
         return {"key": self.key, "outcome": outcome, "returncode": returncode,
                 "seconds": round(time.time() - start, 1), "reason": reason}
 
+    def leave(self, outcome, reason, start, announce):
+        """The result of a run not started here ("skipped", "not started"), told in one line."""
+        announce(f"{outcome:9s} {self.key}: {reason}")
+        return self.result(outcome, start, reason=reason)
+
     def __call__(self, announce=print):
-        """Start, resume or skip the run; ``announce(line)`` tells which, as it starts."""
+        """Start, resume or skip the run; ``announce(line)`` tells which, as it starts (Slurm: in the job's log)."""
         start = time.time()
         claim = Claim(self.save_dir)
         if not claim.take():
-            return self.result("skipped", start, reason=f"another launch runs it ({claim.holder()})")
+            return self.leave("skipped", f"another launch runs it ({claim.holder()})", start, announce)
         try:
             try:
                 shown, action, resume = self.book.decide(self.key, self.save_dir)
             except RHNError as e:  # the database went away since the launch: leave the run for the next one
-                return self.result("not started", start, reason=str(e))
+                return self.leave("not started", str(e), start, announce)
             if action == "skip":
-                return self.result("skipped", start, reason=f"it is {shown} in the database")
+                return self.leave("skipped", f"it is {shown} in the database", start, announce)
             if self._stop_requested:
-                return self.result("not started", start, reason="the sweep was asked to stop")
+                return self.leave("not started", "the sweep was asked to stop", start, announce)
             announce(f"resumed   {self.key} from {resume}" if resume else f"started   {self.key}")
             return self._run(self.command(resume), claim, start)
         finally:
