@@ -195,13 +195,30 @@ class Starter:
         return self.result("finished", 0, 0)
 
 
-def test_runs_starting_together_print_one_line_each(capsys):
-    n, rounds = 8, 30
+class Terminal:
+    """A standard output whose writes let other threads run, as a write to a terminal or pipe does."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        time.sleep(0.0005)
+        self.parts.append(text)
+
+    def flush(self):
+        time.sleep(0.0005)
+
+
+def test_runs_starting_together_print_one_line_each(monkeypatch):
+    n, rounds = 8, 10
     barrier = threading.Barrier(n)
-    jobs = [Starter(f"k{i}", barrier) for i in range(n) for _ in range(rounds)]
+    jobs = [Starter(f"k{i}", barrier) for _ in range(rounds) for i in range(n)]
     args = type("Args", (), {"parallel": n, "name": "lines"})
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
     assert cli.run_local(args, jobs) == 0
-    lines = capsys.readouterr().out.splitlines()
+    monkeypatch.undo()
+    lines = "".join(terminal.parts).splitlines()
     starts = [line for line in lines if "started" in line]
     assert len(starts) == n * rounds and all(re.fullmatch(r"started   k\d", line) for line in starts)
 
