@@ -179,6 +179,40 @@ def test_tf_two_replicas_train_exactly_as_one(text, tmp_path):
     assert f"Full Test Perplexity: {one.info['full_test_perplexity']:.3f}" in result.stdout
 
 
+def test_tf_two_workers_with_tf_config_train_as_two_replicas(text, tmp_path):
+    """The README's TF_CONFIG lines, two real workers on loopback with the default device=auto, against
+    replicas=2 in one process (itself tested equal to one replica above)."""
+    pytest.importorskip("tensorflow")
+    auto = [a for a in args(text, tmp_path / "two") if not a.startswith("device=")]  # device=auto
+    ports, workers = [free_port(), free_port()], []
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    for index in (0, 1):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen([sys.executable, os.path.join(REPO, "rhn_train_tf.py"), *auto],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env(TF_CONFIG=tf_config)))
+    replicas = subprocess.run([sys.executable, os.path.join(REPO, "rhn_train_tf.py"),
+                               *args(text, tmp_path / "replicas", replicas=2)],
+                              capture_output=True, text=True, timeout=300, env=env())
+    try:
+        outs = [w.communicate(timeout=300) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+        assert "could not join" not in err
+    assert replicas.returncode == 0, replicas.stderr[-3000:]
+    assert "2 processes (TF_CONFIG)" in outs[0][0] and outs[0][0].count("Full Test Perplexity") == 1
+    assert "Full Test Perplexity" not in outs[1][0]  # one writer: worker 0
+    assert_same_weights(tmp_path / "replicas" / "last.npz", tmp_path / "two" / "last.npz")
+    assert_same_weights(tmp_path / "replicas" / "best.npz", tmp_path / "two" / "best.npz")
+    _, two = load_checkpoint(str(tmp_path / "two" / "last.npz"))
+    _, ref = load_checkpoint(str(tmp_path / "replicas" / "last.npz"))
+    for split in ("train", "valid", "test"):
+        np.testing.assert_allclose(two[f"{split}_perplexity"], ref[f"{split}_perplexity"], rtol=1e-12)
+
+
 def test_bad_world_sizes_fail_before_any_work(monkeypatch, tmp_path):
     with pytest.raises(RHNError, match=r"batch_size=4 does not split evenly over 3 processes: .*divisible by 3"):
         check_batch(World(0, 3), 4)

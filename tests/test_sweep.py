@@ -2,6 +2,7 @@
 re-launch that skips finished runs and resumes an interrupted one exactly."""
 import datetime
 import json
+import math
 import os
 import signal
 import subprocess
@@ -174,6 +175,10 @@ def test_interrupted_sweep_resumes_exactly_on_relaunch(mongo_db, small_text, tmp
     assert stopped.returncode == 1 and "0 of 1 runs ended well" in out and "launch again to resume" in out
     [piece] = sweep_runs(server, db_name, "cut")
     assert piece["status"] == "INTERRUPTED" and 3 <= piece["info"]["epoch_nr"] < 15
+    status = sweep_cli("status", "--name", "cut", "-m", server.spec(db_name), "--sweep-dir", str(tmp_path))
+    row = [line for line in status.stdout.splitlines() if line.startswith("seed=3")][0].split()
+    best = min(piece["info"]["logs"]["valid_perplexity"][1:])  # the epochs it finished; no final figures yet
+    assert row[2] == "INTERRUPTED" and row[5:7] == [f"{math.log2(best):.3f}", "bpc"], status.stdout
     again = sweep_cli("run", "--name", "cut", *common)
     assert again.returncode == 0 and f"resume {tmp_path / 'cut' / 'seed=3' / 'last.npz'}" in again.stdout
     first, second = sweep_runs(server, db_name, "cut")

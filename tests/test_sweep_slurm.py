@@ -1,10 +1,15 @@
 """``rhn-sweep --executor slurm`` on a real one-node Slurm cluster (the ``slurm`` fixture) into SecantusDB:
 a job array, a re-launch that skips what finished, a cancelled job, and a requeue after the pre-timeout
-signal (submitit's ``job._interrupt()``) that continues the run where it stopped."""
+signal (submitit's ``job._interrupt()``) that continues the run where it stopped, a requeue within seconds of
+the save after ``scancel --signal=USR2``, and a job that finds its run claimed by another launcher."""
+import os
 import re
+import subprocess
+import time
 
 import pytest
 
+from rhn_core.sweep.claim import Claim
 from test_sweep import sweep_cli, sweep_runs, tiny_run, wait_for
 
 submitit = pytest.importorskip("submitit")
@@ -77,3 +82,53 @@ def test_cancel_requeue_and_resume(slurm, mongo_db, small_text, tmp_path):
     assert "2 runs, 1 to run" in again.stdout and list(job_ids(again.stdout)) == ["seed=2"]
     pieces = by_key(server, db_name, "pre")
     assert [p["status"] for p in pieces["seed=2"]] == ["INTERRUPTED", "COMPLETED"] and len(pieces["seed=1"]) == 2
+
+
+def test_pre_timeout_signal_requeues_as_soon_as_the_run_has_saved(slurm, mongo_db, small_text, tmp_path):
+    """``scancel --signal=USR2`` (Slurm's pre-timeout signal): the run saves, and the job is requeued within
+    seconds of the save, not at the end of the wait for the run (the job is killed at the time limit)."""
+    server, db_name = mongo_db
+    launched = sweep_cli("run", "--name", "usr2", "--executor", "slurm", "-m", server.spec(db_name), "--sweep-dir",
+                         str(tmp_path), "--slurm-time", "10", "-s", "seed=1", *tiny_run(small_text, epochs=200))
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    [job_id] = job_ids(launched.stdout).values()
+    log = tmp_path / "usr2" / "logs" / "seed=1.log"
+    try:
+        wait_for(log, "Epoch: 2 Train")
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        requeued, deadline = None, time.time() + 200
+        while requeued is None and time.time() < deadline:
+            shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
+                                   timeout=30).stdout
+            if re.search(r"\bRestarts=[1-9]", shown):
+                requeued = time.time()
+            else:
+                time.sleep(0.25)
+        assert requeued is not None, shown + slurm.logs()
+        text = log.read_text()
+        assert "continue with resume=" in text, text[-3000:]  # the run stopped and saved on the signal
+        saved = os.path.getmtime(tmp_path / "usr2" / "seed=1" / "last.npz")
+        assert requeued - saved < 15, (requeued - saved, text[-2000:])
+    finally:
+        subprocess.run(["scancel", job_id], timeout=30)
+
+
+def test_a_job_whose_run_is_claimed_meanwhile_leaves_it(slurm, mongo_db, small_text, tmp_path):
+    """The Slurm job decides when it starts, under the run's claim: a run another launcher claimed after the
+    submission (here the test, while the job waits for --begin) is left to it, with a line saying who has it."""
+    server, db_name = mongo_db
+    launched = sweep_cli("run", "--name", "later", "--executor", "slurm", "-m", server.spec(db_name), "--sweep-dir",
+                         str(tmp_path), "--slurm-time", "10", "--slurm-option", "begin=now+8", "-s", "seed=1",
+                         *tiny_run(small_text))
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    [job_id] = job_ids(launched.stdout).values()
+    mine = Claim(str(tmp_path / "later" / "seed=1"))
+    assert mine.acquire()  # before the job may begin
+    try:
+        job = submitit.SlurmJob(folder=tmp_path / "later" / "slurm" / "%j", job_id=job_id)
+        result = job.result()
+    finally:
+        mine.release()
+    assert result["outcome"] == "skipped" and f"launcher pid {os.getpid()} on " in result["reason"], result
+    assert f"skipped   seed=1: another launch runs it (launcher pid {os.getpid()}" in job.stdout()
+    assert sweep_runs(server, db_name, "later") == []  # nothing was started

@@ -255,8 +255,10 @@ def fused_name(path):
 
 
 def pick_device(device):
+    # physical, not logical, devices: listing logical ones starts TensorFlow's runtime, after which a
+    # MultiWorkerMirroredStrategy can no longer configure its collectives (TF_CONFIG workers)
     if device == "auto":
-        return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+        return "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
     if device == "cpu" or device.startswith("cuda"):
         return "/CPU:0" if device == "cpu" else "/GPU:" + (device.split(":")[1] if ":" in device else "0")
     raise ValueError(f"unknown device {device!r}")
@@ -285,10 +287,11 @@ class Backend:
         except RuntimeError:  # TensorFlow already ran in this process (tests, a notebook): its pools stay
             self.threads = tf.config.threading.get_intra_op_parallelism_threads() or self.threads
         self.device, self.dtype = pick_device(device), tf.as_dtype(dtype)
+        # data parallel: the model's variables are mirrored on the strategy's devices (the strategy
+        # first: a MultiWorkerMirroredStrategy must exist before anything starts TensorFlow's runtime)
+        self.strategy, self.local_replicas = make_strategy(world, replicas, self.device, timeout)
         if self.device.startswith("/GPU") and not tf.config.list_logical_devices("GPU"):
             raise RuntimeError("no GPU visible to TensorFlow")
-        # data parallel: the model's variables are mirrored on the strategy's devices
-        self.strategy, self.local_replicas = make_strategy(world, replicas, self.device, timeout)
         with self.strategy.scope() if self.strategy else tf.device(self.device):
             self.model = RHNLanguageModel(spec, dtype=dtype)
             self.model.build()

@@ -7,18 +7,24 @@
     rhn-sweep status --name depth -m 127.0.0.1:27017:rhn
 
 ``run`` is idempotent: launched again, it skips completed runs and runs that are alive,
-and resumes failed, interrupted and silent ones from their last checkpoint. Problems
+and resumes failed, interrupted and silent ones from their last checkpoint. It decides
+as each run starts, under the run's claim (``claim``), so two launches of one sweep never
+both start a run: the one that finds the run claimed skips it. Options may also follow
+the entry point (``... torch with demo --dry-run``). Problems
 end in one ``error: ...`` line on stderr and exit status 2.
 """
 import argparse
 import json
 import os
+import sys
+import threading
 import time
 
 from ..errors import RHNError
 from ..tracking.mongo import parse_target, redact
-from ..tracking.report import DirSource, MongoSource, Parser, fmt, quality, run_command
+from ..tracking.report import Parser, fmt, quality, run_command
 from . import grid, state
+from .claim import Claim
 from .executors import LocalExecutor, SlurmExecutor
 from .runner import SweepJob, entry_command
 
@@ -63,7 +69,29 @@ def parse_args(argv):
     r.add_argument("fixed", nargs=argparse.REMAINDER, help="[with] NAMED_CONFIG... KEY=VALUE... for every run")
     st = sub.add_parser("status", help="each run of a sweep: state, epoch, best valid figure")
     add_common(st)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.command == "run":
+        hoist_options(r, args)
+    return args
+
+
+def hoist_options(parser, args):
+    """Options of ``run`` written after the entry point (``... max_max_epoch=3 --dry-run``) are the sweep's:
+    the words after the entry are ``with``, named configs and KEY=VALUE, none of which begins with '-'."""
+    options, fixed, words = [], [], list(args.fixed)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("-"):
+            fixed.append(word)
+            continue
+        options.append(word)
+        action = parser._option_string_actions.get(word.split("=", 1)[0])
+        if action is not None and action.nargs is None and "=" not in word and words:
+            options.append(words.pop(0))  # the option's value
+    if options:
+        # --name again: argparse checks required options among the words it is given
+        parser.parse_args(["--name", args.name, *options, args.entry], namespace=args)
+    args.fixed = fixed
 
 
 # --- the runs and their state ---------------------------------------------------------------
@@ -71,13 +99,9 @@ def plan_path(args):
     return os.path.join(args.sweep_dir, args.name, "sweep.json")
 
 
-def source_of(args):
-    if args.mongo_db:
-        return MongoSource(args.mongo_db)
-    if args.file_storage:
-        os.makedirs(args.file_storage, exist_ok=True)
-        return DirSource(args.file_storage)
-    raise RHNError("a sweep keeps its bookkeeping in the run database: give -m ADDRESS (MongoDB) or -F DIR")
+def book_of(args):
+    return state.Book(args.name, args.mongo_db, args.file_storage and os.path.abspath(args.file_storage),
+                      args.stale_after)
 
 
 def rows(planned, groups, stale_s):
@@ -120,22 +144,22 @@ def load_plan(args):
 
 
 def status(args):
-    source = source_of(args)
+    source = book_of(args).source()
     try:
         groups = state.pieces_by_key(source.runs(sweep=args.name))
-        planned = load_plan(args)
-        if not groups and not planned:
-            raise RHNError(f"no run of sweep {args.name!r} in {source.label} and no plan in {plan_path(args)}: "
-                           f"check --name and the address")
-        print(f"sweep {args.name} in {source.label}")
-        table = rows(planned, groups, args.stale_after)
-        print_table(table)
-        counts = {}
-        for row in table:
-            counts[row["state"].split(" ")[0]] = counts.get(row["state"].split(" ")[0], 0) + 1
-        print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     finally:
         source.close()
+    planned = load_plan(args)
+    if not groups and not planned:
+        raise RHNError(f"no run of sweep {args.name!r} in {source.label} and no plan in {plan_path(args)}: "
+                       f"check --name and the address")
+    print(f"sweep {args.name} in {source.label}")
+    table = rows(planned, groups, args.stale_after)
+    print_table(table)
+    counts = {}
+    for row in table:
+        counts[row["state"].split(" ")[0]] = counts.get(row["state"].split(" ")[0], 0) + 1
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
 # --- launching ---------------------------------------------------------------------------------
@@ -182,11 +206,8 @@ def launch(args):
         for i, run in enumerate(runs, 1):
             print(f"{i:3d}  {run.key:40s}  {run.nr_parameters:>12,} parameters")
         return
-    source = source_of(args)
-    try:
-        groups = state.pieces_by_key(source.runs(sweep=args.name))
-    finally:
-        source.close()
+    book = book_of(args)
+    groups = book.groups()
     write_plan(args, named, fixed, runs)
     planned = {r.key: {"nr_parameters": r.nr_parameters} for r in runs}
     table = [row for row in rows(planned, groups, args.stale_after) if row["key"] in planned]
@@ -198,38 +219,51 @@ def launch(args):
         save_dir = os.path.join(folder, run.folder)
         resume = state.resume_source(row["pieces"], save_dir) if row["action"] == "resume" else ""
         row["todo"] = {"skip": "skip", "start": "start"}.get(row["action"], f"resume {resume or '(from scratch)'}")
+        if row["action"] != "skip" and Claim(save_dir).held_elsewhere():
+            row["action"], row["todo"] = "skip", f"skip (another launch runs it: {Claim(save_dir).holder()})"
         if row["action"] != "skip":
             jobs.append(SweepJob(run.key, run_argv(args, named, fixed, run), save_dir,
-                                 os.path.join(folder, "logs", f"{run.folder}.log"), threads, resume,
+                                 os.path.join(folder, "logs", f"{run.folder}.log"), threads, book,
                                  stop_wait_s=max(10, args.slurm_signal_delay - 15)))
     print(f"sweep {args.name}: {len(runs)} runs, {len(jobs)} to run ({threads} thread(s) each); folders in {folder}")
     print_table(table, extra=[("to do", "todo", False)])
     if not jobs:
         return
+    print("each run is decided again as it starts: one that another launch has begun by then is left to it")
     if args.executor == "local":
         return run_local(args, jobs)
     run_slurm(args, jobs, folder)
 
 
 def run_local(args, jobs):
-    start, total, done = time.time(), len(jobs), []
+    start, total, done, lock = time.time(), len(jobs), [], threading.Lock()
+
+    def say(line):  # one write per line under a lock: two runs starting at once print two lines
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
     def report(job, result):
-        if result is None:
-            print(f"started   {job.key}", flush=True)
-            return
-        done.append(job)
-        rc = result["returncode"]
-        outcome = "finished" if rc == 0 else f"stopped with status {rc} (log: {job.log_path})"
-        print(f"[{len(done)}/{total}] {job.key} {outcome} after {result['seconds']:.0f} s", flush=True)
+        if isinstance(result, str):
+            return say(result)
+        outcome = result["outcome"]
+        if outcome in ("skipped", "not started"):
+            return  # told as it was decided
+        with lock:
+            done.append(job)
+            n = len(done)
+        status = "finished" if outcome == "finished" else \
+            f"stopped with status {result['returncode']} (log: {job.log_path})"
+        say(f"[{n}/{total}] {job.key} {status} after {result['seconds']:.0f} s")
     results = LocalExecutor(args.parallel).run(jobs, report)
-    ended = sum(r["returncode"] == 0 for r in results)
-    stopped = sum(r["returncode"] not in (0, None) for r in results)
-    unstarted = sum(r["returncode"] is None for r in results)
+    counts = {o: sum(r["outcome"] == o for r in results) for o in ("finished", "failed", "skipped", "not started")}
+    ended = counts["finished"]
     print(f"sweep {args.name}: {ended} of {total} runs ended well in {time.time() - start:.0f} s"
-          + (f"; {stopped} stopped or failed" if stopped else "") + (f"; {unstarted} not started" if unstarted else "")
-          + ("; launch again to resume them" if ended < total else ""))
-    return 0 if ended == total else 1
+          + (f"; {counts['skipped']} skipped (finished or run by another launch)" if counts["skipped"] else "")
+          + (f"; {counts['failed']} stopped or failed" if counts["failed"] else "")
+          + (f"; {counts['not started']} not started" if counts["not started"] else "")
+          + ("; launch again to resume them" if counts["failed"] or counts["not started"] else ""))
+    return 0 if ended + counts["skipped"] == total else 1
 
 
 def run_slurm(args, jobs, folder):

@@ -37,21 +37,23 @@ class LocalExecutor:
                 job.stop(signal.SIGKILL)
 
     def _one(self, job, report):
+        def announce(line):
+            report(job, line)
         if self.stopping.is_set():
-            return {"key": job.key, "returncode": None, "seconds": 0.0}
-        with self._lock:
-            self._running.add(job)
-        report(job, None)
-        try:
-            result = job()
-        finally:
+            result = job.leave("not started", "the sweep was asked to stop", time.time(), announce)
+        else:
             with self._lock:
-                self._running.discard(job)
+                self._running.add(job)
+            try:
+                result = job(announce=announce)
+            finally:
+                with self._lock:
+                    self._running.discard(job)
         report(job, result)
         return result
 
     def run(self, jobs, report):
-        """Run ``jobs``; ``report(job, result)`` is called at each start (result None) and end."""
+        """Run ``jobs``; ``report(job, line)`` says what each does as it starts, ``report(job, result)`` is its end."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}

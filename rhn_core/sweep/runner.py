@@ -3,8 +3,10 @@
 ``SweepJob`` is the callable both executors run: the local executor calls it in a
 thread, Slurm runs it through submitit. It starts the entry point (``python
 rhn_train_torch.py with ...``) as a child with its own thread count and appends the
-child's output to the run's log. A run that finds ``last.npz`` in its folder resumes
-from it, so a requeued job continues where the previous piece stopped.
+child's output to the run's log. Whether the run starts, resumes or is skipped is decided
+when it is about to start, under its claim (``claim``), from what the database then says
+(``state.Book``); a run that finds ``last.npz`` in its folder resumes from it, so a
+requeued job continues where the previous piece stopped.
 
 Preemption: submitit calls ``checkpoint`` when Slurm sends the pre-timeout signal
 (SIGUSR2). The child is told to stop (SIGTERM, which the training loop answers by
@@ -20,6 +22,7 @@ import time
 
 from ..errors import RHNError
 from ..tracking.mongo import redact
+from .claim import Claim
 
 # Thread counts of the numerical libraries: OpenMP (PyTorch's CPU kernels), MKL/OpenBLAS (NumPy),
 # TensorFlow's two pools. Each run gets its share of the cores instead of all of them.
@@ -45,35 +48,64 @@ def child_env(threads):
 
 
 class SweepJob:
-    """Run ``argv`` (+ ``save_dir=FOLDER``, + ``resume=`` when there is something to resume) to its end."""
+    """Run ``argv`` (+ ``save_dir=FOLDER``, + ``resume=`` when there is something to resume) to its end.
 
-    def __init__(self, key, argv, save_dir, log_path, threads, resume="", stop_wait_s=75):
+    Called when a slot is free (local) or the Slurm job starts: it takes the run's claim,
+    asks ``book`` (the database) what the run needs now, and starts, resumes or skips it."""
+
+    def __init__(self, key, argv, save_dir, log_path, threads, book, stop_wait_s=75):
         self.key, self.argv, self.save_dir, self.log_path = key, list(argv), save_dir, log_path
-        self.threads, self.resume = threads, resume
+        self.threads, self.book = threads, book
         self.stop_wait_s = stop_wait_s  # on preemption: Slurm kills the job this long after its signal
-        self._child = None
+        self._child, self._stop_requested = None, False
 
-    def command(self):
-        """The child's argv; a checkpoint of an earlier piece in the run's folder wins over ``resume``."""
-        last = os.path.join(self.save_dir, "last.npz")
-        resume = last if os.path.isfile(last) else self.resume
+    def command(self, resume):
+        """The child's argv."""
         return self.argv + [f"save_dir={self.save_dir}"] + ([f"resume={resume}"] if resume else [])
 
-    def __call__(self):
+    def result(self, outcome, start, returncode=None, reason=""):
+        return {"key": self.key, "outcome": outcome, "returncode": returncode,
+                "seconds": round(time.time() - start, 1), "reason": reason}
+
+    def leave(self, outcome, reason, start, announce):
+        """The result of a run not started here ("skipped", "not started"), told in one line."""
+        announce(f"{outcome:9s} {self.key}: {reason}")
+        return self.result(outcome, start, reason=reason)
+
+    def __call__(self, announce=print):
+        """Start, resume or skip the run; ``announce(line)`` tells which, as it starts (Slurm: in the job's log)."""
+        start = time.time()
+        claim = Claim(self.save_dir)
+        if not claim.take():
+            return self.leave("skipped", f"another launch runs it ({claim.holder()})", start, announce)
+        try:
+            try:
+                shown, action, resume = self.book.decide(self.key, self.save_dir)
+            except RHNError as e:  # the database went away since the launch: leave the run for the next one
+                return self.leave("not started", str(e), start, announce)
+            if action == "skip":
+                return self.leave("skipped", f"it is {shown} in the database", start, announce)
+            if self._stop_requested:
+                return self.leave("not started", "the sweep was asked to stop", start, announce)
+            announce(f"resumed   {self.key} from {resume}" if resume else f"started   {self.key}")
+            return self._run(self.command(resume), claim, start)
+        finally:
+            claim.release()
+
+    def _run(self, argv, claim, start):
         os.makedirs(self.save_dir, exist_ok=True)
-        argv = self.command()
         env = dict(os.environ, **child_env(self.threads))
         on_slurm = "SLURM_JOB_ID" in os.environ and threading.current_thread() is threading.main_thread()
         self._terminated = False
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if on_slurm else None
-        start = time.time()
         try:
             with open(self.log_path, "a") as log:
                 log.write(f"\n$ {redact(' '.join(argv))}\n")
                 log.flush()
                 # Own session: a Ctrl-C in the sweep's terminal reaches the sweep, which stops each run once.
+                # The run inherits the claim: it stays held while the run trains, whatever becomes of us.
                 self._child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                               start_new_session=True)
+                                               start_new_session=True, pass_fds=(claim.fd,))
                 rc = self._child.wait()
             self._child = None
             if rc != 0 and on_slurm and self._terminated:
@@ -84,16 +116,16 @@ class SweepJob:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        result = {"key": self.key, "returncode": rc, "seconds": round(time.time() - start, 1)}
         if rc != 0 and on_slurm:  # a failed run fails its Slurm job
             raise RuntimeError(f"run {self.key} exited with status {rc}: see {self.log_path}")
-        return result
+        return self.result("finished" if rc == 0 else "failed", start, rc)
 
     def _on_sigterm(self, signum, frame):
         self._terminated = True  # the child got it too (Slurm signals the whole job): it checkpoints
 
     def stop(self, sig=signal.SIGTERM):
-        """Ask the running child to checkpoint and stop; True if there was one."""
+        """Ask the running child to checkpoint and stop (one not yet started stays so); True if there was one."""
+        self._stop_requested = True
         child = self._child
         if child is None or child.poll() is not None:
             return False
@@ -107,16 +139,30 @@ class SweepJob:
         """submitit's pre-timeout / preemption hook: checkpoint the child, then requeue this job."""
         import submitit
         child = self._child
-        if self.stop():
-            try:
-                child.wait(self.stop_wait_s)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        if self.stop() and not exited(child.pid, self.stop_wait_s):
+            child.kill()
         self._child = None
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
     def __getstate__(self):  # the child process stays behind when submitit pickles the job
-        return {k: v for k, v in self.__dict__.items() if k != "_child"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_child", "_stop_requested")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _child=None)
+        self.__dict__.update(state, _child=None, _stop_requested=False)
+
+
+def exited(pid, timeout_s, poll_s=0.05):
+    """Wait up to ``timeout_s`` for child ``pid`` to exit; True if it did. It is left unreaped.
+
+    ``checkpoint`` runs in a signal handler that interrupted ``Popen.wait`` in ``__call__``, which
+    holds the Popen's lock: ``Popen.poll`` and ``Popen.wait`` would see no exit until the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # reaped already
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)

@@ -6,12 +6,23 @@ several Sacred runs (pieces) with the same key; the latest piece tells the state
 
     COMPLETED                              skip
     RUNNING, heartbeat fresh               skip (it is running somewhere)
-    RUNNING, heartbeat older than stale_s  resume (its process died without a word)
+    RUNNING, no heartbeat yet, started
+      less than stale_s ago                skip (it has just started: Sacred beats after 10 s)
+    RUNNING, heartbeat (or, before the
+      first one, the start) older than
+      stale_s                              resume (its process died without a word)
     FAILED, INTERRUPTED, ...               resume from last.npz (on disk, else from the database)
     no piece                               start
+
+The decision is taken when a run is about to start (``Book.decide``), by the launcher
+that holds the run's claim (``claim``): the database then tells what the run's
+earlier pieces left, and a fresh RUNNING piece one that another machine is running.
 """
 import datetime
 import os
+from dataclasses import dataclass
+
+from ..errors import RHNError
 
 STALE_S = 120  # Sacred beats every 10 s; a run silent this long has lost its process
 
@@ -43,7 +54,8 @@ def _as_utc(value):
 
 
 def heartbeat_age(run, now=None):
-    beat = _as_utc(run.get("heartbeat"))
+    """Seconds since the run's last sign of life: its heartbeat, else (none yet) its start; None if neither."""
+    beat = _as_utc(run.get("heartbeat")) or _as_utc(run.get("start_time"))
     if beat is None:
         return None
     now = now or datetime.datetime.now(datetime.timezone.utc)
@@ -74,3 +86,36 @@ def resume_source(pieces, save_dir):
         if where:
             return where
     return ""
+
+
+@dataclass
+class Book:
+    """Where a sweep keeps its bookkeeping (MongoDB or a file observer folder); picklable, so a Slurm job
+    reads it too when its run starts."""
+    name: str
+    mongo: str = None
+    file_storage: str = None
+    stale_s: float = STALE_S
+
+    def source(self):
+        from ..tracking.report import DirSource, MongoSource
+        if self.mongo:
+            return MongoSource(self.mongo)
+        if self.file_storage:
+            os.makedirs(self.file_storage, exist_ok=True)
+            return DirSource(self.file_storage)
+        raise RHNError("a sweep keeps its bookkeeping in the run database: give -m ADDRESS (MongoDB) or -F DIR")
+
+    def groups(self):
+        """{key: pieces} of every run of the sweep, as the database has them now."""
+        source = self.source()
+        try:
+            return pieces_by_key(source.runs(sweep=self.name))
+        finally:
+            source.close()
+
+    def decide(self, key, save_dir, now=None):
+        """(state shown, action, resume source) of run ``key`` now."""
+        pieces = self.groups().get(key, [])
+        shown, action = state(pieces, self.stale_s, now)
+        return shown, action, resume_source(pieces, save_dir) if action != "skip" else ""

@@ -59,6 +59,7 @@ class DirSource:
             runs.append({"id": int(i) if i.isdigit() else i, "status": run.get("status"),
                          "config": self._json(i, "config.json"), "info": self._json(i, "info.json"),
                          "meta": run.get("meta") or {}, "heartbeat": run.get("heartbeat"),
+                         "start_time": run.get("start_time"),
                          "artifacts": {name: os.path.join(self.path, i, name) for name in run.get("artifacts", [])}})
         return [r for r in runs if sweep is None or lookup(r["meta"], "sweep.name") == sweep]
 
@@ -88,9 +89,10 @@ class MongoSource:
 
     def runs(self, sweep=None):
         query = {} if sweep is None else {"meta.sweep.name": sweep}
-        fields = ("status", "config", "info", "meta", "heartbeat", "artifacts.name")
+        fields = ("status", "config", "info", "meta", "heartbeat", "start_time", "artifacts.name")
         return [{"id": d["_id"], "status": d.get("status"), "config": d.get("config") or {},
                  "info": d.get("info") or {}, "meta": d.get("meta") or {}, "heartbeat": d.get("heartbeat"),
+                 "start_time": d.get("start_time"),
                  "artifacts": {a["name"]: f"{self.address}#{d['_id']}" for a in d.get("artifacts") or []}}
                 for d in self._read(self.collection, query, fields)]
 
@@ -144,8 +146,14 @@ def fmt(value, spec=""):
 
 
 def quality(run, prefix):
-    """``prefix``'s perplexity for word-level runs, bits per character for byte-level ones."""
+    """``prefix``'s perplexity for word-level runs, bits per character for byte-level ones.
+
+    A run stopped before its end has no ``best_valid_*`` yet (the loop stores them with the final
+    figures): its best is then the lowest valid perplexity of the epochs it finished."""
     info, ppl = run["info"], number(run["info"].get(f"{prefix}_perplexity"))
+    if ppl is None and prefix == "best_valid" and info.get(f"{prefix}_bits") is None:
+        epochs = [v for v in ((info.get("logs") or {}).get("valid_perplexity") or []) if number(v) is not None]
+        ppl = min(epochs) if epochs else None
     if run["config"].get("dataset") in CHAR_DATASETS:
         bpc = number(info.get(f"{prefix}_bits"))
         bpc = math.log2(ppl) if bpc is None and ppl else bpc  # older runs stored perplexity only
