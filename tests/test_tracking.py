@@ -215,6 +215,73 @@ def test_server_lost_until_the_end_keeps_run_then_upload(private_mongo, small_te
     check_complete_run(database(private_mongo, name), 1, epochs, save_dir=tmp_path / "ckpt")
 
 
+def _epochs_trained(last_npz):
+    """How many epochs the run whose ``last.npz`` this is has finished (0 before the first)."""
+    try:
+        with np.load(last_npz) as z:
+            return int(z["train_state/epoch"]) - 1
+    except (OSError, ValueError, KeyError):  # not written yet
+        return 0
+
+
+def _kept_metrics(folder):
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):  # not kept (yet)
+        return {}
+
+
+def test_run_killed_during_an_outage_keeps_every_epoch_on_disk_and_uploads_whole(private_mongo, small_text,
+                                                                                  tmp_path):
+    """While MongoDB is away the run is kept on disk as it goes, not only when it ends: a run killed
+    (SIGKILL: no end event, no last write) during the outage leaves a kept copy with every epoch it had
+    finished, up to ones trained after the server went away, and that copy completes the run in MongoDB."""
+    name, ckpt, kept = unique_db(), tmp_path / "ckpt", tmp_path / "kept" / "mongo_1"
+    proc = _start_long_run(private_mongo, name, small_text, ckpt, 10_000, "--mongo_fallback", str(tmp_path / "kept"))
+    try:
+        private_mongo.stop()
+        target = _epochs_trained(ckpt / "last.npz") + 3  # at least two epochs wholly trained during the outage
+        _wait_for(lambda: _epochs_trained(ckpt / "last.npz") >= target, 180, f"epoch {target} trained")
+        # ...and kept on disk while the run lives (a heartbeat and a failed write behind training)
+        _wait_for(lambda: len(_kept_metrics(kept).get("valid_perplexity", {}).get("steps", [])) >= target, 60,
+                  f"epoch {target} in the kept copy {kept}")
+        assert proc.poll() is None, "the run ended by itself: it must be killed during the outage"
+    finally:
+        proc.kill()  # SIGKILL
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == -9, err[-2000:]
+    assert "cannot be written" in err and str(kept) in err
+
+    metrics = _kept_metrics(kept)
+    epochs = metrics["valid_perplexity"]["steps"]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= target  # none missing, none repeated
+    assert set(metrics) == {m for m in METRICS if not m.startswith("full_")}  # per-epoch series; no final pass
+    for series in metrics.values():  # a heartbeat may fall inside an epoch's records: at most one behind
+        assert series["steps"] == list(range(1, len(series["steps"]) + 1)) and len(series["steps"]) >= target - 1
+    run = json.loads((kept / "run.json").read_text())
+    assert run["status"] == "RUNNING" and set(run["artifacts"]) == {"best.npz", "last.npz"}
+    assert _epochs_trained(kept / "last.npz") >= len(epochs)  # the checkpoint is at least as new as the metrics
+    assert f"Epoch: {len(epochs)} Valid Perplexity" in (kept / "cout.txt").read_text()
+
+    private_mongo.start()
+    assert upload.main([str(kept)]) == 0  # the folder remembers its (password-free) address
+    db = database(private_mongo, name)
+    assert [r["_id"] for r in db.runs.find()] == [1]  # the kept copy completes the run it began, no second run
+    doc = db.runs.find_one({"_id": 1})
+    assert doc["status"] == "RUNNING" and doc["config"]["max_max_epoch"] == 10_000
+    assert doc["captured_out"] == (kept / "cout.txt").read_text()
+    stored = {m["name"]: m for m in db.metrics.find({"run_id": 1})}
+    assert set(stored) == set(metrics)
+    for metric, series in metrics.items():
+        assert stored[metric]["steps"] == series["steps"], metric
+        assert stored[metric]["values"] == pytest.approx(series["values"], rel=1e-12), metric
+    assert {m["id"] for m in doc["info"]["metrics"]} == {str(m["_id"]) for m in stored.values()}
+    for artifact in ("best.npz", "last.npz"):
+        assert stored_file(db, doc, artifact) == (kept / artifact).read_bytes(), artifact
+    names = [f.filename for f in gridfs.GridFS(db).find({"filename": {"$regex": "^artifact://runs/1/"}})]
+    assert sorted(names) == ["artifact://runs/1/best.npz", "artifact://runs/1/last.npz"]  # one file each
+
+
 def test_two_concurrent_runs_land_complete(mongo_db, small_text, tmp_path):
     server, name = mongo_db
     procs = [subprocess.Popen(cli("-m", server.spec(name), "with", *tiny(small_text, tmp_path / str(i), 3,
