@@ -256,8 +256,10 @@ class RHNLanguageModel(keras.layers.Layer):
             out = out * masks.o[:, None, :]
         w = tf.transpose(self.embedding) if self.softmax_w is None else self.softmax_w
         low = self.rhn.low
-        logits = tf.tensordot(out, w, 1) if low is None else tf.cast(tf.tensordot(tf.cast(out, low), tf.cast(w, low), 1),
-                                                                      out.dtype)
+        if low is None:
+            logits = tf.tensordot(out, w, 1)
+        else:  # bf16 inputs, float32 logits
+            logits = tf.cast(tf.tensordot(tf.cast(out, low), tf.cast(w, low), 1), out.dtype)
         return logits + self.softmax_b, state
 
     def loss(self, x, y, state, masks=None):
