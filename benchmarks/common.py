@@ -46,8 +46,10 @@ def matching_lstm_size(target, V, tied, num_layers=1):
     return min(range(8, 4096), key=lambda h: abs(lstm_params(V, h, tied, num_layers) - target))
 
 
-def lstm_step(V, B, T, tied, n_params, device, dtype, weight_decay, lr, max_grad_norm, num_layers=1):
-    """(step function, parameter count, hidden size): the same clipped SGD step as the RHN's."""
+def lstm_step(V, B, T, tied, n_params, device, dtype, weight_decay, lr, max_grad_norm, num_layers=1,
+              precision="float32"):
+    """(step function, parameter count, hidden size): the same clipped SGD step as the RHN's;
+    ``precision=bf16``: the forward pass (and so its products' gradients) under bf16 autocast."""
     H = matching_lstm_size(n_params, V, tied, num_layers)
     model = LSTMLanguageModel(V, H, tied, num_layers).to(device, dtype)
     params = list(model.parameters())
@@ -56,8 +58,9 @@ def lstm_step(V, B, T, tied, n_params, device, dtype, weight_decay, lr, max_grad
     box = {"state": None}
 
     def step():
-        logits, state = model(x, box["state"])
-        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="sum") / B
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits, state = model(x, box["state"])
+        loss = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1), reduction="sum") / B
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             grads = torch._foreach_add(grads, params, alpha=weight_decay)

@@ -271,7 +271,9 @@ def main():
     print("throughput:", flush=True)
     if args.quick:
         shapes, variants, steps, warmup = {"quick": QUICK_SHAPE}, VARIANTS[:4], 1, 1  # graphs: eager on CPU
-        precision_shape, precision_steps, precisions = "quick", 4, ("float32", "bf16")
+        from rhn_core.backends.cpu_bf16 import has_bf16_products  # CPU bf16 is refused without the instructions
+        bf16 = ("bf16",) if device == "cuda" or has_bf16_products() else ()
+        precision_shape, precision_steps, precisions = "quick", 4, ("float32",) + bf16
     else:
         shapes, variants, steps, warmup = SHAPES, VARIANTS, args.steps, 3
         precision_shape, precision_steps, precisions = "enwik8_sota", args.precision_steps, ("float32", "tf32", "bf16")

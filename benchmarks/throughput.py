@@ -6,13 +6,18 @@
     python benchmarks/throughput.py --backend torch                # only one backend
     python benchmarks/throughput.py --config ptb_sota --repeat 3   # median of 3 interleaved timings per row
     python benchmarks/throughput.py --config "ptb_sota threads=1"  # one CPU thread per framework
+    python benchmarks/throughput.py --config ptb_sota --precision float32 --precision bf16   # both, one run
 
 Each row times full training steps (of each backend) exactly as the loop runs them (masks drawn
 with NumPy, clipped SGD with weight decay, state carried), after warm-up steps,
 on random token ids of the config's vocabulary. The baseline is a one-layer
 torch.nn.LSTM language model with about the same number of parameters, the
 same B, T, loss scale and optimiser. Machines are shared and noisy: compare the
-ratio column, measured in one run, rather than absolute numbers across runs.
+ratio columns, measured in one run, rather than absolute numbers across runs.
+
+With several ``--precision`` values every model runs in each (the LSTM in bf16 under
+autocast), interleaved; "vs LSTM" compares with the LSTM of the same precision and
+"vs first" with the same model in the first precision given.
 """
 import argparse
 import ast
@@ -77,7 +82,8 @@ def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):
 
 def bench_lstm(cfg, n_params, device, dtype, warmup, steps):
     step, n, H = lstm_step(cfg["vocab_size"], cfg["batch_size"], cfg["num_steps"], cfg["tied"], n_params, device,
-                           getattr(torch, dtype), cfg["weight_decay"], cfg["learning_rate"], cfg["max_grad_norm"])
+                           getattr(torch, dtype), cfg["weight_decay"], cfg["learning_rate"], cfg["max_grad_norm"],
+                           precision=cfg["precision"])
     losses = []
     seconds = time_steps(lambda: losses.append(step()), warmup, steps, lambda: torch.stack(losses).cpu())
     return n, H, seconds
@@ -92,6 +98,8 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--backend", action="append", choices=sorted(BACKENDS),
                         help="RHN backends to time (default: torch, and tf when TensorFlow is installed)")
+    parser.add_argument("--precision", action="append", choices=("float32", "tf32", "bf16"),
+                        help="time every model in this precision; repeatable (default: the config's own)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="time every row this many times, interleaved, and report the median (noisy machines)")
     args = parser.parse_args()
@@ -99,25 +107,30 @@ def main():
     device = pick_device(args.device)
     print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads (unless a config sets "
           f"threads), {args.steps} timed steps after {args.warmup} warm-up, median of {args.repeat}\n")
-    header = f"{'config':<36} {'model':<18} {'params':>12} {'B x T':>9} {'ms/step':>9} {'tokens/s':>10} {'vs LSTM':>8}"
+    header = (f"{'config':<36} {'model':<18} {'precision':<9} {'params':>12} {'B x T':>9} {'ms/step':>9} "
+              f"{'tokens/s':>10} {'vs LSTM':>8} {'vs first':>8}")
     print(header)
     print("-" * len(header))
     for text in args.config or DEFAULT_CONFIGS:
-        cfg = parse(text)
-        tokens = cfg["batch_size"] * cfg["num_steps"]
-        shape = f"{cfg['batch_size']}x{cfg['num_steps']}"
-        times = {}  # row -> seconds of each repetition; rows alternate so that load changes hit them all
+        base = parse(text)
+        precisions = args.precision or [base["precision"]]
+        tokens = base["batch_size"] * base["num_steps"]
+        shape = f"{base['batch_size']}x{base['num_steps']}"
+        times = {}  # (model, precision, n) -> seconds of each repetition; rows alternate so that load hits them all
         for _ in range(args.repeat):
-            for name in backends:
-                n_rhn, seconds = bench_rhn(name, cfg, device.type, args.dtype, args.warmup, args.steps)
-                times.setdefault((f"RHN D={cfg['depth']} {name}", n_rhn), []).append(seconds)
-            n_lstm, h_lstm, seconds = bench_lstm(cfg, n_rhn, device, args.dtype, args.warmup, args.steps)
-            times.setdefault((f"LSTM H={h_lstm} torch", n_lstm), []).append(seconds)
-        rows = [(model, n, float(np.median(s))) for (model, n), s in times.items()]
-        lstm_s = rows[-1][2]
-        for i, (model, n, seconds) in enumerate(rows):
-            print(f"{text if i == 0 else '':<36} {model:<18} {n:>12,} {shape:>9} {1e3 * seconds:>9.1f} "
-                  f"{tokens / seconds:>10,.0f} {lstm_s / seconds:>7.2f}x")
+            for precision in precisions:
+                cfg = dict(base, precision=precision)
+                for name in backends:
+                    n_rhn, seconds = bench_rhn(name, cfg, device.type, args.dtype, args.warmup, args.steps)
+                    times.setdefault((f"RHN D={cfg['depth']} {name}", precision, n_rhn), []).append(seconds)
+                n_lstm, h_lstm, seconds = bench_lstm(cfg, n_rhn, device, args.dtype, args.warmup, args.steps)
+                times.setdefault((f"LSTM H={h_lstm} torch", precision, n_lstm), []).append(seconds)
+        median = {key: float(np.median(s)) for key, s in times.items()}
+        lstm = {p: s for (model, p, _), s in median.items() if model.startswith("LSTM")}
+        first = {model: s for (model, p, _), s in median.items() if p == precisions[0]}
+        for i, ((model, precision, n), seconds) in enumerate(median.items()):
+            print(f"{text if i == 0 else '':<36} {model:<18} {precision:<9} {n:>12,} {shape:>9} {1e3 * seconds:>9.1f} "
+                  f"{tokens / seconds:>10,.0f} {lstm[precision] / seconds:>7.2f}x {first[model] / seconds:>7.2f}x")
 
 
 if __name__ == "__main__":

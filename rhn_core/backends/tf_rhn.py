@@ -7,7 +7,13 @@ The mirror image of ``torch_rhn.py``: the same fused parameter layout
 projection of micro-layer 0 applied to all time steps outside the time loop, one
 product per micro-layer for H and T together, and a hand-written gradient of the
 recurrence (``recurrence``; the cell alone uses TensorFlow's autodiff).
+
+``precision=bf16`` (CPU): every product of the language model's step, and of its gradient,
+takes bfloat16 inputs (``low``) and gives a float32 result (oneDNN accumulates in float32 and
+rounds its result to bfloat16 once); variables, state, gates, loss and update stay float32.
 """
+import os
+
 import numpy as np
 
 from .tf_import import import_tensorflow
@@ -20,6 +26,7 @@ from ..distributed import World
 from ..masks import Masks
 from ..params import check_params, fuse, unfuse
 from . import cpu_threads
+from .cpu_bf16 import require_bf16_products
 from .tf_dist import connect, make_strategy, split_cpu
 
 if keras.backend.backend() != "tensorflow":
@@ -32,26 +39,33 @@ def _split(mh, H):
     return mh is not None and mh.shape[-1] == 2 * H
 
 
-def masked_product(s, mh, R_k, H):
+def matmul(a, b, low=None, **options):
+    """tf.matmul(a, b); with ``low`` (tf.bfloat16) of a and b cast to it, the result back in a's dtype."""
+    if low is None:
+        return tf.matmul(a, b, **options)
+    return tf.cast(tf.matmul(tf.cast(a, low), tf.cast(b, low), **options), a.dtype)
+
+
+def masked_product(s, mh, R_k, H, low=None):
     """[s * m_H] R_H | [s * m_T] R_T: one product for H and T when they share the mask."""
     if _split(mh, H):
-        return tf.concat([tf.matmul(s * mh[:, :H], R_k[:, :H]), tf.matmul(s * mh[:, H:], R_k[:, H:])], 1)
-    return tf.matmul(s if mh is None else s * mh, R_k)
+        return tf.concat([matmul(s * mh[:, :H], R_k[:, :H], low), matmul(s * mh[:, H:], R_k[:, H:], low)], 1)
+    return matmul(s if mh is None else s * mh, R_k, low)
 
 
-def masked_product_grad(d, mh, R_k, H):
+def masked_product_grad(d, mh, R_k, H, low=None):
     """Gradient of ``masked_product`` with respect to s, given d = dJ/d(its output)."""
     if _split(mh, H):
-        return (tf.matmul(d[:, :H], R_k[:, :H], transpose_b=True) * mh[:, :H] +
-                tf.matmul(d[:, H:], R_k[:, H:], transpose_b=True) * mh[:, H:])
-    g = tf.matmul(d, R_k, transpose_b=True)
+        return (matmul(d[:, :H], R_k[:, :H], low, transpose_b=True) * mh[:, :H] +
+                matmul(d[:, H:], R_k[:, H:], low, transpose_b=True) * mh[:, H:])
+    g = matmul(d, R_k, low, transpose_b=True)
     return g if mh is None else g * mh
 
 
-def weight_grad(S_k, D_k, mh, H):
+def weight_grad(S_k, D_k, mh, H, low=None):
     """dJ/dR_k from the states entering micro-layer k (T x B x H) and their d (T x B x 2H)."""
     def product(a, d):
-        return tf.matmul(tf.reshape(a, [-1, H]), tf.reshape(d, [-1, d.shape[-1]]), transpose_a=True)
+        return matmul(tf.reshape(a, [-1, H]), tf.reshape(d, [-1, d.shape[-1]]), low, transpose_a=True)
     if _split(mh, H):
         return tf.concat([product(S_k * mh[:, :H], D_k[..., :H]), product(S_k * mh[:, H:], D_k[..., H:])], 1)
     return product(S_k if mh is None else S_k * mh, D_k)
@@ -69,8 +83,9 @@ def micro_steps(px_t, s, mh, R, b):
     return s
 
 
-def recurrence(px, s0, mh, R, b):
-    """All time steps of one layer: px B x T x 2H -> (outputs B x T x H, final state B x H).
+def recurrence(px, s0, mh, R, b, low=None):
+    """All time steps of one layer: px B x T x 2H -> (outputs B x T x H, final state B x H);
+    products in ``low`` (None: px's dtype; tf.bfloat16: R cast once, results float32).
 
     Loops are ``tf.while_loop`` (any T in one traced graph; the final B = 1 pass uses
     T = 1000). The gradient is written by hand, as in the PyTorch backend: the backward
@@ -81,7 +96,7 @@ def recurrence(px, s0, mh, R, b):
 
     @tf.custom_gradient
     def run(px, s0, R, b):
-        Rs, bs = tf.unstack(R), tf.unstack(b)
+        Rs, bs = tf.unstack(R if low is None else tf.cast(R, low)), tf.unstack(b)
         steps = tf.transpose(px, [1, 0, 2])
         T = tf.shape(steps)[0]
         N = T * D
@@ -89,7 +104,7 @@ def recurrence(px, s0, mh, R, b):
         def step(t, s, S, A, outputs):
             for k in range(D):
                 S = S.write(t * D + k, s)  # the state entering micro-step t * D + k
-                pre = masked_product(s, mh, Rs[k], H) + (steps[t] if k == 0 else bs[k])
+                pre = masked_product(s, mh, Rs[k], H, low) + (steps[t] if k == 0 else bs[k])
                 h, g = tf.tanh(pre[:, :H]), tf.sigmoid(pre[:, H:])
                 A = A.write(t * D + k, tf.concat([h, g], 1))
                 s = s + g * (h - s)  # carry path uses the undropped state
@@ -114,14 +129,14 @@ def recurrence(px, s0, mh, R, b):
                     i = t * D + k
                     d = P[i] * tf.concat([ds, ds], 1)
                     d_pre = d_pre.write(i, d)
-                    ds = masked_product_grad(d, mh, Rs[k], H) + ds * carry[i]
+                    ds = masked_product_grad(d, mh, Rs[k], H, low) + ds * carry[i]
                 return t - 1, ds, d_pre
 
             _, ds, d_pre = tf.while_loop(lambda t, *_: t >= 0, back,
                                          (T - 1, d_final, tf.TensorArray(px.dtype, size=N)), maximum_iterations=T)
             d_pre = tf.reshape(d_pre.stack(), [T, D, -1, 2 * H])
             S_k = tf.reshape(S, [T, D, -1, H])
-            dR = tf.stack([weight_grad(S_k[:, k], d_pre[:, k], mh, H) for k in range(D)])
+            dR = tf.stack([weight_grad(S_k[:, k], d_pre[:, k], mh, H, low) for k in range(D)])
             db = tf.stack([tf.zeros([2 * H], px.dtype)] + [tf.reduce_sum(d_pre[:, k], [0, 1]) for k in range(1, D)])
             return tf.transpose(d_pre[:, 0], [1, 0, 2]), ds, dR, db
 
@@ -184,6 +199,7 @@ class RHN(keras.layers.Layer):
         self.init_scale, self.init_bias = init_scale, init_bias
         self.cells = [RHNCell(hidden_size, depth, init_scale, init_bias, dtype=self.dtype_policy, name=f"cell{l}")
                       for l in range(num_layers)]
+        self.low = None  # the products' input dtype (tf.bfloat16: precision=bf16); None: the variables'
 
     def get_config(self):
         return {**super().get_config(), "hidden_size": self.hidden_size, "depth": self.depth,
@@ -204,11 +220,11 @@ class RHN(keras.layers.Layer):
             # and T have separate masks, i.e. a mask twice the input width).
             n_in, H = inputs.shape[-1], self.hidden_size
             if mi is not None and mi.shape[-1] == 2 * n_in:
-                px = tf.concat([tf.matmul(inputs * mi[:, None, :n_in], cell.W[:, :H]),
-                                tf.matmul(inputs * mi[:, None, n_in:], cell.W[:, H:])], -1)
+                px = tf.concat([matmul(inputs * mi[:, None, :n_in], cell.W[:, :H], self.low),
+                                matmul(inputs * mi[:, None, n_in:], cell.W[:, H:], self.low)], -1)
             else:
-                px = tf.matmul(inputs if mi is None else inputs * mi[:, None, :], cell.W)
-            inputs, s = recurrence(px + cell.b[0], state[l], mh, cell.R, cell.b)
+                px = matmul(inputs if mi is None else inputs * mi[:, None, :], cell.W, self.low)
+            inputs, s = recurrence(px + cell.b[0], state[l], mh, cell.R, cell.b, self.low)
             finals.append(s)
         return inputs, tf.stack(finals)
 
@@ -239,7 +255,12 @@ class RHNLanguageModel(keras.layers.Layer):
         if masks is not None and masks.o is not None:
             out = out * masks.o[:, None, :]
         w = tf.transpose(self.embedding) if self.softmax_w is None else self.softmax_w
-        return tf.tensordot(out, w, 1) + self.softmax_b, state
+        low = self.rhn.low
+        if low is None:
+            logits = tf.tensordot(out, w, 1)
+        else:  # bf16 inputs, float32 logits
+            logits = tf.cast(tf.tensordot(tf.cast(out, low), tf.cast(w, low), 1), out.dtype)
+        return logits + self.softmax_b, state
 
     def loss(self, x, y, state, masks=None):
         """C = sum_t mean_b NLL (the original's loss scale) and the final state."""
@@ -264,6 +285,15 @@ def pick_device(device):
     raise ValueError(f"unknown device {device!r}")
 
 
+def check_bf16_cpu():
+    """RHNError (one line) unless TensorFlow computes bf16 products fast here: oneDNN (TensorFlow's
+    default on x86 Linux) on a CPU with bfloat16 instructions."""
+    require_bf16_products("tf")
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() in ("0", "false", "False"):
+        raise RHNError("precision=bf16 with tf runs its products in oneDNN, which TF_ENABLE_ONEDNN_OPTS=0 turns off: "
+                       "unset it or use precision=float32")
+
+
 class Backend:
     """The narrow interface the core loop drives (see ``rhn_core.backends``)."""
 
@@ -276,8 +306,9 @@ class Backend:
         # rhn_impl and cuda_graphs choose torch's fast paths; here XLA compiles the whole step (jit_compile).
         if rhn_impl in ("onednn", "triton"):
             raise RHNError(f"rhn_impl={rhn_impl} is the torch backend's: use rhn_impl=auto or reference with tf")
-        if precision == "bf16":
-            raise RHNError("precision=bf16 is implemented in the torch backend only: use float32 or tf32 with tf")
+        bf16 = precision == "bf16"
+        if bf16:  # a GPU is refused below, once TensorFlow lists its devices
+            check_bf16_cpu()
         tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")  # TF's own default is on
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
         self.threads = cpu_threads(threads)
@@ -292,11 +323,17 @@ class Backend:
         self.strategy, self.local_replicas = make_strategy(world, replicas, self.device, timeout)
         if self.device.startswith("/GPU") and not tf.config.list_logical_devices("GPU"):
             raise RuntimeError("no GPU visible to TensorFlow")
+        if bf16 and self.device.startswith("/GPU"):
+            raise RHNError("precision=bf16 with tf runs on CPU: use precision=float32 or tf32 on a GPU, "
+                           "or the torch backend")
         with self.strategy.scope() if self.strategy else tf.device(self.device):
             self.model = RHNLanguageModel(spec, dtype=dtype)
             self.model.build()
+            self.model.rhn.low = tf.bfloat16 if bf16 else None
         self.comm = connect(world, self.strategy, self.local_replicas, timeout)
         jit_compile = jit_compile and self.strategy is None  # the strategy's collectives run outside XLA
+        # XLA's CPU bf16 dot is not oneDNN's (measured: slower than its float32 one); bf16 runs the graph without it
+        jit_compile = jit_compile and not bf16
         self.vars = self.model.trainable_variables
         self.names = [fused_name(v.path) for v in self.vars]
         self.set_params(params)

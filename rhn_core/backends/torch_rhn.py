@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from ..distributed import World
 from ..params import check_params, fuse, unfuse
 from .torch_kernels import make_steps, resolve_impl
+from .torch_kernels.onednn import BF16Steps
 from .torch_kernels.reference import TorchSteps
 from .torch_kernels.graphs import StaticStep
 from . import cpu_threads
@@ -109,6 +110,7 @@ class RHNRecurrence(torch.autograd.Function):
         S = px.new_empty(N + 1, B, H)
         S[0] = s0
         A = px.new_empty(N, B, 2 * H)  # activations [h | t] of every micro-step
+        R = steps.weights(R)  # what the products read (bf16: cast once here, not per micro-step)
         Rs, bs, Ss, As = R.unbind(0), b.unbind(0), S.unbind(0), A.unbind(0)
         for t, px_t in enumerate(px.unbind(1)):
             for k in range(D):  # only micro-layer 0 sees the input (through px)
@@ -127,7 +129,7 @@ class RHNRecurrence(torch.autograd.Function):
         d_pre = torch.empty_like(A)
         ds = ctx.steps.backward_state(mh, R, S, A, d_out, d_final, d_pre)
         split = mh is not None and mh.shape[-1] == 2 * H
-        dR, db = torch.empty_like(R), torch.zeros(D, 2 * H, dtype=R.dtype, device=R.device)
+        dR, db = torch.empty_like(R, dtype=S.dtype), torch.zeros(D, 2 * H, dtype=S.dtype, device=R.device)
         product = ctx.steps.product
         for k in range(D):
             dk = d_pre[k::D].reshape(-1, 2 * H)
@@ -220,9 +222,12 @@ class Backend:
         self.model = RHNLanguageModel(spec).to(self.device, self.dtype)
         self.params = list(self.model.parameters())
         self.set_params(params)
-        self.impl = resolve_impl(rhn_impl, self.device.type, self.dtype, spec.hidden_size)
-        self.model.rhn.steps = make_steps(self.impl, tf32=precision == "tf32")
+        self.impl = resolve_impl(rhn_impl, self.device.type, self.dtype, spec.hidden_size, precision)
+        self.model.rhn.steps = make_steps(self.impl, precision)
         self.precision = precision
+        # bf16 autocast (outside the recurrence, which the fused kernels keep float32) where the steps do not
+        # cast their own products (onednn.BF16Steps: every product, on CPU)
+        self.autocast = precision == "bf16" and not isinstance(self.model.rhn.steps, BF16Steps)
         if precision == "tf32" and self.device.type == "cuda":  # cuBLAS products of this process
             torch.backends.cuda.matmul.allow_tf32 = True
         # eager: plain calls; static: the same step on static buffers (CPU tests); graph: CUDA graphs
@@ -280,7 +285,7 @@ class Backend:
 
     # --- steps ------------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def _objective_and_grads(self, x, y, masks, state):
         """J, dJ/dtheta (weight decay included) and the final state, from device tensors."""

@@ -9,6 +9,9 @@ kernels and the static-buffer / CUDA-graph step.
                needs CUDA, or ``TRITON_INTERPRET=1`` (set before triton is imported) on CPU
     auto       triton on CUDA when triton imports; onednn for float32 on CPU from H = 512; else reference
 
+With ``precision=bf16`` on CPU the path is ``onednn.BF16Steps`` (any H; rhn_impl auto or onednn):
+every product with bfloat16 inputs, on CPUs with bfloat16 instructions (``cpu_bf16``).
+
 Triton is optional: it is imported only when the triton path is chosen.
 """
 import importlib.util
@@ -17,6 +20,7 @@ import os
 import torch
 
 from ...errors import RHNError
+from ..cpu_bf16 import require_bf16_products
 from . import onednn
 
 IMPLS = ("auto", "reference", "onednn", "triton")
@@ -31,11 +35,19 @@ def interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def resolve_impl(impl, device_type, dtype=torch.float32, hidden_size=None):
+def resolve_impl(impl, device_type, dtype=torch.float32, hidden_size=None, precision="float32"):
     """'reference', 'onednn' or 'triton' for the config value ``impl`` on a device of
-    ``device_type``, for a model of ``dtype`` and ``hidden_size`` (None: large)."""
+    ``device_type``, for a model of ``dtype`` and ``hidden_size`` (None: large) and ``precision``."""
     if impl not in IMPLS:
         raise RHNError(f"rhn_impl={impl!r}: use one of {', '.join(IMPLS)}")
+    if precision == "bf16" and device_type == "cpu" and impl != "triton":  # triton: its interpreter, for tests
+        if impl == "reference":
+            raise RHNError("precision=bf16 on CPU runs every product in oneDNN: use rhn_impl=auto or onednn "
+                           "(or precision=float32 with rhn_impl=reference)")
+        require_bf16_products("torch")
+        if not onednn.usable(device_type, dtype):
+            raise RHNError("precision=bf16 on CPU needs a PyTorch built with oneDNN: use precision=float32")
+        return "onednn"
     if impl == "auto":
         if device_type == "cuda" and triton_installed():
             return "triton"
@@ -53,12 +65,12 @@ def resolve_impl(impl, device_type, dtype=torch.float32, hidden_size=None):
     return impl
 
 
-def make_steps(impl, tf32=False):
-    """The micro-step implementation for a resolved ``impl``."""
+def make_steps(impl, precision="float32"):
+    """The micro-step implementation for a resolved ``impl`` and ``precision``."""
     if impl == "reference":
         from .reference import TorchSteps
         return TorchSteps()
     if impl == "onednn":
-        return onednn.OneDNNSteps()
+        return onednn.BF16Steps() if precision == "bf16" else onednn.OneDNNSteps()
     from .fused import TritonSteps
-    return TritonSteps(tf32=tf32)
+    return TritonSteps(tf32=precision == "tf32")

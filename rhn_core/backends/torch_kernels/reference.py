@@ -12,6 +12,10 @@ class TorchSteps:
     the reference path (any device, any dtype). ``torch_kernels`` has the same methods with
     the products in oneDNN (``OneDNNSteps``, CPU) or each micro-step fused (``TritonSteps``)."""
 
+    def weights(self, R):
+        """R (D x H x 2H) as the recurrence's products read it, once per step (a bf16 copy for ``BF16Steps``)."""
+        return R
+
     def affine(self, x, w, bias, out):
         """out = x @ w + bias (a vector, or one row per row of x)."""
         torch.addmm(bias, x, w, out=out)
