@@ -111,8 +111,8 @@ def time_rhn(shape, device, impl, graphs, precision, steps, warmup):
     from rhn_core.params import count_params, init_params
     spec = model_spec(shape)
     rng = np.random.default_rng(0)
-    backend = Backend(spec, init_params(spec, rng), WEIGHT_DECAY, MAX_GRAD_NORM, device, "float32", rhn_impl=impl,
-                      cuda_graphs=graphs, precision=precision)
+    backend = Backend(spec, init_params(spec, rng), WEIGHT_DECAY, MAX_GRAD_NORM, device, "float32",
+                      options=dict(rhn_impl=impl, cuda_graphs=graphs, precision=precision))
     B, T = shape["batch_size"], shape["num_steps"]
     data = rng.integers(0, spec.vocab_size, (B, T + 1))
     x, y = data[:, :-1], data[:, 1:]
@@ -193,7 +193,7 @@ def run_precision(device, shape, steps, precisions):
         try:
             rng = np.random.default_rng(1)
             backend = Backend(spec, init_params(spec, np.random.default_rng(0)), WEIGHT_DECAY, MAX_GRAD_NORM, device,
-                              "float32", rhn_impl="auto", cuda_graphs=True, precision=precision)
+                              "float32", options=dict(rhn_impl="auto", cuda_graphs=True, precision=precision))
             state, losses = backend.zero_state(B), []
             start = None
             for i in range(steps):

@@ -49,7 +49,7 @@ def test_names():
 def test_original_checkpoint_converts_and_evaluates_in_both_backends(small_text, tmp_path):
     cfg = run_experiment("print_config", ["tiny"], dataset="chars", data_path=small_text, tied=False).config
     from rhn_core import loop
-    corpus, spec = loop.prepare(dict(cfg))
+    corpus, spec = loop.corpus_and_spec(dict(cfg))
     params = init_params(spec, np.random.default_rng(0))
     write_original_checkpoint(str(tmp_path / "ptb_1_best_model.ckpt"), params, spec)
     out = tmp_path / "best.npz"

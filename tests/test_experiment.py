@@ -103,7 +103,7 @@ def char_run(small_text, tmp_path, **updates):
 def test_full_evaluation_equals_the_t1_pass(small_text, tmp_path):
     run = char_run(small_text, tmp_path, max_max_epoch=1)
     cfg = dict(run.config)
-    corpus, spec = loop.prepare(cfg)
+    corpus, spec = loop.corpus_and_spec(cfg)
     params, _ = load_checkpoint(str(tmp_path / "best.npz"))
     results = []
     for window in (1, 7, 1000):

@@ -14,7 +14,7 @@ def test_one_epoch_on_real_ptb_lowers_validation_perplexity(ptb_dir, tmp_path):
                    save_dir=str(tmp_path), seed=5)
     run = run_experiment(named=["ptb_sota"], **updates)
     cfg = dict(run.config)
-    corpus, spec = loop.prepare(cfg)
+    corpus, spec = loop.corpus_and_spec(cfg)
     untrained = loop.make_backend(cfg, "torch", spec, init_params(spec, np.random.default_rng(0)))
     untrained_valid = loop.Evaluator(cfg, untrained, corpus).batched("valid")
     assert 9000 < untrained_valid < 11000  # about uniform over the 10,000 words
