@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, SHARED_DATA, byte_corpus, run_experiment
 from rhn_core.data import readers
 from rhn_core.errors import RHNError
-from rhn_core.data.prepare import prepare_byte_corpus, prepare_ptb
+from rhn_core.data.fetch import prepare_byte_corpus, prepare_ptb
 
 
 def expected_of(path, classes):

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from ..distributed import World
 from ..params import check_params, fuse, unfuse
 from .torch_kernels import make_steps, resolve_impl
-from .torch_kernels.reference import TorchSteps
+from .torch_kernels.eager import TorchSteps
 from .torch_kernels.graphs import StaticStep
 from . import cpu_threads
 from .base import Option, check_options

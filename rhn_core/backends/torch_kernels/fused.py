@@ -5,7 +5,7 @@ its weight-gradient GEMMs unchanged: only the per-micro-step work is one launch 
 """
 import torch
 
-from .reference import TorchSteps
+from .eager import TorchSteps
 from . import triton_steps
 
 

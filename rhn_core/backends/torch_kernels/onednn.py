@@ -17,7 +17,7 @@ backward loop and the weight gradients are the same code. The products are float
 """
 import torch
 
-from .reference import TorchSteps
+from .eager import TorchSteps
 
 # oneDNN pays more per call than MKL, which small products feel: measured per training step
 # (2 threads, ``benchmarks/throughput.py``), the demo (H 128) 55 -> 72 ms, H 200 equal
