@@ -11,17 +11,13 @@ process's maximum resident set size. Evaluation speed is timed on a prefix and
 extrapolated to the 5 M-symbol valid/test splits (the passes are linear in length).
 """
 import argparse
-import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 100_000_000

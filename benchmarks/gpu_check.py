@@ -151,7 +151,8 @@ def run_throughput(device, shapes, steps, warmup, variants):
             step, n, H = lstm_step(shape["vocab_size"], shape["batch_size"], shape["num_steps"], shape["tied"],
                                    target, device, torch.float32, WEIGHT_DECAY, LR, MAX_GRAD_NORM, num_layers=L)
             losses = []
-            seconds = time_steps(lambda: losses.append(step()), warmup, steps, lambda: torch.stack(losses).cpu())
+            seconds = time_steps(lambda s=step, out=losses: out.append(s()), warmup, steps,
+                                 lambda out=losses: torch.stack(out).cpu())
             row.update(model=f"LSTM {L} x {H} (cuDNN)" if device == "cuda" else f"LSTM {L} x {H}", ms=1e3 * seconds,
                        params=n)
         except Exception as e:  # noqa: BLE001

@@ -217,7 +217,7 @@ def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask, devic
     # the reference micro-steps everywhere; the fused kernels on CUDA (on CPU: test_kernels.py, interpreted)
     for impl in ("reference", "triton") if device == "cuda" else ("reference",):
         steps = make_steps(impl)
-        assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps),
+        assert torch.autograd.gradcheck(lambda *a, steps=steps: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps),
                                         (px, s0, R, b))
 
 

@@ -12,7 +12,7 @@ from conftest import REPO, run_experiment  # noqa: E402
 from rhn_core import reference  # noqa: E402
 from rhn_core.checkpoint import load_checkpoint  # noqa: E402
 from rhn_core.convert_tf1 import canonical_name  # noqa: E402
-from rhn_core.params import ModelSpec, init_params, layer_names  # noqa: E402
+from rhn_core.params import init_params, layer_names  # noqa: E402
 
 
 def write_original_checkpoint(prefix, params, spec):

@@ -1,7 +1,6 @@
 """enwik8 / text8 / PTB preparation on synthetic files of the exact formats (and the real PTB)."""
 import gzip
 import hashlib
-import io
 import lzma
 import os
 import subprocess

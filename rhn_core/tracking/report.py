@@ -164,7 +164,7 @@ def y_shown(y, runs):
 def columns(args, ylabel, runs):
     """(header, cell function, right-aligned) for each column of the table."""
     cols = [("id", lambda r: fmt(r["id"]), True), ("status", lambda r: fmt(r["status"]), False)]
-    cols += [(k, (lambda k: lambda r: fmt(r["config"].get(k)))(k), k != "dataset") for k in TABLE_CONFIG]
+    cols += [(k, lambda r, k=k: fmt(r["config"].get(k)), k != "dataset") for k in TABLE_CONFIG]
     cols += [("epochs", lambda r: fmt(r["info"].get("epoch_nr")), True),
              ("params", lambda r: fmt(r["info"].get("nr_parameters"), ","), True),
              ("best epoch", lambda r: fmt(r["info"].get("best_val_epoch")), True),
