@@ -45,7 +45,7 @@ def cuda_available():
 
 # Every backend on CPU; the torch backend on CUDA too where one is present (with its defaults
 # there: fused kernels and CUDA graphs).
-ON_CUDA = [pytest.param("torch-cuda", marks=pytest.mark.skipif(not cuda_available(), reason="no CUDA device"))]
+ON_CUDA = [pytest.param("torch-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")])]
 FLOAT64_ONLY = {"numpy"}  # the reference itself: no float32 to check
 
 
@@ -198,8 +198,8 @@ def test_core_imports_no_framework():
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not cuda_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not cuda_available(), reason="no CUDA device")])])
 @pytest.mark.parametrize("with_mask", [False, True, "separate"])
 def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask, device):
     torch = pytest.importorskip("torch")

@@ -24,6 +24,8 @@ from rhn_core.errors import RHNError, TrainingInterrupted  # noqa: E402
 from rhn_core.masks import sample_masks  # noqa: E402
 from rhn_core.params import spec_from_config  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.subprocess]
+
 LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_launch.py")
 # tiny, float64, all four dropouts on (base config values), 2 epochs of 179 steps with B = 4
 CONFIG = dict(dataset="chars", dtype="float64", seed=7, device="cpu")

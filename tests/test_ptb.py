@@ -8,6 +8,8 @@ from conftest import run_experiment  # noqa: E402
 from rhn_core import loop  # noqa: E402
 from rhn_core.params import init_params  # noqa: E402
 
+pytestmark = [pytest.mark.slow]
+
 
 def test_one_epoch_on_real_ptb_lowers_validation_perplexity(ptb_dir, tmp_path):
     updates = dict(data_path=ptb_dir, hidden_size=32, depth=2, batch_size=64, num_steps=35, max_max_epoch=1,

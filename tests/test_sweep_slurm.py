@@ -7,6 +7,8 @@ import pytest
 
 from test_sweep import sweep_cli, sweep_runs, tiny_run, wait_for
 
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.mongo, pytest.mark.subprocess]
+
 submitit = pytest.importorskip("submitit")
 
 
