@@ -46,6 +46,7 @@ def test_names():
     assert canonical_name("global_step") is None and canonical_name("model/RHN0/h_3/Linear") is None
 
 
+@pytest.mark.slow
 def test_original_checkpoint_converts_and_evaluates_in_both_backends(small_text, tmp_path):
     cfg = run_experiment("print_config", ["tiny"], dataset="chars", data_path=small_text, tied=False).config
     from rhn_core import loop
