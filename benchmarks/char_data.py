@@ -11,17 +11,13 @@ process's maximum resident set size. Evaluation speed is timed on a prefix and
 extrapolated to the 5 M-symbol valid/test splits (the passes are linear in length).
 """
 import argparse
-import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 100_000_000
@@ -65,7 +61,7 @@ def make_corpus(folder):
 
 
 PREPARE = """
-from rhn_core.data.prepare import prepare_byte_corpus
+from rhn_core.data.fetch import prepare_byte_corpus
 prepare_byte_corpus("enwik8", {out!r}, {source!r}, {expected!r}, progress=False)
 extra = {{}}
 """

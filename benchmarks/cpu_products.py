@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from rhn_core.backends.torch_kernels import onednn  # noqa: E402
-from rhn_core.backends.torch_kernels.reference import TorchSteps  # noqa: E402
+from rhn_core.backends.torch_kernels.eager import TorchSteps  # noqa: E402
 from rhn_core.params import spec_from_config  # noqa: E402
 from throughput import parse  # noqa: E402
 

@@ -111,8 +111,8 @@ def time_rhn(shape, device, impl, graphs, precision, steps, warmup):
     from rhn_core.params import count_params, init_params
     spec = model_spec(shape)
     rng = np.random.default_rng(0)
-    backend = Backend(spec, init_params(spec, rng), WEIGHT_DECAY, MAX_GRAD_NORM, device, "float32", rhn_impl=impl,
-                      cuda_graphs=graphs, precision=precision)
+    backend = Backend(spec, init_params(spec, rng), WEIGHT_DECAY, MAX_GRAD_NORM, device, "float32",
+                      options=dict(rhn_impl=impl, cuda_graphs=graphs, precision=precision))
     B, T = shape["batch_size"], shape["num_steps"]
     data = rng.integers(0, spec.vocab_size, (B, T + 1))
     x, y = data[:, :-1], data[:, 1:]
@@ -151,7 +151,8 @@ def run_throughput(device, shapes, steps, warmup, variants):
             step, n, H = lstm_step(shape["vocab_size"], shape["batch_size"], shape["num_steps"], shape["tied"],
                                    target, device, torch.float32, WEIGHT_DECAY, LR, MAX_GRAD_NORM, num_layers=L)
             losses = []
-            seconds = time_steps(lambda: losses.append(step()), warmup, steps, lambda: torch.stack(losses).cpu())
+            seconds = time_steps(lambda s=step, out=losses: out.append(s()), warmup, steps,
+                                 lambda out=losses: torch.stack(out).cpu())
             row.update(model=f"LSTM {L} x {H} (cuDNN)" if device == "cuda" else f"LSTM {L} x {H}", ms=1e3 * seconds,
                        params=n)
         except Exception as e:  # noqa: BLE001
@@ -193,7 +194,7 @@ def run_precision(device, shape, steps, precisions):
         try:
             rng = np.random.default_rng(1)
             backend = Backend(spec, init_params(spec, np.random.default_rng(0)), WEIGHT_DECAY, MAX_GRAD_NORM, device,
-                              "float32", rhn_impl="auto", cuda_graphs=True, precision=precision)
+                              "float32", options=dict(rhn_impl="auto", cuda_graphs=True, precision=precision))
             state, losses = backend.zero_state(B), []
             start = None
             for i in range(steps):

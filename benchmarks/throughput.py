@@ -63,9 +63,8 @@ def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):
     spec = spec_from_config(cfg)
     rng = np.random.default_rng(0)
     backend = load_backend(backend_name).Backend(spec, init_params(spec, rng), cfg["weight_decay"],
-                                                 cfg["max_grad_norm"], device, dtype, rhn_impl=cfg["rhn_impl"],
-                                                 cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"],
-                                                 threads=cfg["threads"])
+                                                 cfg["max_grad_norm"], device, dtype, threads=cfg["threads"],
+                                                 options={k: cfg[k] for k in ("rhn_impl", "cuda_graphs", "precision")})
     masks = sampler(cfg, spec)
     B, T = cfg["batch_size"], cfg["num_steps"]
     data = rng.integers(0, spec.vocab_size, (B, T + 1))

@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rhn_core.errors import RHNError  # noqa: E402
-from rhn_core.data.prepare import prepare_byte_corpus, prepare_ptb  # noqa: E402
+from rhn_core.data.fetch import prepare_byte_corpus, prepare_ptb  # noqa: E402
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """The Sacred experiment, built the same way for every backend.
 
-Both entry points (``rhn_train_torch.py``, ``rhn_train_tf.py``) call
-``make_experiment`` with their backend's name, so they register the same config
+Every entry point (``rhn_train_torch.py``, ``rhn_train_tf.py``, ``python -m rhn_core BACKEND``) calls
+``make_experiment`` with its backend's name, so they register the same config
 scope, the same named configs and the same commands. The entry script is the
 experiment's main file: its docstring opens ``--help``, which then lists the
 named configs, one line each; Sacred stores it with every project source file the
@@ -58,7 +58,6 @@ def sweep_option(args, run):
     # Read by RHNExperiment._create_run, which puts it into the meta information.
 
 
-FRAMEWORK_DISTRIBUTIONS = {"torch": ("torch",), "tf": ("tensorflow", "tensorflow-cpu", "keras")}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _PADDING = re.compile(r"^ {20,}")  # no real output line starts with 20 spaces
 
@@ -81,7 +80,7 @@ def project_sources(backend_name):
     and the backend's (imported later, during the run; located here without importing it)."""
     files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
     files = {f for f in files if f and f.endswith(".py") and os.path.abspath(f).startswith(PACKAGE_DIR + os.sep)}
-    return sorted(files | {importlib.util.find_spec(BACKENDS[backend_name]).origin})
+    return sorted(files | {importlib.util.find_spec(BACKENDS[backend_name].module).origin})
 
 
 def describe_named_configs():
@@ -97,10 +96,12 @@ class RHNExperiment(Experiment):
     In a data-parallel job only rank 0 gets observers (one run per job) and shows Sacred's log."""
 
     backend_name = "torch"
+    invocation = None  # how the user started it, when not a script (python -m rhn_core BACKEND)
 
     def get_usage(self, program_name=None):
         # Sacred shows the script's path relative to base_dir; a user typed its name.
-        return super().get_usage(os.path.join(self.base_dir, os.path.basename(program_name or sys.argv[0])))
+        name = self.invocation or os.path.basename(program_name or sys.argv[0])
+        return super().get_usage(os.path.join(self.base_dir, name))
 
     def run_commandline(self, argv=None):
         """Sacred's command line, with printing that cannot stop a run and the documented exit statuses:
@@ -204,7 +205,7 @@ def make_experiment(backend_name, main_globals=None):
     # Sacred records the packages the main file imports; the framework is imported later, by the
     # backend, so its version is declared here (read from the installed metadata: no import).
     # Added directly: Sacred's add_package_dependency refuses local versions such as 2.13.0+cpu.
-    for dist in ("rhn", "pymongo", *FRAMEWORK_DISTRIBUTIONS[backend_name]):
+    for dist in ("rhn", "pymongo", *BACKENDS[backend_name].distributions):
         try:
             ex.dependencies.add(PackageDependency(dist, importlib.metadata.version(dist)))
         except importlib.metadata.PackageNotFoundError:
@@ -223,7 +224,7 @@ def make_experiment(backend_name, main_globals=None):
             result = trainer.train()
             if _config["sample_at_end"]:  # the backend holds the best epoch's weights now
                 sampling.write_sample(_config, trainer.backend, trainer.corpus, _run)
-                print(f"Write more: {os.path.basename(sys.argv[0])} sample with <the same config> "
+                print(f"Write more: {ex.invocation or os.path.basename(sys.argv[0])} sample with <the same config> "
                       f"load_model={trainer.path('best.npz')} [sample_prime=TEXT temperature=T seed=N]")
             return result
 

@@ -7,7 +7,7 @@ checkpoint on valid, the final B = 1 pass over valid and test with the best
 weights, metrics and ``_run.info``. Additions: resumable checkpoints
 (``last.npz``, also written on Ctrl-C), progress bars, and a stop with a clear
 message on a NaN/Inf loss. A backend is driven only through the interface
-documented in ``rhn_core.backends``.
+of ``rhn_core.backends.base``.
 """
 import json
 import math
@@ -22,6 +22,7 @@ import numpy as np
 from .data import readers
 from .tracking import remote
 from .backends import load_backend
+from .backends.base import OPTION_KEYS
 from .checkpoint import check_writable, load_checkpoint, read_state_entries, remove_stale_temporaries, save_checkpoint
 from .distributed import LocalComm, World, check_batch, detect, shard_masks
 from .errors import RHNError, TrainingInterrupted
@@ -128,11 +129,11 @@ def bits(ppl):
     return math.log2(ppl)
 
 
-def prepare(cfg, backend_name=None, world=World()):
+def corpus_and_spec(cfg, backend_name=None, world=None):
     """Checked config (and its split over ``world``) -> (corpus, model spec)."""
     check_config(cfg)
     if backend_name:
-        check_batch(world, cfg["batch_size"], cfg["replicas"], backend_name)
+        check_batch(world or World(), cfg["batch_size"], cfg["replicas"], backend_name)
     corpus = readers.load_corpus(cfg)
     for split, (dropped, total) in corpus.dropped.items():
         if dropped:  # the original dropped them silently, which flatters the perplexity
@@ -143,16 +144,13 @@ def prepare(cfg, backend_name=None, world=World()):
     return corpus, spec_from_config(cfg, corpus.vocab_size)
 
 
-def make_backend(cfg, backend_name, spec, params, world=World()):
-    """The backend; with ``world`` of several processes it joins their group (a collective)."""
+def make_backend(cfg, backend_name, spec, params, world=None):
+    """The backend (``rhn_core.backends.base``); with ``world`` of several processes it joins their group."""
     module = load_backend(backend_name)
-    parallel = dict(world=world, replicas=cfg["replicas"], timeout=cfg["dist_timeout"]) if world.size > 1 or \
-        cfg["replicas"] > 1 else {}
     try:
-        return module.Backend(spec, params, weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"],
-                              device=cfg["device"], dtype=cfg["dtype"], rhn_impl=cfg["rhn_impl"],
-                              cuda_graphs=cfg["cuda_graphs"], precision=cfg["precision"],
-                              threads=cfg["threads"], **parallel)
+        return module.Backend(spec, params, cfg["weight_decay"], cfg["max_grad_norm"], cfg["device"], cfg["dtype"],
+                              threads=cfg["threads"], world=world, timeout=cfg["dist_timeout"],
+                              options={key: cfg[key] for key in OPTION_KEYS})
     except (RuntimeError, AssertionError, ValueError) as e:  # e.g. device='cuda' on a machine without one
         raise RHNError(f"{backend_name} backend cannot start on device={cfg['device']!r}: "
                        f"{str(e).splitlines()[0]}; use device=cpu or device=auto")
@@ -229,7 +227,7 @@ class Trainer:
             self._refuse_foreign(resume_dir, None)
         elif not from_db:
             self._refuse_foreign(resume_dir, read_state_entries(resume, ["run_lineage"]).get("run_lineage", ""))
-        self.corpus, self.spec = prepare(cfg, self.backend_name, self.world)
+        self.corpus, self.spec = corpus_and_spec(cfg, self.backend_name, self.world)
         init_seq, mask_seq = np.random.SeedSequence(cfg["seed"]).spawn(2)
         self.rng = np.random.default_rng(mask_seq)
         params = init_params(self.spec, np.random.default_rng(init_seq))
@@ -589,7 +587,7 @@ def evaluate(cfg, backend_name, run):
     """Sacred ``evaluate``: batched valid, full valid and full test of ``load_model``."""
     if not cfg["load_model"]:
         raise RHNError("evaluate needs load_model=PATH, a checkpoint such as runs/<dataset>_<seed>/best.npz")
-    corpus, spec = prepare(cfg)
+    corpus, spec = corpus_and_spec(cfg)
     note_writer(cfg["load_model"], "scoring")
     params, _ = load_checkpoint(cfg["load_model"])
     check_params(params, spec, cfg["load_model"])

@@ -33,7 +33,7 @@ from .data import readers
 from .checkpoint import check_writable, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .errors import RHNError, TrainingInterrupted
 from .hyperparams import check_config
-from .loop import InterruptFlag, _Stop, bits, make_backend, prepare
+from .loop import InterruptFlag, _Stop, bits, corpus_and_spec, make_backend
 from .masks import Masks, bernoulli_mask, sample_masks, tie_repeated_tokens
 from .params import check_params
 from .progress import progress_bar
@@ -127,7 +127,7 @@ def evaluate_mc(cfg, backend_name, run):
     # evaluation) refuses this one.
     folder = RunFolder.claim(out_dir, command="MC evaluation")
     try:
-        corpus, spec = prepare(cfg)
+        corpus, spec = corpus_and_spec(cfg)
         params, _ = load_checkpoint(cfg["load_model"])
         check_params(params, spec, cfg["load_model"])
         backend = make_backend(cfg, backend_name, spec, params)

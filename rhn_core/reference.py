@@ -99,7 +99,13 @@ def objective(params, spec, x, y, state, masks=NO_MASKS, weight_decay=0.0):
 
 def gradients(params, spec, x, y, state, masks=NO_MASKS, weight_decay=0.0):
     """dJ/dtheta for every parameter (the incoming state is a constant, as in BPTT)."""
-    log_probs, _, cache = forward(params, spec, x, state, masks)
+    return objective_and_gradients(params, spec, x, y, state, masks, weight_decay)[2]
+
+
+def objective_and_gradients(params, spec, x, y, state, masks=NO_MASKS, weight_decay=0.0):
+    """(J, final state, dJ/dtheta) from one forward pass: what a training step needs."""
+    log_probs, final, cache = forward(params, spec, x, state, masks)
+    l2 = 0.5 * weight_decay * sum(float((p ** 2).sum()) for p in params.values())
     B, T = y.shape
     grads = {n: weight_decay * p for n, p in params.items()}
     dlogits = np.exp(log_probs)
@@ -142,7 +148,7 @@ def gradients(params, spec, x, y, state, masks=NO_MASKS, weight_decay=0.0):
     mx = _mask(masks, "x")
     demb = dout * (mx[..., None] if np.ndim(mx) else mx)
     np.add.at(grads["embedding"], cache["x"].reshape(-1), demb.reshape(-1, demb.shape[-1]))
-    return grads
+    return loss(log_probs, y) + l2, final, grads
 
 
 def clipped_sgd_step(params, grads, lr, max_grad_norm):

@@ -12,7 +12,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .errors import RHNError
-from .loop import make_backend, prepare
+from .loop import corpus_and_spec, make_backend
 from .params import check_params
 from .runlock import note_writer
 
@@ -74,7 +74,7 @@ def sample(cfg, backend_name, run):
     """Sacred ``sample``: text from ``load_model`` (the data is read for its vocabulary)."""
     if not cfg["load_model"]:
         raise RHNError("sample needs load_model=PATH, a checkpoint such as runs/<dataset>_<seed>/best.npz")
-    corpus, spec = prepare(cfg)
+    corpus, spec = corpus_and_spec(cfg)
     note_writer(cfg["load_model"], "sampling from")
     params, _ = load_checkpoint(cfg["load_model"])
     check_params(params, spec, cfg["load_model"])

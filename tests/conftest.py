@@ -97,6 +97,32 @@ def small_text(tmp_path_factory):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def backend_params(*names):
+    """Parameters over the registered backends (all by default), each skipped where its framework is absent."""
+    from rhn_core.backends import BACKENDS, available
+    return [pytest.param(n, marks=pytest.mark.skipif(not available(n), reason=f"{BACKENDS[n].framework} is not "
+                                                     f"installed")) for n in (names or sorted(BACKENDS))]
+
+
+def native_updates(backend):
+    """Config updates a backend needs on top of any config: the numpy backend computes in float64 only."""
+    return {"dtype": "float64"} if backend == "numpy" else {}
+
+
+def entry_argv(backend):
+    """How a user starts ``backend``: its script (rhn_train_torch.py) where there is one, else python -m."""
+    from rhn_core.backends import BACKENDS
+    script = os.path.join(REPO, f"{BACKENDS[backend].entry[0]}.py")
+    return [script] if os.path.isfile(script) else ["-m", *BACKENDS[backend].entry]
+
+
+def entry_env(environ=None):
+    """The environment of an entry point run from any folder: the repository importable (python -m)."""
+    environ = dict(os.environ if environ is None else environ)
+    environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, environ.get("PYTHONPATH")) if p)
+    return environ
+
+
 def run_experiment(command="main", named=(), backend="torch", options=None, **updates):
     """Run the experiment in-process through Sacred, as the command line would (``options``: its flags)."""
     from sacred import SETTINGS
@@ -108,11 +134,11 @@ def run_experiment(command="main", named=(), backend="torch", options=None, **up
 
 
 def run_cli(*args, backend="torch", timeout=300, cwd=None):
-    """``python rhn_train_<backend>.py ARGS`` in a subprocess (in ``cwd``); returns the CompletedProcess."""
-    import subprocess
+    """``python rhn_train_<backend>.py ARGS`` (or the backend's ``python -m`` entry) in a subprocess (in ``cwd``);
+    returns the CompletedProcess."""
     import sys
-    return subprocess.run([sys.executable, "-W", "ignore", os.path.join(REPO, f"rhn_train_{backend}.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run([sys.executable, "-W", "ignore", *entry_argv(backend), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=entry_env())
 
 
 def assert_one_line_error(result, *fragments, before_config=True):

@@ -42,8 +42,8 @@ def make_case(case, device, dtype, impl, seed=0, B=3, T=4, **backend_options):
     state = [0.5 * rng.normal(size=(B, spec.hidden_size)) for _ in range(spec.num_layers)]
     masks = NO_MASKS if mask_kind == "none" else sample_masks(rng, x, spec, 0.3, 0.3, 0.3, 0.3,
                                                                tied_noise=mask_kind == "shared")
-    backend = Backend(spec, params, weight_decay=WD, max_grad_norm=1.0, device=device, dtype=dtype, rhn_impl=impl,
-                      **backend_options)
+    backend = Backend(spec, params, weight_decay=WD, max_grad_norm=1.0, device=device, dtype=dtype,
+                      options=dict(backend_options, rhn_impl=impl))
     assert type(backend.model.rhn.steps).__name__ == {"triton": "TritonSteps", "reference": "TorchSteps",
                                                       "onednn": "OneDNNSteps"}[impl]
     return spec, params, x, y, state, masks, backend

@@ -31,8 +31,8 @@ def tied_noise(spec):
 
 
 def backend_module(name):
-    pytest.importorskip({"torch": "torch", "tf": "tensorflow"}[name])
-    return importlib.import_module(BACKENDS[name])
+    pytest.importorskip(BACKENDS[name].framework)
+    return importlib.import_module(BACKENDS[name].module)
 
 
 def cuda_available():
@@ -45,12 +45,25 @@ def cuda_available():
 
 # Every backend on CPU; the torch backend on CUDA too where one is present (with its defaults
 # there: fused kernels and CUDA graphs).
-@pytest.fixture(params=sorted(BACKENDS) + [
-    pytest.param("torch-cuda", marks=pytest.mark.skipif(not cuda_available(), reason="no CUDA device"))])
-def Backend(request):
+ON_CUDA = [pytest.param("torch-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")])]
+FLOAT64_ONLY = {"numpy"}  # the reference itself: no float32 to check
+
+
+def backend_class(request):
     name, _, device = request.param.partition("-")
     cls = backend_module(name).Backend
     return (lambda *args, **kwargs: cls(*args, **{**kwargs, "device": device})) if device else cls
+
+
+@pytest.fixture(params=sorted(BACKENDS) + ON_CUDA)
+def Backend(request):
+    return backend_class(request)
+
+
+@pytest.fixture(params=sorted(set(BACKENDS) - FLOAT64_ONLY) + ON_CUDA)
+def Backend32(request):
+    """The backends that also compute in float32."""
+    return backend_class(request)
 
 
 def setup_case(Backend, spec, seed=0, B=3, T=5, dtype="float64", drops=(0.3, 0.3, 0.3, 0.3)):
@@ -135,9 +148,9 @@ def test_multi_step_trace_with_dropout_and_carried_state(Backend, name):
         np.testing.assert_allclose(final[n], params[n], rtol=0, atol=1e-10, err_msg=n)
 
 
-def test_float32_short_check(Backend):
+def test_float32_short_check(Backend32):
     spec = SPECS["tied"]
-    params, x, y, state, masks, backend = setup_case(Backend, spec, seed=4, T=3, dtype="float32")
+    params, x, y, state, masks, backend = setup_case(Backend32, spec, seed=4, T=3, dtype="float32")
     objective, grads = backend.gradients(x, y, masks, backend.state_from_numpy(state))
     assert objective == pytest.approx(reference.objective(params, spec, x, y, state, masks, WD)[0], rel=1e-5)
     ref = reference.gradients(params, spec, x, y, state, masks, WD)
@@ -185,8 +198,8 @@ def test_core_imports_no_framework():
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not cuda_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not cuda_available(), reason="no CUDA device")])])
 @pytest.mark.parametrize("with_mask", [False, True, "separate"])
 def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask, device):
     torch = pytest.importorskip("torch")
@@ -204,7 +217,7 @@ def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask, devic
     # the reference micro-steps everywhere; the fused kernels on CUDA (on CPU: test_kernels.py, interpreted)
     for impl in ("reference", "triton") if device == "cuda" else ("reference",):
         steps = make_steps(impl)
-        assert torch.autograd.gradcheck(lambda *a: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps),
+        assert torch.autograd.gradcheck(lambda *a, steps=steps: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps),
                                         (px, s0, R, b))
 
 
@@ -271,9 +284,9 @@ def test_target_log_probs_with_masks_against_the_reference(Backend):
     assert np.abs(unmasked - expected).max() > 0.05  # the masks change the answer: the check can fail
 
 
-def test_float32_training_steps_follow_the_float64_reference(Backend):
+def test_float32_training_steps_follow_the_float64_reference(Backend32):
     spec = SPECS["separate_masks"]  # the richest case: 2 layers, untied, separate masks; tied: the short check
-    start, x, y, state, masks, backend = setup_case(Backend, spec, seed=7, dtype="float32")
+    start, x, y, state, masks, backend = setup_case(Backend32, spec, seed=7, dtype="float32")
     params, ref_state, gpu_state = start, state, backend.state_from_numpy(state)
     for step in range(3):
         grads = reference.gradients(params, spec, x, y, ref_state, masks, WD)

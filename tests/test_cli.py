@@ -7,15 +7,17 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, backend_params, entry_argv, entry_env
 from rhn_core.hyperparams import NAMED_CONFIGS
 from rhn_core.progress import LineProgress, progress_bar
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 def cli(backend, *args, cwd=None):
     """``python rhn_train_<backend>.py ARGS`` as a user runs it: output to pipes (no terminal), no quieting env."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, os.path.join(REPO, f"rhn_train_{backend}.py"), *args], cwd=cwd,
+    env = entry_env({k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    return subprocess.run([sys.executable, *entry_argv(backend), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -24,12 +26,14 @@ def tiny_chars(small_text, save_dir):
             "max_max_epoch=2", f"save_dir={save_dir}", "progress=True"]
 
 
-@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_help_reads_like_a_users_manual(backend, tmp_path):
     result = cli(backend, "--help", cwd=tmp_path)  # run from elsewhere: still the script's own name
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert f"Usage:\n  rhn_train_{backend}.py [(with UPDATE...)]" in text
+    argv = entry_argv(backend)
+    name = os.path.basename(argv[0]) if len(argv) == 1 else f"'python -m {' '.join(argv[1:])}'"
+    assert f"Usage:\n  {name} [(with UPDATE...)]" in text
     assert text.split("\n\n")[1].startswith("Train, evaluate or sample a Recurrent Highway Network")
     assert "make_experiment" not in text and "entry points" not in text  # nothing written for developers
     for name, scope in NAMED_CONFIGS.items():  # one line each, with its description

@@ -112,13 +112,13 @@ def test_data_path_is_the_file_that_is_read(text, data, tmp_path):
 
 @effect_of("dataset")
 def test_dataset_picks_the_reader(text, synthetic_ptb, synthetic_char_dirs, tmp_path):
-    words = loop.prepare(config(synthetic_ptb, tmp_path, dataset="ptb", vocab_size=10000))[0]
+    words = loop.corpus_and_spec(config(synthetic_ptb, tmp_path, dataset="ptb", vocab_size=10000))[0]
     assert (words.unit, words.vocab_size) == ("word", 10000)
     for name, v in (("enwik8", 205), ("text8", 27)):
-        corpus = loop.prepare(config(synthetic_char_dirs, tmp_path, dataset=name, vocab_size=v,
+        corpus = loop.corpus_and_spec(config(synthetic_char_dirs, tmp_path, dataset=name, vocab_size=v,
                                      num_test_symbols=400))[0]
         assert (corpus.unit, corpus.vocab_size, len(corpus.train)) == ("char", v, 6000 - 800)
-    chars = loop.prepare(config(text, tmp_path))[0]
+    chars = loop.corpus_and_spec(config(text, tmp_path))[0]
     assert (chars.unit, len(chars.train)) == ("char", 810)
 
 
@@ -127,9 +127,9 @@ def test_vocab_size_follows_the_dataset_and_is_checked_against_the_data(syntheti
     for name, v in (("ptb", 10000), ("enwik8", 205), ("text8", 27), ("chars", 0)):
         assert resolve_config(dataset=name)["vocab_size"] == v  # the original's V per dataset
     text8 = dict(dataset="text8", num_test_symbols=400)
-    assert loop.prepare(config(synthetic_char_dirs, tmp_path, vocab_size=27, **text8))[1].vocab_size == 27
+    assert loop.corpus_and_spec(config(synthetic_char_dirs, tmp_path, vocab_size=27, **text8))[1].vocab_size == 27
     with pytest.raises(RHNError, match="27 distinct chars but vocab_size=26"):
-        loop.prepare(config(synthetic_char_dirs, tmp_path, vocab_size=26, **text8))
+        loop.corpus_and_spec(config(synthetic_char_dirs, tmp_path, vocab_size=26, **text8))
     # chars: 0 = V taken from the data, which sizes the model
     v = oracle.byte_ids(data)[1]
     assert trainer(text, tmp_path, vocab_size=0).backend.get_params()["embedding"].shape == (v, 8)
@@ -138,7 +138,7 @@ def test_vocab_size_follows_the_dataset_and_is_checked_against_the_data(syntheti
 @effect_of("num_test_symbols")
 def test_num_test_symbols_sizes_valid_and_test(synthetic_char_dirs, tmp_path):
     for n in (400, 1000):
-        corpus = loop.prepare(config(synthetic_char_dirs, tmp_path, dataset="text8", vocab_size=27,
+        corpus = loop.corpus_and_spec(config(synthetic_char_dirs, tmp_path, dataset="text8", vocab_size=27,
                                      num_test_symbols=n))[0]
         assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (6000 - 2 * n, n, n)
 
@@ -541,7 +541,7 @@ def test_replicas_split_the_global_batch_over_tf_devices(text, tmp_path):
     # tests/test_distributed.py::test_tf_two_replicas_train_exactly_as_one. Here: the split is checked first.
     with pytest.raises(RHNError, match=r"batch_size=3 does not split evenly over 2 replicas"):
         loop.Trainer(config(text, tmp_path, replicas=2), "tf", FakeRun())
-    with pytest.raises(RHNError, match=r"replicas=2 is for the TF backend: .*torchrun --nproc_per_node=2"):
+    with pytest.raises(RHNError, match=r"replicas=2 is not supported by the torch backend: .*torchrun --nproc_per_node"):
         trainer(text, tmp_path, batch_size=4, replicas=2)
 
 

@@ -12,7 +12,7 @@ from conftest import REPO, run_experiment  # noqa: E402
 from rhn_core import reference  # noqa: E402
 from rhn_core.checkpoint import load_checkpoint  # noqa: E402
 from rhn_core.convert_tf1 import canonical_name  # noqa: E402
-from rhn_core.params import ModelSpec, init_params, layer_names  # noqa: E402
+from rhn_core.params import init_params, layer_names  # noqa: E402
 
 
 def write_original_checkpoint(prefix, params, spec):
@@ -46,10 +46,11 @@ def test_names():
     assert canonical_name("global_step") is None and canonical_name("model/RHN0/h_3/Linear") is None
 
 
+@pytest.mark.slow
 def test_original_checkpoint_converts_and_evaluates_in_both_backends(small_text, tmp_path):
     cfg = run_experiment("print_config", ["tiny"], dataset="chars", data_path=small_text, tied=False).config
     from rhn_core import loop
-    corpus, spec = loop.prepare(dict(cfg))
+    corpus, spec = loop.corpus_and_spec(dict(cfg))
     params = init_params(spec, np.random.default_rng(0))
     write_original_checkpoint(str(tmp_path / "ptb_1_best_model.ckpt"), params, spec)
     out = tmp_path / "best.npz"

@@ -49,6 +49,7 @@ def smoke_data(named, synthetic_ptb, synthetic_char_dirs):
             "demo": dict(batch_size=64, num_steps=20)}[named]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("named", [None, "ptb_sota", "enwik8_sota", "text8_sota", "demo"])
 def test_every_named_config_runs_at_tiny_size(named, synthetic_ptb, synthetic_char_dirs, tmp_path):
     names = ([named] if named else []) + ["tiny"]
@@ -103,7 +104,7 @@ def char_run(small_text, tmp_path, **updates):
 def test_full_evaluation_equals_the_t1_pass(small_text, tmp_path):
     run = char_run(small_text, tmp_path, max_max_epoch=1)
     cfg = dict(run.config)
-    corpus, spec = loop.prepare(cfg)
+    corpus, spec = loop.corpus_and_spec(cfg)
     params, _ = load_checkpoint(str(tmp_path / "best.npz"))
     results = []
     for window in (1, 7, 1000):
@@ -175,6 +176,7 @@ def test_ctrl_c_on_the_command_line_saves_a_resumable_checkpoint(small_text, tmp
     assert int(state["epoch"]) >= 1
 
 
+@pytest.mark.slow
 def test_stacked_layers_work_with_the_character_in_size_rule(small_text, tmp_path):
     run = char_run(small_text, tmp_path, num_layers=2, hidden_size=80, tied=False, max_max_epoch=1)  # V < H: V x V
     params, _ = load_checkpoint(str(tmp_path / "best.npz"))

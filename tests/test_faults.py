@@ -20,13 +20,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import REPO, assert_one_line_error, run_cli, run_experiment  # noqa: E402
+from conftest import REPO, assert_one_line_error, backend_params, native_updates, run_cli, run_experiment  # noqa: E402
 from rhn_core import checkpoint, loop  # noqa: E402
 from rhn_core.atomic import temporary_path  # noqa: E402
 from rhn_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from rhn_core.data import readers  # noqa: E402
 from rhn_core.errors import RHNError  # noqa: E402
 from rhn_core.hyperparams import KEY_CHECKS  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 def chars(small_text, save_dir, *extra):
@@ -141,12 +143,11 @@ def test_really_full_disk_on_a_small_tmpfs(small_text, trained, tmp_path):
 
 
 # --- 3. divergence ----------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_diverging_run_stops_with_one_line(small_text, tmp_path, backend):
-    if backend == "tf":
-        pytest.importorskip("tensorflow")
+    native = [f"{k}={v}" for k, v in native_updates(backend).items()]
     # learning_rate=50: finite but huge losses (perplexity ~1e78), where math.exp used to overflow
-    result = run_cli("with", *chars(small_text, tmp_path, "learning_rate=50"), backend=backend)
+    result = run_cli("with", *chars(small_text, tmp_path, "learning_rate=50", *native), backend=backend)
     assert_one_line_error(result, "the run diverged", "in epoch 1", "stopped without saving these weights",
                           "lower learning_rate", before_config=False)
     assert snapshot(tmp_path) == {}

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

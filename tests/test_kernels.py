@@ -17,7 +17,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 def triton_devices():
     """cpu under Triton's interpreter, cuda natively; a device is skipped where it cannot run."""
     return [pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="Triton interpreter off (GPU here)")),
-            pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
+            pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA device")])]
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +53,7 @@ def test_static_buffer_steps_give_the_eager_numbers_exactly():
     checks.check_static_steps_match_eager("cpu", impl="reference")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="no CUDA device")
 @pytest.mark.parametrize("impl", ["reference", "triton"])
 def test_cuda_graph_steps_give_the_eager_numbers_exactly(impl):

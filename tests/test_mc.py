@@ -30,7 +30,7 @@ def direct_mc(cfg, K, mode, threshold):
     one sample after another, with the same per-sample random draws."""
     from rhn_core.hyperparams import resolve_config
     cfg = resolve_config("tiny", **cfg)
-    corpus, spec = loop.prepare(cfg)
+    corpus, spec = loop.corpus_and_spec(cfg)
     params, _ = load_checkpoint(cfg["load_model"])
     ids = corpus.test
     x, y = np.asarray(ids[:-1])[None, :], np.asarray(ids[1:])[None, :]

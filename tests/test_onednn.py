@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 import kernel_checks as checks  # noqa: E402
 from rhn_core.backends.torch_kernels import onednn, resolve_impl  # noqa: E402
-from rhn_core.backends.torch_kernels.reference import TorchSteps  # noqa: E402
+from rhn_core.backends.torch_kernels.eager import TorchSteps  # noqa: E402
 from rhn_core.errors import RHNError  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not onednn.usable("cpu", torch.float32), reason="this PyTorch has no oneDNN")

@@ -1,7 +1,6 @@
 """enwik8 / text8 / PTB preparation on synthetic files of the exact formats (and the real PTB)."""
 import gzip
 import hashlib
-import io
 import lzma
 import os
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from conftest import REPO, SHARED_DATA, byte_corpus, run_experiment
 from rhn_core.data import readers
 from rhn_core.errors import RHNError
-from rhn_core.data.prepare import prepare_byte_corpus, prepare_ptb
+from rhn_core.data.fetch import prepare_byte_corpus, prepare_ptb
 
 
 def expected_of(path, classes):
@@ -187,6 +186,7 @@ def test_ptb_that_is_not_mikolovs_is_refused(tmp_path, synthetic_ptb):
     assert not (tmp_path / "out" / "ptb.train.txt").exists()
 
 
+@pytest.mark.slow
 def test_character_level_run_on_ptb_text(tmp_path):
     path = os.path.join(SHARED_DATA, "ptb.valid.txt.xz")
     if not os.path.isfile(path):

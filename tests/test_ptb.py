@@ -8,13 +8,15 @@ from conftest import run_experiment  # noqa: E402
 from rhn_core import loop  # noqa: E402
 from rhn_core.params import init_params  # noqa: E402
 
+pytestmark = [pytest.mark.slow]
+
 
 def test_one_epoch_on_real_ptb_lowers_validation_perplexity(ptb_dir, tmp_path):
     updates = dict(data_path=ptb_dir, hidden_size=32, depth=2, batch_size=64, num_steps=35, max_max_epoch=1,
                    save_dir=str(tmp_path), seed=5)
     run = run_experiment(named=["ptb_sota"], **updates)
     cfg = dict(run.config)
-    corpus, spec = loop.prepare(cfg)
+    corpus, spec = loop.corpus_and_spec(cfg)
     untrained = loop.make_backend(cfg, "torch", spec, init_params(spec, np.random.default_rng(0)))
     untrained_valid = loop.Evaluator(cfg, untrained, corpus).batched("valid")
     assert 9000 < untrained_valid < 11000  # about uniform over the 10,000 words

@@ -1,5 +1,4 @@
 """The sample command: a checkpoint writes text, the same from either backend for the same seed."""
-import numpy as np
 import pytest
 
 from conftest import run_experiment

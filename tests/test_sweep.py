@@ -1,7 +1,6 @@
 """``rhn-sweep`` with the local executor: the grid, dry run, bookkeeping in a real SecantusDB,
 re-launch that skips finished runs and resumes an interrupted one exactly."""
 import datetime
-import json
 import math
 import os
 import signal
@@ -12,7 +11,6 @@ import time
 import pytest
 
 from conftest import REPO
-from rhn_core.errors import RHNError
 from rhn_core.hyperparams import resolve_config
 from rhn_core.params import ModelSpec, count_params, spec_from_config
 from rhn_core.sweep import grid, state

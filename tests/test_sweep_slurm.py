@@ -12,6 +12,8 @@ import pytest
 from rhn_core.sweep.claim import Claim
 from test_sweep import sweep_cli, sweep_runs, tiny_run, wait_for
 
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.mongo, pytest.mark.subprocess]
+
 submitit = pytest.importorskip("submitit")
 
 

@@ -5,9 +5,11 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("torch")
 
-from conftest import run_cli, run_experiment  # noqa: E402
+from conftest import backend_params, run_cli, run_experiment  # noqa: E402
 from rhn_core.checkpoint import load_checkpoint  # noqa: E402
 from rhn_core.errors import TrainingInterrupted  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 @pytest.mark.parametrize("named", ["", "ptb_sota", "enwik8_sota", "text8_sota", "demo", "tiny"])
@@ -64,7 +66,7 @@ def test_resume_across_backends_matches_a_single_backend_run(small_text, tmp_pat
     assert mixed.info["full_test_perplexity"] == pytest.approx(straight.info["full_test_perplexity"], rel=1e-9)
 
 
-@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_options_of_the_other_implementations_run(small_text, tmp_path, backend):
     run = run_experiment(named=["tiny"], backend=backend, **char_updates(
         small_text, save_dir=str(tmp_path), tied_noise=False, init_other_bias=0, drop_i=0.3, drop_h=0.3))

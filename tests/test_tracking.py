@@ -18,10 +18,13 @@ import pytest
 pymongo = pytest.importorskip("pymongo")
 import gridfs  # noqa: E402  (part of pymongo)
 
-from conftest import REPO, run_experiment  # noqa: E402
+from conftest import REPO, backend_params, native_updates, run_experiment  # noqa: E402
+from rhn_core.backends import BACKENDS  # noqa: E402
 from mongo_server import free_port, unique_db  # noqa: E402
 from rhn_core.tracking import upload  # noqa: E402
 from rhn_core.tracking.mongo import redact  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.mongo, pytest.mark.subprocess]
 
 ARTIFACTS = {"best.npz", "last.npz", "learning_curve.png"}
 METRICS = {"train_perplexity", "valid_perplexity", "test_perplexity", "train_bits", "valid_bits", "test_bits",
@@ -84,21 +87,19 @@ def check_complete_run(db, run_id, epochs, save_dir=None):
     return run
 
 
-@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_run_is_stored_in_mongodb(mongo_db, small_text, tmp_path, backend):
     server, name = mongo_db
-    if backend == "tf":
-        pytest.importorskip("tensorflow")
     named, updates = ["tiny"], dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10,
-                                    max_max_epoch=2, save_dir=str(tmp_path))
+                                    max_max_epoch=2, save_dir=str(tmp_path), **native_updates(backend))
     run = run_experiment("main", named, backend=backend, options={"--mongo_db": server.spec(name)}, **updates)
     db = database(server, name)
     doc = check_complete_run(db, run._id, 2, save_dir=tmp_path)
     assert doc["config"]["hidden_size"] == run.config["hidden_size"]
     assert doc["result"] == pytest.approx(doc["info"]["best_valid_perplexity"])
     assert doc["meta"]["options"]["--mongo_db"] == redact(server.spec(name))
-    framework = "torch==" if backend == "torch" else "keras=="
-    assert any(d.startswith(framework) for d in doc["experiment"]["dependencies"])
+    recorded = {d.split("==")[0] for d in doc["experiment"]["dependencies"]}
+    assert recorded & set(BACKENDS[backend].distributions), recorded  # the framework's version is stored
 
 
 def test_file_observer_stores_the_same_run(small_text, tmp_path):

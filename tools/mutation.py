@@ -75,7 +75,7 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
 # module would take hours: in the loop, the training and evaluation passes and their numbers
 # (not the logging, plots, signal handling or command wrappers).
 FOCUS = {"loop": ["*Trainerǁtrain_epoch__*", "*Trainerǁ_epoch__*", "*Trainerǁ_flush__*", "*Evaluatorǁ_run__*",
-                  "*Evaluatorǁbatched__*", "*Evaluatorǁfull__*", "*x_perplexity__*", "*x_bits__*", "*x_prepare__*"]}
+                  "*Evaluatorǁbatched__*", "*Evaluatorǁfull__*", "*x_perplexity__*", "*x_bits__*", "*x_corpus_and_spec__*"]}
 # Lines never mutated: the wording of messages and progress bars (the bad-input tests check the
 # messages; mutating every word of them would double the run for no information on the numbers).
 # Modules whose mutants start from mutmut's fork server (a process that has only collected the

@@ -1,26 +1,47 @@
-"""Framework backends, loaded lazily by name so ``import rhn_core`` imports no framework.
+"""Framework backends: the one registry of them, loaded lazily by name so ``import rhn_core`` imports no framework.
 
-A backend module exposes ``Backend(spec, params, weight_decay, max_grad_norm,
-device, dtype, threads)`` with the narrow interface the training loop uses:
-
-    get_params() -> dict of NumPy arrays        set_params(dict)
-    zero_state(B) -> state                      state_to_numpy(state) / state_from_numpy(list)
-    train_step(x, y, masks, state, lr) -> (J, state)   one clipped SGD step, J stays on device
-    eval_step(x, y, state) -> (C, state)                no dropout, no update
-    gradients(x, y, masks, state) -> (J, dict)  canonical gradients (for tests)
-    log_probs(x, state, masks) -> (array, list) log-probabilities B x T x V, final state
-    target_log_probs(x, y, state, masks) -> (array, state)   log p(y), B x T (MC evaluation)
-    to_numpy(values) -> np.ndarray              the only device -> host read
+A backend is one module whose class ``Backend`` satisfies the contract in ``rhn_core.backends.base``
+(constructor, methods, attributes, the collectives of its ``comm``), plus one line in ``BACKENDS``
+below. Everything else reads this registry: the entry points and Sacred's recorded dependencies
+(``rhn_core.experiment``), the sweep's child command lines (``rhn_core.sweep.runner``), the launcher
+detection of data-parallel jobs (``rhn_core.distributed.world``) and the tests. This module imports
+nothing of the package, so any part of it may read the registry.
 """
 import importlib
+import importlib.util
 import os
+from dataclasses import dataclass
 
-BACKENDS = {"torch": "rhn_core.backends.torch_rhn", "tf": "rhn_core.backends.tf_rhn"}
+
+@dataclass(frozen=True)
+class Registered:
+    """What the rest of the package needs to know about a backend, without importing it."""
+
+    module: str  # the module that defines Backend
+    entry: tuple  # its command line: python -m <entry...> [Sacred arguments]
+    framework: str  # the top-level package it imports (absent: the backend is unavailable; tests skip)
+    distributions: tuple  # installed distributions whose versions Sacred records with a run
+    launcher: str = ""  # how its processes learn their place in a job (distributed.world.LAUNCHERS); '' alone
+    replicas: bool = False  # it runs several devices in one process (the replicas key)
+
+
+BACKENDS = {
+    "torch": Registered("rhn_core.backends.torch_rhn", ("rhn_train_torch",), "torch", ("torch",),
+                        launcher="torch.distributed"),
+    "tf": Registered("rhn_core.backends.tf_rhn", ("rhn_train_tf",), "tensorflow",
+                     ("tensorflow", "tensorflow-cpu", "keras"), launcher="tf.distribute", replicas=True),
+    "numpy": Registered("rhn_core.backends.numpy_rhn", ("rhn_core", "numpy"), "numpy", ("numpy",)),
+}
 
 
 def load_backend(name):
     """The backend module called ``name``."""
-    return importlib.import_module(BACKENDS[name])
+    return importlib.import_module(BACKENDS[name].module)
+
+
+def available(name):
+    """Whether the framework of backend ``name`` is installed (found without importing it)."""
+    return importlib.util.find_spec(BACKENDS[name].framework) is not None
 
 
 def cpu_threads(threads=0):

@@ -26,6 +26,7 @@ from ..distributed import World
 from ..masks import Masks
 from ..params import check_params, fuse, unfuse
 from . import cpu_threads
+from .base import Option, check_options
 from .cpu_bf16 import require_bf16_products
 from .tf_dist import connect, make_strategy, split_cpu
 
@@ -295,17 +296,22 @@ def check_bf16_cpu():
 
 
 class Backend:
-    """The narrow interface the core loop drives (see ``rhn_core.backends``)."""
+    """The contract the core loop drives (``rhn_core.backends.base``)."""
 
     name = "tf"
+    # rhn_impl and cuda_graphs choose torch's fast paths; here XLA compiles the whole step (jit_compile).
+    OPTIONS = {"rhn_impl": Option("auto", ("auto", "reference"), "onednn and triton are the torch backend's: "
+                                                                   "use rhn_impl=auto or reference with tf"),
+               "cuda_graphs": Option(True),
+               "precision": Option("float32", ("float32", "tf32"), "bf16 is implemented in the torch backend "
+                                                                    "only: use float32 or tf32 with tf"),
+               "replicas": Option(1), "jit_compile": Option(True, (True, False))}
 
-    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32",
-                 rhn_impl="auto", cuda_graphs=True, precision="float32", world=World(), replicas=1, timeout=600,
-                 threads=0, jit_compile=True):
+    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32", *,
+                 threads=0, world=None, timeout=600, options=None):
+        options, world = check_options(self.name, self.OPTIONS, options), world or World()
+        precision, replicas, jit_compile = options["precision"], options["replicas"], options["jit_compile"]
         split_cpu(replicas, device)  # first: only possible before TensorFlow's runtime starts
-        # rhn_impl and cuda_graphs choose torch's fast paths; here XLA compiles the whole step (jit_compile).
-        if rhn_impl in ("onednn", "triton"):
-            raise RHNError(f"rhn_impl={rhn_impl} is the torch backend's: use rhn_impl=auto or reference with tf")
         bf16 = precision == "bf16"
         if bf16:  # a GPU is refused below, once TensorFlow lists its devices
             check_bf16_cpu()

@@ -19,10 +19,11 @@ from torch.nn import functional as F
 from ..distributed import World
 from ..params import check_params, fuse, unfuse
 from .torch_kernels import make_steps, resolve_impl
+from .torch_kernels.eager import TorchSteps
 from .torch_kernels.onednn import BF16Steps
-from .torch_kernels.reference import TorchSteps
 from .torch_kernels.graphs import StaticStep
 from . import cpu_threads
+from .base import Option, check_options
 from .torch_dist import connect
 
 
@@ -193,7 +194,8 @@ def keep_freed_memory():
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
 
 
-def pick_device(device, world=World()):
+def pick_device(device, world=None):
+    world = world or World()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and world.size > 1:  # one GPU per rank of this node (or the one it was given)
@@ -202,15 +204,17 @@ def pick_device(device, world=World()):
 
 
 class Backend:
-    """The narrow interface the core loop drives (see ``rhn_core.backends``)."""
+    """The contract the core loop drives (``rhn_core.backends.base``)."""
 
     name = "torch"
+    OPTIONS = {"rhn_impl": Option("auto"), "cuda_graphs": Option(True), "precision": Option("float32"),
+               "replicas": Option(1, (1,), "torch runs one device per process: start one process per device, "
+                                           "torchrun --nproc_per_node=N rhn_train_torch.py ...")}
 
-    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32",
-                 rhn_impl="auto", cuda_graphs=True, precision="float32", world=World(), replicas=1, timeout=600,
-                 threads=0):
-        if replicas != 1:
-            raise ValueError("torch runs one device per process: start several with torchrun")
+    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32", *,
+                 threads=0, world=None, timeout=600, options=None):
+        options, world = check_options(self.name, self.OPTIONS, options), world or World()
+        rhn_impl, cuda_graphs, precision = options["rhn_impl"], options["cuda_graphs"], options["precision"]
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
         self.device, self.dtype = pick_device(device, world), getattr(torch, dtype)
         self.threads = cpu_threads(threads)

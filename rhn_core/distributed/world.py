@@ -10,6 +10,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from ..backends import BACKENDS
 from ..errors import RHNError
 
 
@@ -91,17 +92,23 @@ def _tf_world(environ):
     return World(rank, len(tasks), 0, "TF_CONFIG")
 
 
+# How a backend's processes learn their place in a job (the registry's ``launcher``); alone without one.
+LAUNCHERS = {"torch.distributed": _torch_world, "tf.distribute": _tf_world, "": lambda environ: World()}
+
+
 def detect(backend_name, environ=None):
-    """The ``World`` of this process for ``backend_name`` ('torch' or 'tf')."""
+    """The ``World`` of this process for ``backend_name`` (read by the launcher its registry entry names)."""
     environ = os.environ if environ is None else environ
-    return (_torch_world if backend_name == "torch" else _tf_world)(environ)
+    return LAUNCHERS[BACKENDS[backend_name].launcher](environ)
 
 
 def check_batch(world, batch_size, replicas=1, backend_name="tf"):
-    """One-line error, before any work, when the global batch cannot be split evenly."""
-    if replicas != 1 and backend_name == "torch":
-        raise RHNError(f"replicas={replicas} is for the TF backend: with torch start one process per device, "
-                       f"torchrun --nproc_per_node={replicas} rhn_train_torch.py ...")
+    """One-line error, before any work, when the global batch cannot be split evenly.
+
+    ``replicas`` counts only for a backend that runs several devices in one process; any other refuses
+    replicas != 1 itself (its options), with its own advice."""
+    if not BACKENDS[backend_name].replicas:
+        replicas = 1
     parts = world.size * replicas
     if parts == 1:
         return

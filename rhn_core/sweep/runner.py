@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 
+from ..backends import BACKENDS
 from ..errors import RHNError
 from ..tracking.mongo import redact
 from .claim import Claim
@@ -31,11 +32,12 @@ PREEMPT_WAIT_S = 10  # after a SIGTERM under Slurm, how long the pre-timeout sig
 
 
 def entry_command(entry):
-    """argv prefix of an entry point: ``torch``/``tf`` (the installed entry modules) or a script path."""
-    if entry in ("torch", "tf"):
-        return [sys.executable, "-m", f"rhn_train_{entry}"]
+    """argv prefix of an entry point: a backend's name (its registered entry module) or a script path."""
+    if entry in BACKENDS:
+        return [sys.executable, "-m", *BACKENDS[entry].entry]
     if not os.path.isfile(entry):
-        raise RHNError(f"entry point {entry!r} not found: give torch, tf or the path of rhn_train_torch.py")
+        raise RHNError(f"entry point {entry!r} not found: give a backend ({', '.join(BACKENDS)}) "
+                       f"or the path of rhn_train_torch.py")
     return [sys.executable, os.path.abspath(entry)]
 
 

@@ -19,17 +19,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 
 from ..errors import RHNError
+from .table import TABLE_INFO, fmt, lookup, number, order, resolve_y, table, write_plot
 
 CHAR_DATASETS = {"enwik8", "text8", "chars"}  # byte-level: quality reads as bits per character
-TABLE_INFO = {"epoch_nr", "nr_parameters", "best_val_epoch"}  # info keys with their own column
 TABLE_CONFIG = ("dataset", "depth", "hidden_size")
-# What the training loop stores in info: these name info keys even where no selected run has
-# them yet (FAILED runs), rather than being looked for among the metrics.
-INFO_KEYS = TABLE_INFO | {"best_valid_perplexity", "best_valid_bits", "full_best_valid_perplexity",
-                          "full_best_valid_bits", "full_test_perplexity", "full_test_bits", "run_dir"}
 
 
 class DirSource:
@@ -104,47 +99,6 @@ class MongoSource:
         self.client.close()
 
 
-def lookup(mapping, key):
-    """``mapping[a][b]`` for ``key`` "a.b"; None where any part is missing."""
-    for part in key.split("."):
-        if not isinstance(mapping, dict) or part not in mapping:
-            return None
-        mapping = mapping[part]
-    return mapping
-
-
-def number(value):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return value if ok else None
-
-
-def resolve_y(source, runs, y):
-    """Fill run["y"]; the y-axis label. An info key wins; else the metric's minimum over epochs."""
-    if y in INFO_KEYS or any(lookup(r["info"], y) is not None for r in runs):
-        for r in runs:
-            r["y"] = lookup(r["info"], y)
-        return y
-    series = source.metric(y, [r["id"] for r in runs])
-    if not any(series.values()):
-        keys = sorted({k for r in runs for k in r["info"] if k != "logs"})
-        raise RHNError(f"no run has info key or metric {y!r}: pick --y from the metrics "
-                       f"(valid_perplexity, train_perplexity, ...) or info keys ({', '.join(keys) or 'none'})")
-    for r in runs:
-        values = [v for v in series.get(r["id"], []) if number(v) is not None]
-        r["y"] = min(values) if values else None
-    return f"min {y}"
-
-
-def fmt(value, spec=""):
-    if value is None:
-        return "-"
-    if spec and number(value) is not None:
-        return format(value, spec)
-    if isinstance(value, float):
-        return f"{value:,.2f}" if abs(value) >= 10 else f"{value:.4g}"
-    return str(value)
-
-
 def quality(run, prefix):
     """``prefix``'s perplexity for word-level runs, bits per character for byte-level ones.
 
@@ -172,7 +126,7 @@ def y_shown(y, runs):
 def columns(args, ylabel, runs):
     """(header, cell function, right-aligned) for each column of the table."""
     cols = [("id", lambda r: fmt(r["id"]), True), ("status", lambda r: fmt(r["status"]), False)]
-    cols += [(k, (lambda k: lambda r: fmt(r["config"].get(k)))(k), k != "dataset") for k in TABLE_CONFIG]
+    cols += [(k, lambda r, k=k: fmt(r["config"].get(k)), k != "dataset") for k in TABLE_CONFIG]
     cols += [("epochs", lambda r: fmt(r["info"].get("epoch_nr")), True),
              ("params", lambda r: fmt(r["info"].get("nr_parameters"), ","), True),
              ("best epoch", lambda r: fmt(r["info"].get("best_val_epoch")), True),
@@ -184,52 +138,6 @@ def columns(args, ylabel, runs):
     if not y_shown(args.y, runs):
         cols.append((ylabel, lambda r: fmt(r["y"]), True))
     return cols
-
-
-def table(cols, runs):
-    cells = [[c[0] for c in cols]] + [[c[1](r) for c in cols] for r in runs]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return ["  ".join(cell.rjust(w) if c[2] else cell.ljust(w) for cell, w, c in zip(row, widths, cols)).rstrip()
-            for row in cells]
-
-
-def order(value):
-    """Sort key putting numbers first (by value), then text, then missing values."""
-    if number(value) is not None:
-        return (0, value, "")
-    return (2, 0, "") if value is None else (1, 0, str(value))
-
-
-def plot(points, args, ylabel, title):
-    """Write the plot to ``args.plot`` via a temporary file, so readers never see half a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed; must precede the pyplot import
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for group in sorted({r["group"] for r in points}, key=order):
-        series = sorted((r for r in points if r["group"] == group), key=lambda r: (order(r["x"]), order(r["id"])))
-        xs, ys, label = [r["x"] for r in series], [r["y"] for r in series], f"{args.group}={fmt(group)}"
-        if any("std" in r for r in series):  # sweep groups: the mean over seeds, a bar of one std
-            ax.errorbar(xs, ys, yerr=[r["std"] for r in series], marker="o", capsize=4, label=label)
-        else:
-            ax.plot(xs, ys, marker="o", label=label)
-    ax.set(xlabel=args.x, ylabel=ylabel, title=title)
-    if args.logy:
-        ax.set_yscale("log")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    folder = os.path.dirname(os.path.abspath(args.plot))
-    kind = os.path.splitext(args.plot)[1].lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(suffix=f".{kind}", prefix=".rhn_report_", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=kind, dpi=120, bbox_inches="tight")
-        os.replace(tmp, args.plot)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    finally:
-        plt.close(fig)
 
 
 class Parser(argparse.ArgumentParser):
@@ -268,7 +176,7 @@ def report(args):
 def report_from(source, args):
     statuses = {s.strip().upper() for arg in args.status for s in arg.split(",") if s.strip()}
     if getattr(args, "sweep", None):
-        from .sweeps import report_sweep
+        from ..sweep.report import report_sweep
         return report_sweep(source, args, statuses)
     runs = [r for r in source.runs() if not statuses or str(r["status"]).upper() in statuses]
     if not runs:
@@ -291,14 +199,6 @@ def report_from(source, args):
     if not points:
         raise RHNError(f"no run has both {args.x} and {ylabel} to plot: pick other --x/--y or use --no-plot")
     write_plot(points, args, f"{ylabel} vs {args.x}\n{source.label}", ylabel)
-
-
-def write_plot(points, args, title, ylabel):
-    try:
-        plot(points, args, ylabel, title)
-    except (OSError, ValueError) as e:
-        raise RHNError(f"cannot write the plot to {args.plot} ({e}): pick another --plot path or --no-plot")
-    print(f"plot written to {args.plot}")
 
 
 def run_command(parse, action, argv):

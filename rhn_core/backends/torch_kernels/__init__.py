@@ -3,7 +3,7 @@ kernels and the static-buffer / CUDA-graph step.
 
 ``rhn_impl`` picks how the recurrence's micro-steps and the model's products run:
 
-    reference  PyTorch operations (``reference.TorchSteps``), any device and dtype
+    reference  PyTorch operations (``eager.TorchSteps``), any device and dtype
     onednn     the same operations with every product in oneDNN (``OneDNNSteps``): float32 on CPU
     triton     one Triton kernel per micro-step forward and one per backward (``TritonSteps``);
                needs CUDA, or ``TRITON_INTERPRET=1`` (set before triton is imported) on CPU
@@ -68,7 +68,7 @@ def resolve_impl(impl, device_type, dtype=torch.float32, hidden_size=None, preci
 def make_steps(impl, precision="float32"):
     """The micro-step implementation for a resolved ``impl`` and ``precision``."""
     if impl == "reference":
-        from .reference import TorchSteps
+        from .eager import TorchSteps
         return TorchSteps()
     if impl == "onednn":
         return onednn.BF16Steps() if precision == "bf16" else onednn.OneDNNSteps()

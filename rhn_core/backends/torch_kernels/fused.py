@@ -5,7 +5,7 @@ its weight-gradient GEMMs unchanged: only the per-micro-step work is one launch 
 """
 import torch
 
-from .reference import TorchSteps
+from .eager import TorchSteps
 from . import triton_steps
 
 
@@ -22,7 +22,7 @@ class TritonSteps(TorchSteps):
         triton_steps.forward_step(s, mh, R_k, bias, a, s_out, tf32=self.tf32)
 
     def backward_state(self, mh, R, S, A, d_out, d_final, d_pre):
-        N, D, T = A.shape[0], R.shape[0], d_out.shape[1]
+        D, T = R.shape[0], d_out.shape[1]
         Rs, Ss, As, Ds = R.unbind(0), S.unbind(0), A.unbind(0), d_pre.unbind(0)
         d_out = d_out.contiguous()  # autograd may hand in an expanded (stride 0) gradient
         mh = None if mh is None else mh.contiguous()

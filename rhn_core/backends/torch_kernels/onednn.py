@@ -24,7 +24,7 @@ Its products go through the same oneDNN op as float32's: ``torch.mm`` on bfloat1
 """
 import torch
 
-from .reference import TorchSteps
+from .eager import TorchSteps
 
 # oneDNN pays more per call than MKL, which small products feel: measured per training step
 # (2 threads, ``benchmarks/throughput.py``), the demo (H 128) 55 -> 72 ms, H 200 equal

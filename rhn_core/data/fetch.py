@@ -1,4 +1,4 @@
-"""Data preparation: fetch or import, verify, and cache enwik8 / text8 / PTB (``data/prepare.py``).
+"""Dataset fetching: download or import, verify, and cache enwik8 / text8 / PTB (the module behind ``data/prepare.py``).
 
 enwik8 and text8 become ``<name>.ids.npy`` (uint8 class ids of the whole file, as the
 original's np.unique mapping) plus ``<name>.values.npy`` (the byte values), which the

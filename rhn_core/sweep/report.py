@@ -11,8 +11,8 @@ import json
 import statistics
 
 from ..errors import RHNError
-from ..sweep.state import pieces_by_key
-from .report import fmt, lookup, number, order, resolve_y, table, write_plot
+from ..tracking.table import fmt, lookup, number, order, resolve_y, table, write_plot
+from .state import pieces_by_key
 
 
 def latest_pieces(runs):
@@ -65,7 +65,7 @@ def report_sweep(source, args, statuses):
     rows = [summary(setting, group, args) for setting, group in groups_of(runs, over).items()]
     keys = sorted({k for row in rows for k in row["setting"]})
     rows.sort(key=lambda r: (order(r["group"]), order(r["x"]), [order(r["setting"].get(k)) for k in keys]))
-    cols = [(k, (lambda k: lambda r: fmt(r["setting"].get(k)))(k), True) for k in keys]
+    cols = [(k, lambda r, k=k: fmt(r["setting"].get(k)), True) for k in keys]
     cols += [("runs", lambda r: str(r["runs"]), True), ("states", lambda r: r["states"], False),
              ("params", lambda r: fmt(r["params"], ","), True), ("n", lambda r: str(r["n"]), True),
              (f"mean {ylabel}", lambda r: fmt(r["mean"], ".3f"), True), ("std", lambda r: fmt(r["std"], ".3f"), True)]

@@ -1,4 +1,4 @@
-"""The reference micro-steps of the torch backend: the recurrence's per-micro-step work,
+"""The eager micro-steps of the torch backend (rhn_impl=reference): the recurrence's per-micro-step work,
 its hand-written backward loop and the model's products as plain PyTorch operations
 (any device, any dtype). The fast paths (``onednn.OneDNNSteps``, ``fused.TritonSteps``)
 subclass it and replace only its products or its micro-steps, so that what they share
