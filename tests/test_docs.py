@@ -311,3 +311,20 @@ def test_the_python_of_the_layer_page_runs(page, tmp_path, monkeypatch):
     namespace = {"__name__": "docs_layer"}
     for body in code:
         exec(compile(body, f"docs/{page}", "exec"), namespace)
+
+
+def test_the_tests_and_files_the_docs_cite_exist():
+    """``test_x.py::name`` names a test function of tests/; a path of this repository in backticks exists."""
+    missing = []
+    for path in doc_files():
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        where = os.path.relpath(path, REPO)
+        for file, name in re.findall(r"\b(test_\w+\.py)::(\w+)", text):
+            source = os.path.join(REPO, "tests", file)
+            if not os.path.isfile(source) or not re.search(rf"^\s*def {name}\(", open(source, encoding="utf-8").read(), re.M):
+                missing.append(f"{where}: {file}::{name}")
+        for cited in re.findall(r"`((?:rhn_core|tests|benchmarks|tools|data|docs)/[\w./-]*\w)`", text):
+            if not os.path.exists(os.path.join(REPO, cited)):
+                missing.append(f"{where}: {cited}")
+    assert not missing, "\n".join(missing)
