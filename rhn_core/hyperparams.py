@@ -1,7 +1,7 @@
 """Configuration: the original base config, its named configs, and their checks.
 
-Key names and values are those of the original ``rhn_train.py`` (ORIGINAL_SPEC
-section 5.1). Named configs list only what they change. Keys added by this port
+Key names and values are those of the original ``rhn_train.py`` (docs/faithfulness.md;
+docs/configuration.md is generated from this file). Named configs list only what they change. Keys added by this port
 come last in the base scope; their defaults keep the original behaviour. The
 trailing comment of each key is what ``print_config`` shows next to it.
 """

@@ -20,12 +20,11 @@ import sys
 import warnings
 
 import pytest
-
 from conftest import REPO
 
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)\s*$",
-                   re.M | re.S)
+                   re.MULTILINE | re.DOTALL)
 ENTRY = re.compile(r"(^|/)rhn_train_\w+\.py$")
 SCRIPT = re.compile(r"^(\./)?(benchmarks|tools|data)/[\w/]+\.py$")
 SEPARATORS = {"&&", "||", ";", "|", "&"}
@@ -131,6 +130,7 @@ def run_parser(target, args, is_module):
 def config_words_errors(words):
     """Errors of ``NAMED... KEY=VALUE...`` as written after ``with``."""
     from sacred.arg_parser import get_config_updates
+
     from rhn_core.hyperparams import KEY_CHECKS, NAMED_CONFIGS
     words = [w for w in words if w != "with"]
     updates, named = get_config_updates(words)
@@ -148,6 +148,7 @@ def config_words_errors(words):
 
 def config_keys():
     from sacred.config.config_scope import ConfigScope
+
     from rhn_core.hyperparams import hyperparameters
     return set(ConfigScope(hyperparameters)()) | {"seed"}
 
@@ -322,7 +323,11 @@ def test_the_tests_and_files_the_docs_cite_exist():
         where = os.path.relpath(path, REPO)
         for file, name in re.findall(r"\b(test_\w+\.py)::(\w+)", text):
             source = os.path.join(REPO, "tests", file)
-            if not os.path.isfile(source) or not re.search(rf"^\s*def {name}\(", open(source, encoding="utf-8").read(), re.M):
+            found = False
+            if os.path.isfile(source):
+                with open(source, encoding="utf-8") as f:
+                    found = bool(re.search(rf"^\s*def {name}\(", f.read(), re.MULTILINE))
+            if not found:
                 missing.append(f"{where}: {file}::{name}")
         for cited in re.findall(r"`((?:rhn_core|tests|benchmarks|tools|data|docs)/[\w./-]*\w)`", text):
             if not os.path.exists(os.path.join(REPO, cited)):

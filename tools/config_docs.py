@@ -60,7 +60,7 @@ def named_changes(scope):
     """(key, value, comment) of what a named config sets."""
     if isinstance(scope, dict):  # given as values: the comments of `key=value,  # ...` lines of the module
         source = inspect.getsource(hyperparams)
-        comments = dict(reversed(re.findall(r"^\s+(\w+)=[^\n#]*#\s*(.*)$", source, re.M)))
+        comments = dict(reversed(re.findall(r"^\s+(\w+)=[^\n#]*#\s*(.*)$", source, re.MULTILINE)))
         return [(k, v, comments.get(k, "")) for k, v in scope.items()]
     from sacred.config.config_scope import ConfigScope
     comments, _ = scope_comments(scope)
