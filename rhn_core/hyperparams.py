@@ -59,7 +59,7 @@ def hyperparameters():
     rhn_impl = 'auto'  # torch: reference, onednn (CPU float32) or triton (CUDA); auto: triton on CUDA, onednn from H 512
     cuda_graphs = True  # torch on CUDA: capture the train and eval steps once in CUDA graphs and replay them
     precision = 'float32'  # float32 products; tf32 (CUDA: TF32 matmuls) or bf16 (autocast outside the recurrence)
-    replicas = 1  # TF: devices of this machine trained in parallel (MirroredStrategy); torch: use torchrun
+    replicas = 1  # TF: devices of the local machine trained in parallel (MirroredStrategy); torch: use torchrun
     dist_timeout = 600  # seconds a rank waits for the others in a collective before it stops with an error
     sample_length = 200  # sample: symbols (words or bytes) the model writes after sample_prime
     sample_prime = ''  # sample: text the model reads first ('' = the start of a sentence or line)

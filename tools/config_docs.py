@@ -53,6 +53,8 @@ def cell(text):
 
 
 def value(v):
+    if isinstance(v, str) and v.startswith(REPO + os.sep):  # a file shipped in the package: where it is in the repository
+        v = os.path.relpath(v, REPO)
     return f"`{v!r}`"
 
 
