@@ -333,3 +333,17 @@ def test_the_tests_and_files_the_docs_cite_exist():
             if not os.path.exists(os.path.join(REPO, cited)):
                 missing.append(f"{where}: {cited}")
     assert not missing, "\n".join(missing)
+
+
+def test_the_links_of_the_root_pages_lead_somewhere():
+    """README.md, CONTRIBUTING.md, CHANGELOG.md and data/README.md are read on the repository's web page,
+    outside the docs site (whose links mkdocs build --strict checks): their relative links name files that exist."""
+    broken = []
+    for name in ("README.md", "CONTRIBUTING.md", "CHANGELOG.md", os.path.join("data", "README.md")):
+        path = os.path.join(REPO, name)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" not in target and not os.path.exists(os.path.join(os.path.dirname(path), target)):
+                broken.append(f"{name}: {target}")
+    assert not broken, "\n".join(broken)
