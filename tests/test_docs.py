@@ -191,11 +191,21 @@ def command_errors(words):
         if word == "rhn-sweep" or (word == "-m" and i + 1 < len(words) and words[i + 1] == "rhn_core.sweep"):
             args = words[i + 1:] if word == "rhn-sweep" else words[i + 2:]
             return sweep_errors(args)
+        if word == "-m" and i + 1 < len(words) and words[i + 1] == "rhn_core":  # python -m rhn_core BACKEND ...
+            return backend_command_errors(words[i + 2:])
         if word == "-m" and i + 1 < len(words) and words[i + 1].startswith("rhn_core"):
             return argparse_errors(words[i + 1], words[i + 2:], is_module=True)
         if SCRIPT.match(word) and i > 0 and os.path.basename(words[i - 1]).startswith("python"):
             return argparse_errors(word.removeprefix("./"), words[i + 1:], is_module=False)
     return None
+
+
+def backend_command_errors(args):
+    """``python -m rhn_core BACKEND ARGS``: a known backend, then Sacred's command line (the same for every backend)."""
+    from rhn_core.backends import BACKENDS
+    if not args or args[0] not in BACKENDS:
+        return [f"unknown backend {args[0] if args else ''!r}: use one of {', '.join(BACKENDS)}"]
+    return entry_point_errors("rhn_train_torch.py", args[1:])
 
 
 def argparse_errors(target, args, is_module):
@@ -272,6 +282,8 @@ def test_every_command_in_the_docs_parses():
     ("python -m rhn_core.tracking.report --mongo db --y_axis x", "unrecognized arguments"),
     ("python benchmarks/throughput.py --config 'ptb_sota num_threads=1'", "unknown config key 'num_threads'"),
     ("python data/prepare.py wikitext", "invalid choice"),
+    ("python -m rhn_core jax with demo", "unknown backend 'jax'"),
+    ("python -m rhn_core torch with demo num_threads=1", "unknown config key 'num_threads'"),
 ])
 def test_the_check_catches_stale_commands(line, message):
     problems, checked = check([("planted", line)])
