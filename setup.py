@@ -14,6 +14,7 @@ EXTRAS = {
     "test": ["pytest>=7", "secantusdb==0.7.0b3", "submitit>=1.5",
              "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     "mutation": ["mutmut>=3.8"],  # tools/mutation.py (not part of CI)
+    "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.2"],  # the docs site: mkdocs serve / mkdocs build --strict
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

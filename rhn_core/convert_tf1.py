@@ -5,7 +5,7 @@
 
 The original names its variables ``model/embedding``, ``model/RHN<l>/h_<k>/Linear/Matrix``
 and ``.../Bias`` (and ``t_<k>`` for the T gate), ``model/softmax_w`` (untied only) and
-``model/softmax_b`` (ORIGINAL_SPEC 1.3). The canonical names of ``rhn_core.params`` are the
+``model/softmax_b`` (docs/faithfulness.md, Parameter names). The canonical names of ``rhn_core.params`` are the
 same without ``model/`` and ``/Linear``, and the layouts agree (micro-layer 0's matrix has
 the input rows first, then the state rows), so the conversion only renames. Reading the
 checkpoint needs TensorFlow; nothing else here does.

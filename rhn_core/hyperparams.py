@@ -1,7 +1,7 @@
 """Configuration: the original base config, its named configs, and their checks.
 
-Key names and values are those of the original ``rhn_train.py`` (ORIGINAL_SPEC
-section 5.1). Named configs list only what they change. Keys added by this port
+Key names and values are those of the original ``rhn_train.py`` (docs/faithfulness.md;
+docs/configuration.md is generated from this file). Named configs list only what they change. Keys added by this port
 come last in the base scope; their defaults keep the original behaviour. The
 trailing comment of each key is what ``print_config`` shows next to it.
 """
@@ -59,7 +59,7 @@ def hyperparameters():
     rhn_impl = 'auto'  # torch: reference, onednn (CPU float32) or triton (CUDA); auto: triton on CUDA, onednn from H 512
     cuda_graphs = True  # torch on CUDA: capture the train and eval steps once in CUDA graphs and replay them
     precision = 'float32'  # float32; tf32 (CUDA TF32 matmuls); bf16: all products bf16 on CPU (AVX512_BF16/AMX), CUDA autocast
-    replicas = 1  # TF: devices of this machine trained in parallel (MirroredStrategy); torch: use torchrun
+    replicas = 1  # TF: devices of the local machine trained in parallel (MirroredStrategy); torch: use torchrun
     dist_timeout = 600  # seconds a rank waits for the others in a collective before it stops with an error
     sample_length = 200  # sample: symbols (words or bytes) the model writes after sample_prime
     sample_prime = ''  # sample: text the model reads first ('' = the start of a sentence or line)

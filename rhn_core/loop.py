@@ -1,7 +1,7 @@
 """The training and evaluation loop, written once for every backend.
 
-It owns what the original ``rhn_train.py`` did around the model (ORIGINAL_SPEC
-3-4): the learning-rate schedule, masks per minibatch, state carried across
+It owns what the original ``rhn_train.py`` did around the model (docs/faithfulness.md,
+training and evaluation): the learning-rate schedule, masks per minibatch, state carried across
 minibatches and reset per pass, batched valid/test after every epoch, the best
 checkpoint on valid, the final B = 1 pass over valid and test with the best
 weights, metrics and ``_run.info``. Additions: resumable checkpoints

@@ -1,4 +1,4 @@
-"""Variational dropout masks, sampled with NumPy once per minibatch (ORIGINAL_SPEC 2).
+"""Variational dropout masks, sampled with NumPy once per minibatch (docs/faithfulness.md).
 
 Masks are inverted-dropout scaled (1/keep where kept, 0 where dropped) and are
 data: every backend and the NumPy reference multiply by the same arrays, so

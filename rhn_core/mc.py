@@ -1,4 +1,4 @@
-"""Monte-Carlo dropout evaluation (the original's ``evaluate_mc``, ORIGINAL_SPEC 4.6), batched.
+"""Monte-Carlo dropout evaluation (the original's ``evaluate_mc``; docs/faithfulness.md), batched.
 
 For each sample k the training dropout masks are drawn once and kept for a whole
 pass over the test stream (state carried from zeros); the probability of every
@@ -13,7 +13,7 @@ Modes (``mc_mode``):
   is ONE scalar per sample for the whole stream (with drop_x = 0.25 a quarter of
   the samples have every embedding zeroed; they are then rejected), and the
   probability array has len(test) slots of which the last is never filled: it
-  enters the mean as clip(0) = 1e-10 (ORIGINAL_SPEC 10.9-10.10).
+  enters the mean as clip(0) = 1e-10 (docs/faithfulness.md, MC quirks).
 * ``corrected``: word masks per token position, tied per word type within each
   window of ``num_steps`` tokens as in training; the N - 1 real predictions are
   scored.

@@ -1,7 +1,7 @@
 """The canonical parameters: names, shapes, the original initialisation, checks.
 
 One framework-neutral dict of NumPy arrays, named as the original TensorFlow
-variables without their ``model/`` prefix (ORIGINAL_SPEC 1.3):
+variables without their ``model/`` prefix (docs/faithfulness.md, Parameter names):
 
     embedding            V x in_size
     RHN<l>/h_0/Matrix    (in_l + H) x H     micro-layer 0 sees [x * m_i, s * m_h]
@@ -78,7 +78,7 @@ def param_shapes(spec):
 
 
 def count_params(spec):
-    """Number of trainable scalars (ORIGINAL_SPEC 1.7)."""
+    """Number of trainable scalars (the original's count: docs/faithfulness.md, Reference numbers)."""
     return int(sum(np.prod(s) for s in param_shapes(spec).values()))
 
 

@@ -1,6 +1,6 @@
 """Float64 NumPy reference of the RHN language model: the oracle for every backend.
 
-Written straight from the equations of ORIGINAL_SPEC 1.3-1.5 and 3, in the
+Written straight from the equations of docs/faithfulness.md (the cell, loss, weight decay), in the
 original's form (one matrix over the concatenation [x * m_i, s * m_h] at
 micro-layer 0), deliberately unlike the backends' hoisted, fused form:
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic corpora in the exact formats, the shared data folder."""
+"""Shared fixtures: synthetic corpora in the exact formats, the real PTB (RHN_SHARED_DATA)."""
 import os
 import subprocess
 import warnings
@@ -28,7 +28,9 @@ import pytest
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 SHARED_DATA = os.environ.get("RHN_SHARED_DATA",
-                             os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+                             os.path.join(os.path.dirname(__file__), "..", "data"))
+PTB_MISSING = ("real PTB not found: set RHN_SHARED_DATA to a folder holding ptb.train.txt.xz, ptb.valid.txt.xz and "
+               "ptb.test.txt.xz (Mikolov's files, xz-compressed; docs/data.md says where to get them)")
 
 
 def shared_file(name):
@@ -38,9 +40,9 @@ def shared_file(name):
 
 @pytest.fixture(scope="session")
 def ptb_dir():
-    """The real PTB (xz files in shared/data); skipped cleanly where absent."""
+    """The real PTB (ptb.*.txt.xz in RHN_SHARED_DATA); skipped cleanly where absent."""
     if not all(shared_file(f"ptb.{s}.txt.xz") for s in ("train", "valid", "test")):
-        pytest.skip("real PTB not found in shared/data (set RHN_SHARED_DATA)")
+        pytest.skip(PTB_MISSING)
     return SHARED_DATA
 
 

@@ -1,4 +1,4 @@
-"""A real one-node Slurm cluster for the tests (recipe: shared/docs/SLURM.md).
+"""A real one-node Slurm cluster for the tests (docs/development.md says what it needs).
 
 ``SlurmCluster`` starts munge (or uses a running one), MariaDB (or uses a running
 one), slurmdbd, slurmctld and slurmd as root, with every file in a scratch folder,

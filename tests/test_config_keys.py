@@ -465,7 +465,7 @@ def test_mc_mode_decides_the_word_mask_and_the_scored_positions(text, tmp_path, 
     assert len(faithful) == len(corrected) == 44
 
 
-# --- the torch backend's fast paths (issue 10) ------------------------------------------------
+# --- the torch backend's fast paths ------------------------------------------------
 @effect_of("rhn_impl")
 def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
     pytest.importorskip("triton")

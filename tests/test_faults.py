@@ -1,4 +1,4 @@
-"""Faults a hostile but honest user meets (issue 13), through the entry points as a user runs them.
+"""Faults a hostile but honest user meets, through the entry points as a user runs them.
 
 Each case checks the one-line ``RHNError``, the exit status and what is (not) written:
 an unwritable or full ``save_dir``, a diverging run, a ``last.npz`` without its

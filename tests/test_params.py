@@ -22,7 +22,7 @@ def test_parameter_counts_equal_the_original(named, expected):
 
 
 def test_readme_depth_table_counts():
-    # ORIGINAL_SPEC 8.1: depth 8, 890 units untied = 32,082,040; depth 10, 830 tied = 23,482,400
+    # The original README's depth table: depth 8, 890 units untied = 32,082,040; depth 10, 830 tied = 23,482,400
     assert count_params(ModelSpec(10000, 890, 8, tied=False)) == 32_082_040
     assert count_params(ModelSpec(10000, 1050, 4, tied=True)) == 21_543_400
 

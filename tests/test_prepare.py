@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, byte_corpus, run_experiment
+from conftest import PTB_MISSING, REPO, SHARED_DATA, byte_corpus, run_experiment
 from rhn_core.data import readers
 from rhn_core.errors import RHNError
 from rhn_core.data.fetch import prepare_byte_corpus, prepare_ptb
@@ -112,7 +112,7 @@ def test_training_from_a_prepared_cache(enwik8_like, tmp_path):
 
 def ptb_sources(tmp_path):
     if not all(os.path.isfile(os.path.join(SHARED_DATA, f"ptb.{s}.txt.xz")) for s in ("train", "valid", "test")):
-        pytest.skip("real PTB not found in shared/data")
+        pytest.skip(PTB_MISSING)
     folder = tmp_path / "plain"
     folder.mkdir()
     for split in ("train", "valid", "test"):
@@ -190,7 +190,7 @@ def test_ptb_that_is_not_mikolovs_is_refused(tmp_path, synthetic_ptb):
 def test_character_level_run_on_ptb_text(tmp_path):
     path = os.path.join(SHARED_DATA, "ptb.valid.txt.xz")
     if not os.path.isfile(path):
-        pytest.skip("real PTB not found in shared/data")
+        pytest.skip(PTB_MISSING)
     run = run_experiment(dataset="chars", data_path=path, hidden_size=64, depth=2, batch_size=32, num_steps=50,
                          max_max_epoch=4, max_epoch=4, tied=False, init_bias=-4.0, drop_x=0.0, drop_i=0.1, drop_h=0.0,
                          drop_o=0.1, learning_rate=0.5, save_dir=str(tmp_path))

@@ -78,7 +78,7 @@ def test_the_last_window_needs_its_targets():
 
 
 def test_original_epoch_sizes():
-    # ORIGINAL_SPEC 3: PTB train 929,589 tokens -> 1,327 steps; 90M chars -> 14,062.
+    # The original's epoch sizes: PTB train 929,589 tokens -> 1,327 steps; 90M chars -> 14,062.
     assert (929589 // 20 - 1) // 35 == readers.epoch_size(np.zeros((20, 929589 // 20)), 35) == 1327
     assert readers.epoch_size(np.zeros((128, 90_000_000 // 128)), 50) == 14062
 

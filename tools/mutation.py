@@ -244,7 +244,8 @@ def main(argv=None):
     parser.add_argument("--repo", default=REPO, help="the tree to mutate (default: this one; e.g. an older "
                                                        "revision checked out with git worktree, for a baseline)")
     parser.add_argument("--shared-data", default=os.environ.get("RHN_SHARED_DATA",
-                                                                 os.path.join(REPO, "..", "shared", "data")))
+                                                                 os.path.join(REPO, "data")),
+                        help="folder of ptb.*.txt.xz for the real-PTB tests (default: RHN_SHARED_DATA, else data/)")
     parser.add_argument("--report", action="store_true", help="only print the table of the last runs")
     parser.add_argument("--retry", action="store_true", help="test again the mutants the last run did not kill "
                                                             "(mutmut keeps a result until the mutated code changes)")

@@ -1,4 +1,4 @@
-"""Plant the four bugs of issue 15, one at a time in a scratch copy of the tree, and run the tests that must catch each.
+"""Plant four bugs that once passed the whole suite, one at a time in a scratch copy of the tree, and run the tests that must catch each.
 
     python tools/planted_bugs.py            # bugs 1-4, each against its tests
     python tools/planted_bugs.py 2 4        # some of them
@@ -75,7 +75,7 @@ def main(argv=None):
             copy_tree(tree)
             plant(tree, number)
             env = dict(os.environ, PYTHONPATH=tree)
-            env.setdefault("RHN_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))
+            env.setdefault("RHN_SHARED_DATA", os.path.join(REPO, "data"))
             result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                                     cwd=tree, env=env, capture_output=True, text=True)
         lines = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]

@@ -20,7 +20,7 @@ from ..errors import RHNError
 from ..progress import progress_bar
 from .readers import COMPRESSED, byte_ids, find_file, prepared_paths, read_bytes, read_zip_member
 
-# Published sizes and checksums (shared/data/README.md of this project).
+# Published sizes and checksums (docs/data.md lists them).
 CORPORA = {
     "enwik8": dict(url="http://mattmahoney.net/dc/enwik8.zip", size=100_000_000, classes=205,
                    sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8"),

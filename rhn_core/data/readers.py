@@ -1,9 +1,9 @@
 """Dataset readers (text -> int id arrays) and the original BPTT batching.
 
 Readers accept plain files and ``.xz`` / ``.gz`` compressed copies, so the
-verified files in ``shared/data`` work as they are.
+verified compressed copies of PTB work as they are.
 
-Batching (ORIGINAL_SPEC 6.2): a stream of N ids is cut into B rows of
+Batching (as the original's reader; docs/faithfulness.md): a stream of N ids is cut into B rows of
 batch_len = N // B ids (the last N mod B ids are dropped); minibatch i holds
 columns [i*T, (i+1)*T) as inputs and the same columns shifted by one as targets:
 

@@ -1,7 +1,7 @@
 """The ``rhn-sweep`` command (``python -m rhn_core.sweep``): run a sweep, or show where it stands.
 
     rhn-sweep run --name depth -m 127.0.0.1:27017:rhn -s depth=1,2,4 --equal-params 2.4e6 \\
-        torch with dataset=ptb data_path=../shared/data max_max_epoch=2
+        torch with dataset=ptb data_path=data max_max_epoch=2
     rhn-sweep run ... --dry-run                       # the runs and their parameter counts
     rhn-sweep run ... --executor slurm --slurm-partition gpu --slurm-time 600 --slurm-gpus 1
     rhn-sweep status --name depth -m 127.0.0.1:27017:rhn
