@@ -60,8 +60,8 @@ def bf16_case(case, seed, backend_name="torch", precision="bf16", **options):
     masks = NO_MASKS if mask_kind == "none" else sample_masks(rng, x, spec, 0.3, 0.3, 0.3, 0.3,
                                                                tied_noise=mask_kind == "shared")
     backend = load_backend(backend_name).Backend(spec, params, weight_decay=checks.WD, max_grad_norm=1.0,
-                                                 device="cpu", dtype="float32", precision=precision, threads=1,
-                                                 **options)
+                                                 device="cpu", dtype="float32", threads=1,
+                                                 options=dict(options, precision=precision))
     return spec, params, x, y, state, masks, backend
 
 
