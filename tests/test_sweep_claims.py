@@ -24,7 +24,11 @@ NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
 def ago(seconds):
-    return (NOW - datetime.timedelta(seconds=seconds)).isoformat()
+    """An ISO time ``seconds`` before now: taken when the piece is written, not when the module was collected
+    (a full suite reaches these tests minutes after collection, and a run 'started 1 s ago' would look dead)."""
+    if seconds is None:
+        return None
+    return (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds)).isoformat()
 
 
 # --- the claim -------------------------------------------------------------------------------------
@@ -52,10 +56,10 @@ def test_claim_is_exclusive_names_its_holder_and_dies_with_it(tmp_path):
 
 # --- the decision at every moment of a run's start -------------------------------------------------
 def write_piece(folder, run_id, key, status, heartbeat=None, start=None):
-    """A run of sweep ``s`` as the file observer writes it."""
+    """A run of sweep ``s`` as the file observer writes it; ``heartbeat`` and ``start`` in seconds ago."""
     d = folder / str(run_id)
     d.mkdir(parents=True)
-    (d / "run.json").write_text(json.dumps({"status": status, "heartbeat": heartbeat, "start_time": start,
+    (d / "run.json").write_text(json.dumps({"status": status, "heartbeat": ago(heartbeat), "start_time": ago(start),
                                             "meta": {"sweep": {"name": "s", "key": key, "values": {}}}}))
 
 
@@ -64,12 +68,12 @@ def write_piece(folder, run_id, key, status, heartbeat=None, start=None):
 # whose disk the claim does not reach, or the first launcher and its run are gone.
 MOMENTS = {
     "queued": [],  # the first launch has it waiting for a slot: no piece yet
-    "started, no heartbeat yet": [("RUNNING", None, ago(1))],
-    "running": [("RUNNING", ago(5), ago(60))],
-    "silent": [("RUNNING", ago(600), ago(900))],
-    "died before its first heartbeat": [("RUNNING", None, ago(600))],
-    "interrupted": [("INTERRUPTED", ago(30), ago(90))],
-    "finished": [("INTERRUPTED", ago(300), ago(900)), ("COMPLETED", ago(30), ago(200))],
+    "started, no heartbeat yet": [("RUNNING", None, 1)],
+    "running": [("RUNNING", 5, 60)],
+    "silent": [("RUNNING", 600, 900)],
+    "died before its first heartbeat": [("RUNNING", None, 600)],
+    "interrupted": [("INTERRUPTED", 30, 90)],
+    "finished": [("INTERRUPTED", 300, 900), ("COMPLETED", 30, 200)],
 }
 
 
@@ -87,7 +91,7 @@ def test_a_relaunch_starts_a_run_only_when_nobody_can_be_writing_it(moment, clai
     db.mkdir()
     for i, (status, beat, start) in enumerate(MOMENTS[moment], 1):
         write_piece(db, i, "k", status, beat, start)
-    write_piece(db, 99, "other", "RUNNING", ago(1), ago(2))  # another run of the sweep changes nothing
+    write_piece(db, 99, "other", "RUNNING", 1, 2)  # another run of the sweep changes nothing
     if MOMENTS[moment]:
         save_dir.mkdir(parents=True)
         (save_dir / "last.npz").write_bytes(b"the checkpoint of an earlier piece")

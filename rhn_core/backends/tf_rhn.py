@@ -303,8 +303,7 @@ class Backend:
     OPTIONS = {"rhn_impl": Option("auto", ("auto", "reference"), "onednn and triton are the torch backend's: "
                                                                    "use rhn_impl=auto or reference with tf"),
                "cuda_graphs": Option(True),
-               "precision": Option("float32", ("float32", "tf32"), "bf16 is implemented in the torch backend "
-                                                                    "only: use float32 or tf32 with tf"),
+               "precision": Option("float32", ("float32", "tf32", "bf16")),
                "replicas": Option(1), "jit_compile": Option(True, (True, False))}
 
     def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32", *,

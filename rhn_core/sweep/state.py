@@ -98,7 +98,7 @@ class Book:
     stale_s: float = STALE_S
 
     def source(self):
-        from ..tracking.report import DirSource, MongoSource
+        from ..tracking.sources import DirSource, MongoSource
         if self.mongo:
             return MongoSource(self.mongo)
         if self.file_storage:
