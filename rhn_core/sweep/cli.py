@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 
+from ..backends import BACKENDS
 from ..errors import RHNError
 from ..tracking.mongo import parse_target, redact
 from ..tracking.report import Parser, fmt, quality, run_command
@@ -65,7 +66,8 @@ def parse_args(argv):
     r.add_argument("--slurm-signal-delay", type=int, default=90, metavar="S",
                    help="the pre-timeout signal comes S seconds before the time limit (default 90)")
     r.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their states")
-    r.add_argument("entry", help="torch, tf, or the path of an entry point (rhn_train_torch.py)")
+    r.add_argument("entry", help=f"a backend ({', '.join(BACKENDS)}) or the path of an entry point "
+                                  "(rhn_train_torch.py)")
     r.add_argument("fixed", nargs=argparse.REMAINDER, help="[with] NAMED_CONFIG... KEY=VALUE... for every run")
     st = sub.add_parser("status", help="each run of a sweep: state, epoch, best valid figure")
     add_common(st)
