@@ -154,6 +154,7 @@ def wait_for(path, text, timeout_s=240):
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
+@pytest.mark.slow  # over 10 s: a real sweep, interrupted and relaunched
 def test_interrupted_sweep_resumes_exactly_on_relaunch(mongo_db, small_text, tmp_path):
     """SIGTERM to the sweep: its run checkpoints; the re-launch resumes it and ends as a twin never stopped."""
     server, db_name = mongo_db

@@ -129,6 +129,7 @@ def launch(*args):
                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONPATH=REPO))
 
 
+@pytest.mark.slow  # over 10 s each: two real launches of a 4-run sweep
 @pytest.mark.parametrize("store", ["file", "mongo"])
 def test_a_sweep_launched_twice_runs_each_run_once(store, request, small_text, tmp_path):
     if store == "mongo":
