@@ -12,6 +12,7 @@ Examples:
   python rhn_train_torch.py with demo resume=runs/chars_1/last.npz
   python rhn_train_torch.py -F sacred_runs with demo   record the run (-m HOST:PORT:DB for MongoDB)
 """
+
 from rhn_core.experiment import make_experiment
 
 ex = make_experiment("torch")

@@ -1,4 +1,5 @@
 """Packaging for rhn: the core needs NumPy, Sacred, tqdm, matplotlib and pymongo; frameworks are extras."""
+
 from setuptools import find_packages, setup
 
 EXTRAS = {
@@ -11,8 +12,12 @@ EXTRAS = {
     # The suite starts a real MongoDB-protocol server of its own: SecantusDB (WiredTiger storage); it also
     # starts a Slurm cluster, driven through submitit.
     # triton 3.9.0: its interpreter runs the kernel tests on CPU (3.5.0's fails with numpy 2.4).
-    "test": ["pytest>=7", "secantusdb==0.7.0b3", "submitit>=1.5",
-             "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+    "test": [
+        "pytest>=7",
+        "secantusdb==0.7.0b3",
+        "submitit>=1.5",
+        "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+    ],
     "mutation": ["mutmut>=3.8"],  # tools/mutation.py (not part of CI)
     "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.2"],  # the docs site: mkdocs serve / mkdocs build --strict
 }
@@ -29,8 +34,7 @@ setup(
     packages=find_packages(include=["rhn_core", "rhn_core.*"]),
     package_data={"rhn_core": ["demo_data/*.xz"]},
     py_modules=["rhn_train_torch", "rhn_train_tf"],
-    install_requires=["numpy>=1.22", "sacred>=0.8.4", "tqdm>=4.60", "matplotlib>=3.5", "pymongo>=4.6",
-                      "setuptools<82"],
+    install_requires=["numpy>=1.22", "sacred>=0.8.4", "tqdm>=4.60", "matplotlib>=3.5", "pymongo>=4.6", "setuptools<82"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["rhn-sweep = rhn_core.sweep.cli:main"]},
 )

@@ -10,6 +10,7 @@ synthetic file. Each measurement runs in a fresh subprocess; peak memory is that
 process's maximum resident set size. Evaluation speed is timed on a prefix and
 extrapolated to the 5 M-symbol valid/test splits (the passes are linear in length).
 """
+
 import argparse
 import json
 import os
@@ -116,15 +117,19 @@ def main():
             r = child(PREPARE, out=out, source=source, expected=expected)
             print(f"{name:<38} {r['seconds']:>8.1f} {r['peak_mb']:>8.0f}")
         r = child(LOAD, out=out)
-        print(f"{'load prepared cache (memory-mapped)':<38} {r['seconds']:>8.2f} {r['peak_mb']:>8.0f}"
-              f"   splits {r['train']:,} / {r['valid']:,} / {r['test']:,}")
+        print(
+            f"{'load prepared cache (memory-mapped)':<38} {r['seconds']:>8.2f} {r['peak_mb']:>8.0f}"
+            f"   splits {r['train']:,} / {r['valid']:,} / {r['test']:,}"
+        )
         baseline = child("extra = {{}}")
         print(f"{'(python start-up alone)':<38} {baseline['seconds']:>8.2f} {baseline['peak_mb']:>8.0f}")
     if not args.skip_eval:
         r = child(EVAL)
         print(f"\nenwik8_sota evaluation on CPU ({os.cpu_count()} cores), random weights:")
-        for key, label, shape in (("batched_chars_per_s", "batched valid/test pass (B=128, T=50)", 4_998_400),
-                                  ("full_chars_per_s", "final full pass (B=1, windows of 1000)", 4_999_999)):
+        for key, label, shape in (
+            ("batched_chars_per_s", "batched valid/test pass (B=128, T=50)", 4_998_400),
+            ("full_chars_per_s", "final full pass (B=1, windows of 1000)", 4_999_999),
+        ):
             print(f"  {label}: {r[key]:,.0f} chars/s -> {shape / r[key] / 3600:.1f} h for a 5 M split")
 
 

@@ -1,5 +1,6 @@
 """What the benchmarks share (torch only): timing of steps, and the LSTM baseline, a
 torch.nn.LSTM language model (cuDNN on a GPU) with about as many parameters as the RHN."""
+
 import time
 
 import torch
@@ -46,8 +47,9 @@ def matching_lstm_size(target, V, tied, num_layers=1):
     return min(range(8, 4096), key=lambda h: abs(lstm_params(V, h, tied, num_layers) - target))
 
 
-def lstm_step(V, B, T, tied, n_params, device, dtype, weight_decay, lr, max_grad_norm, num_layers=1,
-              precision="float32"):
+def lstm_step(
+    V, B, T, tied, n_params, device, dtype, weight_decay, lr, max_grad_norm, num_layers=1, precision="float32"
+):
     """(step function, parameter count, hidden size): the same clipped SGD step as the RHN's;
     ``precision=bf16``: the forward pass (and so its products' gradients) under bf16 autocast."""
     H = matching_lstm_size(n_params, V, tied, num_layers)

@@ -10,6 +10,7 @@ positions, D micro-layers) and reports the best of ``--repeat`` timings; the two
 alternate inside every repetition so that a change of load hits both. The weights are
 read as the step reads them (transposed and sliced views), as float32.
 """
+
 import argparse
 import os
 import sys
@@ -62,8 +63,10 @@ def main():
     spec = spec_from_config(cfg)
     B, T, H, D, V = cfg["batch_size"], cfg["num_steps"], spec.hidden_size, spec.depth, spec.vocab_size
     torch.set_num_threads(args.threads)
-    print(f"{args.config}: B {B}, T {T}, H {H}, D {D}, V {V}; torch {torch.__version__}, {args.threads} threads, "
-          f"best of {args.repeat}\n")
+    print(
+        f"{args.config}: B {B}, T {T}, H {H}, D {D}, V {V}; torch {torch.__version__}, {args.threads} threads, "
+        f"best of {args.repeat}\n"
+    )
     header = f"{'products of one step':<40} {'calls':>6} {'default ms':>11} {'oneDNN ms':>10} {'speed-up':>9}"
     print(header)
     print("-" * len(header))
@@ -77,8 +80,7 @@ def main():
             for i, product in enumerate(engines):
                 best[i] = min(best[i], run(product, calls))
         totals = [t + b for t, b in zip(totals, best)]
-        print(f"{name:<40} {len(calls):>6} {1e3 * best[0]:>11.1f} "
-              f"{1e3 * best[1]:>10.1f} {best[0] / best[1]:>8.2f}x")
+        print(f"{name:<40} {len(calls):>6} {1e3 * best[0]:>11.1f} {1e3 * best[1]:>10.1f} {best[0] / best[1]:>8.2f}x")
     print(f"{'all':<40} {'':>6} {1e3 * totals[0]:>11.1f} {1e3 * totals[1]:>10.1f} {totals[0] / totals[1]:>8.2f}x")
 
 

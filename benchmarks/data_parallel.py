@@ -12,6 +12,7 @@ all parameters, as the step sends it). The baseline is the 1-process row of the 
 on a CPU each process gets --threads threads (the 1-process row is also shown with all of
 them). Machines are shared and noisy: read the ratios.
 """
+
 import argparse
 import os
 import subprocess
@@ -29,6 +30,7 @@ DEFAULT = "enwik8_sota hidden_size=256 depth=4 batch_size=32"
 def worker(args):
     import torch
     import torch.distributed as dist
+
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     from throughput import parse
     from rhn_core.backends.torch_rhn import Backend
@@ -41,8 +43,15 @@ def worker(args):
     world = detect("torch")
     spec = spec_from_config(cfg, cfg["vocab_size"])
     params = init_params(spec, np.random.default_rng(0))
-    backend = Backend(spec, params, cfg["weight_decay"], cfg["max_grad_norm"], args.device, "float32",
-                      **(dict(world=world, timeout=600) if world.size > 1 else {}))
+    backend = Backend(
+        spec,
+        params,
+        cfg["weight_decay"],
+        cfg["max_grad_norm"],
+        args.device,
+        "float32",
+        **(dict(world=world, timeout=600) if world.size > 1 else {}),
+    )
     B, T = cfg["batch_size"], cfg["num_steps"]
     mine = world.rows(B)
     rng, masks = np.random.default_rng(1), sampler(cfg, spec)
@@ -79,22 +88,42 @@ def worker(args):
         sync()
         reduce_ms = (time.perf_counter() - t0) / args.steps * 1e3
     if world.chief:
-        print(f"RESULT {world.size} {B * T * args.steps / seconds:.1f} {seconds / args.steps * 1e3:.2f} "
-              f"{reduce_ms:.2f} {count_params(spec)}", flush=True)
+        print(
+            f"RESULT {world.size} {B * T * args.steps / seconds:.1f} {seconds / args.steps * 1e3:.2f} "
+            f"{reduce_ms:.2f} {count_params(spec)}",
+            flush=True,
+        )
     backend.comm.close()
 
 
 def free_port():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def launch(args, procs, threads):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={free_port()}",
-           os.path.abspath(__file__), "--worker", "--config", args.config, "--device", args.device,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={procs}",
+        f"--master_port={free_port()}",
+        os.path.abspath(__file__),
+        "--worker",
+        "--config",
+        args.config,
+        "--device",
+        args.device,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(threads),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
@@ -126,9 +155,11 @@ def main():
     print("| run | tokens/s | ratio to 1 process | ms/step | all-reduce alone, ms/step |")
     print("| --- | --- | --- | --- | --- |")
     for n, t, tps, ms, reduce_ms, _ in rows:
-        what = f"{n} process{'es' if n > 1 else ''} x " + (f"{t} thread{'s' if t > 1 else ''}" if cpu
-                                                            else f"1 {args.device}")
+        what = f"{n} process{'es' if n > 1 else ''} x " + (
+            f"{t} thread{'s' if t > 1 else ''}" if cpu else f"1 {args.device}"
+        )
         print(f"| {what} | {tps:,.0f} | {tps / base:.2f} | {ms:.1f} | {reduce_ms:.1f} |")
+
 
 if __name__ == "__main__":
     main()

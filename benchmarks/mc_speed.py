@@ -9,6 +9,7 @@ the values), and prints seconds per sample for each batch size, the speed-up ove
 one at a time, and the time per sample extrapolated to the full PTB test set
 (82,430 tokens; the pass is linear in the stream length).
 """
+
 import argparse
 import os
 import sys
@@ -40,8 +41,7 @@ def main():
     backend = load_backend(args.backend).Backend(spec, init_params(spec, rng), device="auto", dtype="float32")
     ids = rng.integers(0, spec.vocab_size, args.tokens)
     mc_pass(backend, spec, cfg, ids[:200], [sample_rng(0, 0)])  # warm-up (and tracing, for tf)
-    print(f"{args.config} ({args.backend}, {args.mode}), {args.tokens:,} tokens per pass, "
-          f"device {backend.device}\n")
+    print(f"{args.config} ({args.backend}, {args.mode}), {args.tokens:,} tokens per pass, device {backend.device}\n")
     print(f"{'samples/batch':>13} {'s/batch':>9} {'s/sample':>9} {'speed-up':>9} {'s/sample, full PTB test':>24}")
     base = None
     for b in args.batch:
@@ -50,8 +50,10 @@ def main():
         seconds = time.perf_counter() - start
         per_sample = seconds / b
         base = base or per_sample
-        print(f"{b:>13} {seconds:>9.2f} {per_sample:>9.3f} {base / per_sample:>8.2f}x "
-              f"{per_sample * PTB_TEST_TOKENS / args.tokens:>24.1f}")
+        print(
+            f"{b:>13} {seconds:>9.2f} {per_sample:>9.3f} {base / per_sample:>8.2f}x "
+            f"{per_sample * PTB_TEST_TOKENS / args.tokens:>24.1f}"
+        )
 
 
 if __name__ == "__main__":

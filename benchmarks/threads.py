@@ -10,6 +10,7 @@ the throughput of the whole row (steps per second summed over its runs) against 
 first row. CPU time well above wall time x busy cores means threads spinning while
 they wait for a core. ``OMP_WAIT_POLICY=PASSIVE`` rows set that variable in the runs.
 """
+
 import argparse
 import json
 import os
@@ -52,10 +53,17 @@ def run_row(args, runs, threads, passive=False):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    code = CHILD.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), config=args.config,
-                        backend=args.backend, threads=threads, steps=args.steps)
-    procs = [subprocess.Popen([sys.executable, "-W", "ignore", "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(runs)]
+    code = CHILD.format(
+        root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        config=args.config,
+        backend=args.backend,
+        threads=threads,
+        steps=args.steps,
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-W", "ignore", "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(runs)
+    ]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     return results
 
@@ -78,9 +86,11 @@ def main():
         cpu = [r["cpu"] / args.steps for r in results]
         rate = sum(1 / s for s in per_step)
         base = base or rate
-        print(f"{runs:>4} {threads:>7} {'PASSIVE' if passive else 'default':>11} "
-              f"{' '.join(f'{s:.3f}' for s in per_step):>15} {' '.join(f'{c:.3f}' for c in cpu):>15} "
-              f"{rate:8.2f} {rate / base:7.2f}x")
+        print(
+            f"{runs:>4} {threads:>7} {'PASSIVE' if passive else 'default':>11} "
+            f"{' '.join(f'{s:.3f}' for s in per_step):>15} {' '.join(f'{c:.3f}' for c in cpu):>15} "
+            f"{rate:8.2f} {rate / base:7.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ other work a 2-thread step can take several times as long as a 1-thread one (eac
 ~1,000 small products per step waits for a descheduled thread). ``threads=1`` is the
 config key that uses one thread (``benchmarks/threads.py``: runs side by side). The median of each row, and its ratio to TF, are printed.
 """
+
 import argparse
 import importlib.util
 import os
@@ -36,8 +37,17 @@ def main():
     spec = spec_from_config(cfg)
     rng = np.random.default_rng(0)
     names = ["torch"] + (["tf"] if importlib.util.find_spec("tensorflow") else [])
-    backends = {n: load_backend(n).Backend(spec, init_params(spec, np.random.default_rng(0)), cfg["weight_decay"],
-                                           cfg["max_grad_norm"], "cpu", "float32") for n in names}
+    backends = {
+        n: load_backend(n).Backend(
+            spec,
+            init_params(spec, np.random.default_rng(0)),
+            cfg["weight_decay"],
+            cfg["max_grad_norm"],
+            "cpu",
+            "float32",
+        )
+        for n in names
+    }
     masks = sampler(cfg, spec)
     B, T = cfg["batch_size"], cfg["num_steps"]
     data = rng.integers(0, spec.vocab_size, (B, T + 1))

@@ -19,6 +19,7 @@ With several ``--precision`` values every model runs in each (the LSTM in bf16 u
 autocast), interleaved; "vs LSTM" compares with the LSTM of the same precision and
 "vs first" with the same model in the first precision given.
 """
+
 import argparse
 import ast
 import importlib.util
@@ -62,9 +63,16 @@ def parse(text):
 def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):
     spec = spec_from_config(cfg)
     rng = np.random.default_rng(0)
-    backend = load_backend(backend_name).Backend(spec, init_params(spec, rng), cfg["weight_decay"],
-                                                 cfg["max_grad_norm"], device, dtype, threads=cfg["threads"],
-                                                 options={k: cfg[k] for k in ("rhn_impl", "cuda_graphs", "precision")})
+    backend = load_backend(backend_name).Backend(
+        spec,
+        init_params(spec, rng),
+        cfg["weight_decay"],
+        cfg["max_grad_norm"],
+        device,
+        dtype,
+        threads=cfg["threads"],
+        options={k: cfg[k] for k in ("rhn_impl", "cuda_graphs", "precision")},
+    )
     masks = sampler(cfg, spec)
     B, T = cfg["batch_size"], cfg["num_steps"]
     data = rng.integers(0, spec.vocab_size, (B, T + 1))
@@ -80,9 +88,19 @@ def bench_rhn(backend_name, cfg, device, dtype, warmup, steps):
 
 
 def bench_lstm(cfg, n_params, device, dtype, warmup, steps):
-    step, n, H = lstm_step(cfg["vocab_size"], cfg["batch_size"], cfg["num_steps"], cfg["tied"], n_params, device,
-                           getattr(torch, dtype), cfg["weight_decay"], cfg["learning_rate"], cfg["max_grad_norm"],
-                           precision=cfg["precision"])
+    step, n, H = lstm_step(
+        cfg["vocab_size"],
+        cfg["batch_size"],
+        cfg["num_steps"],
+        cfg["tied"],
+        n_params,
+        device,
+        getattr(torch, dtype),
+        cfg["weight_decay"],
+        cfg["learning_rate"],
+        cfg["max_grad_norm"],
+        precision=cfg["precision"],
+    )
     losses = []
     seconds = time_steps(lambda: losses.append(step()), warmup, steps, lambda: torch.stack(losses).cpu())
     return n, H, seconds
@@ -95,19 +113,35 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--backend", action="append", choices=sorted(BACKENDS),
-                        help="RHN backends to time (default: torch, and tf when TensorFlow is installed)")
-    parser.add_argument("--precision", action="append", choices=("float32", "tf32", "bf16"),
-                        help="time every model in this precision; repeatable (default: the config's own)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="time every row this many times, interleaved, and report the median (noisy machines)")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=sorted(BACKENDS),
+        help="RHN backends to time (default: torch, and tf when TensorFlow is installed)",
+    )
+    parser.add_argument(
+        "--precision",
+        action="append",
+        choices=("float32", "tf32", "bf16"),
+        help="time every model in this precision; repeatable (default: the config's own)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="time every row this many times, interleaved, and report the median (noisy machines)",
+    )
     args = parser.parse_args()
     backends = args.backend or ["torch"] + (["tf"] if importlib.util.find_spec("tensorflow") else [])
     device = pick_device(args.device)
-    print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads (unless a config sets "
-          f"threads), {args.steps} timed steps after {args.warmup} warm-up, median of {args.repeat}\n")
-    header = (f"{'config':<36} {'model':<18} {'precision':<9} {'params':>12} {'B x T':>9} {'ms/step':>9} "
-              f"{'tokens/s':>10} {'vs LSTM':>8} {'vs first':>8}")
+    print(
+        f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads (unless a config sets "
+        f"threads), {args.steps} timed steps after {args.warmup} warm-up, median of {args.repeat}\n"
+    )
+    header = (
+        f"{'config':<36} {'model':<18} {'precision':<9} {'params':>12} {'B x T':>9} {'ms/step':>9} "
+        f"{'tokens/s':>10} {'vs LSTM':>8} {'vs first':>8}"
+    )
     print(header)
     print("-" * len(header))
     for text in args.config or DEFAULT_CONFIGS:
@@ -128,8 +162,10 @@ def main():
         lstm = {p: s for (model, p, _), s in median.items() if model.startswith("LSTM")}
         first = {model: s for (model, p, _), s in median.items() if p == precisions[0]}
         for i, ((model, precision, n), seconds) in enumerate(median.items()):
-            print(f"{text if i == 0 else '':<36} {model:<18} {precision:<9} {n:>12,} {shape:>9} {1e3 * seconds:>9.1f} "
-                  f"{tokens / seconds:>10,.0f} {lstm[precision] / seconds:>7.2f}x {first[model] / seconds:>7.2f}x")
+            print(
+                f"{text if i == 0 else '':<36} {model:<18} {precision:<9} {n:>12,} {shape:>9} {1e3 * seconds:>9.1f} "
+                f"{tokens / seconds:>10,.0f} {lstm[precision] / seconds:>7.2f}x {first[model] / seconds:>7.2f}x"
+            )
 
 
 if __name__ == "__main__":

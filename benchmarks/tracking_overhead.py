@@ -12,6 +12,7 @@ and the whole command's wall time is taken too. Every epoch each observed run st
 GridFS uploads from the writer thread. Machines are shared and noisy: read the ratio
 column, measured in one run.
 """
+
 import argparse
 import os
 import re
@@ -26,14 +27,25 @@ EPOCH_LINE = re.compile(r"^Epoch: (\d+) took [\d.]+ s, ([\d,]+) (?:char|word)s/s
 
 
 def train(observer_args, config, epochs, save_dir):
-    command = [sys.executable, "-W", "ignore", os.path.join(REPO, "rhn_train_torch.py"), *observer_args,
-               "with", *config.split(), f"max_max_epoch={epochs}", f"save_dir={save_dir}", "progress=False"]
+    command = [
+        sys.executable,
+        "-W",
+        "ignore",
+        os.path.join(REPO, "rhn_train_torch.py"),
+        *observer_args,
+        "with",
+        *config.split(),
+        f"max_max_epoch={epochs}",
+        f"save_dir={save_dir}",
+        "progress=False",
+    ]
     start = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     wall = time.time() - start
     if result.returncode != 0:
-        sys.exit(f"training failed ({' '.join(observer_args) or 'no observer'}): "
-                 f"{result.stderr.strip().splitlines()[-1]}")
+        sys.exit(
+            f"training failed ({' '.join(observer_args) or 'no observer'}): {result.stderr.strip().splitlines()[-1]}"
+        )
     speeds = [float(r.replace(",", "")) for e, r in EPOCH_LINE.findall(result.stdout) if int(e) > 1]
     return statistics.mean(speeds), wall
 
@@ -49,6 +61,7 @@ def main():
     if args.mongo is None:
         sys.path.insert(0, os.path.join(REPO, "tests"))
         from mongo_server import MongoServer  # the suite's SecantusDB launcher (pip install secantusdb)
+
         server = MongoServer(tempfile.mkdtemp(prefix="rhn-bench-db-")).start()
         args.mongo = server.spec("rhn_bench")
     work = tempfile.mkdtemp(prefix="rhn-bench-")

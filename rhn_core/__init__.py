@@ -5,6 +5,7 @@ dropout masks (``masks``), canonical parameters (``params``), the NumPy oracle
 (``reference``), checkpoints (``checkpoint``) and the training loop (``loop``).
 Frameworks live in ``rhn_core.backends`` and are imported only when used.
 """
+
 import warnings
 
 __version__ = "0.1.0"

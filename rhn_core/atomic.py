@@ -5,6 +5,7 @@ ordinary permissions of a new file (``0o666`` less the umask, e.g. ``-rw-r--r--`
 as ``open`` would give it: ``tempfile.mkstemp`` would make it private to its owner,
 and a shared data folder would then hold files other users cannot read.
 """
+
 import contextlib
 import os
 import re

@@ -8,6 +8,7 @@ removed at the next start (``remove_stale_temporaries``). They load with
 ``allow_pickle=False``: a checkpoint cannot run code, and no message ever
 suggests loading one otherwise.
 """
+
 import json
 import os
 import re
@@ -66,9 +67,11 @@ def check_writable(folder, key="save_dir"):
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise RHNError(f"cannot write checkpoints to {folder} ({e.strerror or e}"
-                       f"{': ' + e.filename if e.filename and e.filename != folder else ''}): "
-                       f"set {key}= to a writable folder")
+        raise RHNError(
+            f"cannot write checkpoints to {folder} ({e.strerror or e}"
+            f"{': ' + e.filename if e.filename and e.filename != folder else ''}): "
+            f"set {key}= to a writable folder"
+        )
 
 
 def save_checkpoint(path, params, train_state=None):
@@ -98,8 +101,10 @@ def _what_it_is(head):
 def load_checkpoint(path):
     """(params, train_state) of a checkpoint; a clear error if missing or unreadable."""
     if not path or not os.path.isfile(path):
-        raise RHNError(f"checkpoint {path!r} not found: give the path of a .npz written by a run "
-                       f"(runs/<dataset>_<seed>/best.npz or last.npz)")
+        raise RHNError(
+            f"checkpoint {path!r} not found: give the path of a .npz written by a run "
+            f"(runs/<dataset>_<seed>/best.npz or last.npz)"
+        )
     advice = "give a best.npz or last.npz written by rhn (python -m rhn_core.convert_tf1 converts the original's)"
     with open(path, "rb") as f:
         head = f.read(512)
@@ -109,13 +114,17 @@ def load_checkpoint(path):
         with np.load(path, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}
     except ValueError:  # NumPy's message here suggests allow_pickle, which rhn never uses
-        raise RHNError(f"{path} is not an rhn checkpoint: it holds pickled Python objects, which rhn never "
-                       f"writes or loads; {advice}")
+        raise RHNError(
+            f"{path} is not an rhn checkpoint: it holds pickled Python objects, which rhn never "
+            f"writes or loads; {advice}"
+        )
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise RHNError(f"cannot read checkpoint {path}: not a complete .npz ({type(e).__name__}: the file is "
-                       f"truncated or damaged); {advice}")
+        raise RHNError(
+            f"cannot read checkpoint {path}: not a complete .npz ({type(e).__name__}: the file is "
+            f"truncated or damaged); {advice}"
+        )
     params = {n: a for n, a in arrays.items() if not n.startswith(STATE_PREFIX)}
-    state = {n[len(STATE_PREFIX):]: a for n, a in arrays.items() if n.startswith(STATE_PREFIX)}
+    state = {n[len(STATE_PREFIX) :]: a for n, a in arrays.items() if n.startswith(STATE_PREFIX)}
     return params, state
 
 

@@ -10,6 +10,7 @@ same without ``model/`` and ``/Linear``, and the layouts agree (micro-layer 0's 
 the input rows first, then the state rows), so the conversion only renames. Reading the
 checkpoint needs TensorFlow; nothing else here does.
 """
+
 import argparse
 import re
 import sys
@@ -32,14 +33,17 @@ def read_original_checkpoint(prefix):
     """Canonical params from an original checkpoint (its path prefix, as given to Saver.save)."""
     try:
         from .backends.tf_import import import_tensorflow
+
         tf = import_tensorflow()
     except ImportError:
         raise RHNError("reading a TensorFlow checkpoint needs TensorFlow: pip install tensorflow-cpu")
     try:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
-        raise RHNError(f"cannot read TensorFlow checkpoint {prefix!r} ({str(e).splitlines()[0]}): give the "
-                       f"prefix the original saved, e.g. ptb_1234_best_model.ckpt")
+        raise RHNError(
+            f"cannot read TensorFlow checkpoint {prefix!r} ({str(e).splitlines()[0]}): give the "
+            f"prefix the original saved, e.g. ptb_1234_best_model.ckpt"
+        )
     params = {}
     for name in reader.get_variable_to_shape_map():
         canonical = canonical_name(name)

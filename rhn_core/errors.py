@@ -5,9 +5,11 @@ command line prints ``RHNError: <message>`` and exits non-zero, while Sacred's
 observers still record the run as failed. Without Sacred (e.g. the GPU check, which runs
 the PyTorch backend with only torch, triton and NumPy installed) they are plain exceptions.
 """
+
 try:
     from sacred.utils import SacredError, SacredInterrupt
 except ImportError:
+
     class SacredError(Exception):
         def __init__(self, message, print_traceback=True):
             super().__init__(message)

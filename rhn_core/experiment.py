@@ -15,6 +15,7 @@ Any other value holding a password (a config key such as ``resume=``, a
 command-line option) is refused before the run is created, so no observer
 ever sees it.
 """
+
 import contextlib
 import os
 
@@ -86,7 +87,9 @@ def project_sources(backend_name):
 def describe_named_configs():
     """One line per named config (its docstring), for ``--help``."""
     width = max(map(len, NAMED_CONFIGS))
-    lines = [f"  {name:{width}}  {(scope.__doc__ or '').strip().splitlines()[0]}" for name, scope in NAMED_CONFIGS.items()]
+    lines = [
+        f"  {name:{width}}  {(scope.__doc__ or '').strip().splitlines()[0]}" for name, scope in NAMED_CONFIGS.items()
+    ]
     return "Named configs (with NAME, then KEY=VALUE to change any key):\n" + "\n".join(lines)
 
 
@@ -119,9 +122,11 @@ class RHNExperiment(Experiment):
             print("Interrupted (Ctrl-C): stopped; no checkpoint was being written", file=sys.stderr, flush=True)
             raise SystemExit(128 + signal.SIGINT)
 
-    def _create_run(self, command_name=None, config_updates=None, named_configs=(), info=None,
-                    meta_info=None, options=None):
+    def _create_run(
+        self, command_name=None, config_updates=None, named_configs=(), info=None, meta_info=None, options=None
+    ):
         from .tracking.observer import FileObserver, MongoRunObserver
+
         for path in project_sources(self.backend_name):
             self.add_source_file(path)
         options = dict(options or {})
@@ -157,8 +162,9 @@ def parse_sweep_option(text):
     except ValueError:
         sweep = None
     if not isinstance(sweep, dict) or not {"name", "key", "values"} <= set(sweep):
-        raise RHNError(f"--sweep={text!r} is not a JSON object with name, key and values: "
-                       f"let python -m rhn_core.sweep set it")
+        raise RHNError(
+            f"--sweep={text!r} is not a JSON object with name, key and values: let python -m rhn_core.sweep set it"
+        )
     return sweep
 
 
@@ -193,8 +199,12 @@ def make_experiment(backend_name, main_globals=None):
     stores as the main file and whose docstring opens ``--help``.
     """
     main_globals = main_globals if main_globals is not None else sys._getframe(1).f_globals
-    ex = RHNExperiment("rhn_prediction", base_dir=ROOT, save_git_info=False,
-                       additional_cli_options=[mongo_fallback_option, sweep_option])
+    ex = RHNExperiment(
+        "rhn_prediction",
+        base_dir=ROOT,
+        save_git_info=False,
+        additional_cli_options=[mongo_fallback_option, sweep_option],
+    )
     ex.backend_name = backend_name
     # Sacred took this module for the main file (it is the caller of Experiment()): use the entry script.
     ex.mainfile, ex.sources, ex.dependencies = gather_sources_and_dependencies(main_globals, False, ROOT)
@@ -224,8 +234,10 @@ def make_experiment(backend_name, main_globals=None):
             result = trainer.train()
             if _config["sample_at_end"]:  # the backend holds the best epoch's weights now
                 sampling.write_sample(_config, trainer.backend, trainer.corpus, _run)
-                print(f"Write more: {ex.invocation or os.path.basename(sys.argv[0])} sample with <the same config> "
-                      f"load_model={trainer.path('best.npz')} [sample_prime=TEXT temperature=T seed=N]")
+                print(
+                    f"Write more: {ex.invocation or os.path.basename(sys.argv[0])} sample with <the same config> "
+                    f"load_model={trainer.path('best.npz')} [sample_prime=TEXT temperature=T seed=N]"
+                )
             return result
 
     @ex.command

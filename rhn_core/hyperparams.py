@@ -5,6 +5,7 @@ docs/configuration.md is generated from this file). Named configs list only what
 come last in the base scope; their defaults keep the original behaviour. The
 trailing comment of each key is what ``print_config`` shows next to it.
 """
+
 import math
 import os
 
@@ -20,8 +21,8 @@ PRECISIONS = ("float32", "tf32", "bf16")
 
 
 def hyperparameters():
-    data_path = 'data'  # directory of the data files (for dataset=chars: the text file)
-    dataset = 'ptb'  # ptb (words), enwik8 / text8 (bytes), chars (any text file, bytes)
+    data_path = "data"  # directory of the data files (for dataset=chars: the text file)
+    dataset = "ptb"  # ptb (words), enwik8 / text8 (bytes), chars (any text file, bytes)
     init_scale = 0.04  # weights and non-T biases start as Uniform(-init_scale, init_scale)
     init_bias = -2.0  # initial value of every transform-gate (T) bias
     num_layers = 1  # L: stacked RHN layers
@@ -40,29 +41,33 @@ def hyperparameters():
     drop_h = 0.25  # dropout of the recurrent state inside every micro-layer
     drop_o = 0.75  # dropout of the top layer's output before the softmax
     tied = True  # tie the softmax weights to the embedding
-    load_model = ''  # checkpoint (.npz) scored by the evaluate command
+    load_model = ""  # checkpoint (.npz) scored by the evaluate command
     mc_steps = 0  # accepted MC-dropout samples for evaluate_mc (the original README's 64.4, depth 5: 1000)
     vocab_size = VOCAB_SIZES.get(dataset, 0)  # V, derived from dataset; 0 = taken from the data (chars)
     # --- added by this port; the defaults keep the original behaviour ---
-    device = 'auto'  # cpu, cuda, cuda:N; auto = cuda when available
-    dtype = 'float32'  # float32 (original) or float64
-    save_dir = ''  # where checkpoints go; '' = runs/<dataset>_<seed>
-    resume = ''  # path of a last.npz (or any training checkpoint) to continue from
+    device = "auto"  # cpu, cuda, cuda:N; auto = cuda when available
+    dtype = "float32"  # float32 (original) or float64
+    save_dir = ""  # where checkpoints go; '' = runs/<dataset>_<seed>
+    resume = ""  # path of a last.npz (or any training checkpoint) to continue from
     full_eval_num_steps = 1000  # window of the final B=1 pass; any value scores exactly like T=1
     num_test_symbols = 5000000  # enwik8/text8: symbols in each of valid and test (original split)
     progress = True  # show progress bars
-    mc_mode = 'faithful'  # evaluate_mc: faithful (the original's quirks) or corrected (see rhn_core/mc.py)
+    mc_mode = "faithful"  # evaluate_mc: faithful (the original's quirks) or corrected (see rhn_core/mc.py)
     mc_accept_perplexity = 500  # evaluate_mc: a sample counts only if its own perplexity is below this
     mc_batch_size = 32  # evaluate_mc: samples run in parallel as the rows of one batch
     tied_noise = True  # H and T share dropout masks (TF original); False: separate masks (Torch7, Theano option)
-    init_other_bias = 'uniform'  # H and softmax biases: 'uniform' as TF, or a number (Theano's init_other_bias)
-    rhn_impl = 'auto'  # torch: reference, onednn (CPU float32) or triton (CUDA); auto: triton on CUDA, onednn from H 512
+    init_other_bias = "uniform"  # H and softmax biases: 'uniform' as TF, or a number (Theano's init_other_bias)
+    rhn_impl = (
+        "auto"  # torch: reference, onednn (CPU float32) or triton (CUDA); auto: triton on CUDA, onednn from H 512
+    )
     cuda_graphs = True  # torch on CUDA: capture the train and eval steps once in CUDA graphs and replay them
-    precision = 'float32'  # float32; tf32 (CUDA TF32 matmuls); bf16: all products bf16 on CPU (AVX512_BF16/AMX), CUDA autocast
+    precision = (
+        "float32"  # float32; tf32 (CUDA TF32 matmuls); bf16: all products bf16 on CPU (AVX512_BF16/AMX), CUDA autocast
+    )
     replicas = 1  # TF: devices of the local machine trained in parallel (MirroredStrategy); torch: use torchrun
     dist_timeout = 600  # seconds a rank waits for the others in a collective before it stops with an error
     sample_length = 200  # sample: symbols (words or bytes) the model writes after sample_prime
-    sample_prime = ''  # sample: text the model reads first ('' = the start of a sentence or line)
+    sample_prime = ""  # sample: text the model reads first ('' = the start of a sentence or line)
     temperature = 1.0  # sample: divides the log-probabilities; below 1 more predictable, above more varied
     sample_at_end = False  # after training, print a sample of the best model (sample_length, prime, temperature)
     threads = 0  # CPU threads of the framework; 0 = OMP_NUM_THREADS if set, else the cores this process may use
@@ -97,17 +102,24 @@ CHAR_SOTA = dict(
     hidden_size=1500,
     max_epoch=5,
     batch_size=128,
-    drop_x=0.10, drop_i=0.40, drop_h=0.10, drop_o=0.40,
+    drop_x=0.10,
+    drop_i=0.40,
+    drop_h=0.10,
+    drop_o=0.40,
     tied=False,  # untied: the embedding is V x V (in_size rule)
 )
-enwik8_sota = Described("The paper's enwik8 model: bytes of Wikipedia, depth 10, H 1500 (46.0 M parameters).",
-                        dict(CHAR_SOTA, dataset="enwik8"))  # 205 byte values, 45,994,730 parameters
-text8_sota = Described("The paper's text8 model: letters and spaces, depth 10, H 1500 (45.2 M parameters).",
-                       dict(CHAR_SOTA, dataset="text8"))  # a-z and space, 45,152,256 parameters
+enwik8_sota = Described(
+    "The paper's enwik8 model: bytes of Wikipedia, depth 10, H 1500 (46.0 M parameters).",
+    dict(CHAR_SOTA, dataset="enwik8"),
+)  # 205 byte values, 45,994,730 parameters
+text8_sota = Described(
+    "The paper's text8 model: letters and spaces, depth 10, H 1500 (45.2 M parameters).",
+    dict(CHAR_SOTA, dataset="text8"),
+)  # a-z and space, 45,152,256 parameters
 
 
 def demo():
-    dataset = 'chars'  # character-level on the text file below
+    dataset = "chars"  # character-level on the text file below
     data_path = DEMO_TEXT  # Alice's Adventures in Wonderland, shipped in the package
     init_bias = -2.0  # gates open enough to learn from epoch 1 (-4, as the char configs: worse for 4 epochs)
     depth = 4  # D
@@ -125,7 +137,7 @@ def demo():
     tied = False  # untied, as the character-level configs
     sample_at_end = True  # end with text written by the best model
     sample_length = 300  # characters
-    sample_prime = 'Alice'  # the text it continues
+    sample_prime = "Alice"  # the text it continues
     threads = 1  # one: a second thread spins on a busy machine (benchmarks/threads.py); same figures on any machine
 
 
@@ -146,8 +158,7 @@ def tiny():
 tiny.__doc__ = "A 16-unit model that runs in seconds, to check a set-up (add dataset=... data_path=...)."
 
 
-NAMED_CONFIGS = {"ptb_sota": ptb_sota, "enwik8_sota": enwik8_sota, "text8_sota": text8_sota, "demo": demo,
-                 "tiny": tiny}
+NAMED_CONFIGS = {"ptb_sota": ptb_sota, "enwik8_sota": enwik8_sota, "text8_sota": text8_sota, "demo": demo, "tiny": tiny}
 
 
 def resolve_config(*named, **updates):
@@ -156,6 +167,7 @@ def resolve_config(*named, **updates):
     For scripts such as the benchmark; named configs apply in order, then ``updates``.
     """
     from sacred.config.config_scope import ConfigScope
+
     fixed = {}
     for name in named:  # later named configs win, as in Sacred
         scope = NAMED_CONFIGS[name]
@@ -180,9 +192,11 @@ def integer(low):
 
 def number(rule, test, allow_inf=False):
     """A real number (not a bool, not NaN, finite unless ``allow_inf``) passing ``test``."""
+
     def check(key, v):
         ok = _is_number(v) and not math.isnan(v) and (allow_inf or math.isfinite(v)) and test(v)
         return None if ok else f"{key}={v!r} {rule}"
+
     return check
 
 
@@ -217,8 +231,11 @@ KEY_CHECKS = {
     "num_layers": integer(1),
     "depth": integer(1),
     "learning_rate": POSITIVE,
-    "lr_decay": number("must be a number >= 1: the learning rate is divided by it every epoch after "
-                       "max_epoch (below 1 it would grow); 1 keeps it constant", lambda v: v >= 1),
+    "lr_decay": number(
+        "must be a number >= 1: the learning rate is divided by it every epoch after "
+        "max_epoch (below 1 it would grow); 1 keeps it constant",
+        lambda v: v >= 1,
+    ),
     "weight_decay": number("must be a finite number >= 0", lambda v: v >= 0),
     "max_grad_norm": POSITIVE,
     "num_steps": integer(1),
@@ -226,7 +243,10 @@ KEY_CHECKS = {
     "max_epoch": integer(0),
     "max_max_epoch": integer(1),
     "batch_size": integer(1),
-    "drop_x": DROP, "drop_i": DROP, "drop_h": DROP, "drop_o": DROP,
+    "drop_x": DROP,
+    "drop_i": DROP,
+    "drop_h": DROP,
+    "drop_o": DROP,
     "tied": flag,
     "load_model": PATH,
     "mc_steps": integer(0),
@@ -239,8 +259,9 @@ KEY_CHECKS = {
     "num_test_symbols": integer(1),
     "progress": flag,
     "mc_mode": choice(("faithful", "corrected"), "{key}={v!r}: use faithful (as the original) or corrected"),
-    "mc_accept_perplexity": number("must be a positive number (inf accepts every sample)", lambda v: v > 0,
-                                   allow_inf=True),
+    "mc_accept_perplexity": number(
+        "must be a positive number (inf accepts every sample)", lambda v: v > 0, allow_inf=True
+    ),
     "mc_batch_size": integer(1),
     "tied_noise": flag,
     "init_other_bias": other_bias,
@@ -251,8 +272,9 @@ KEY_CHECKS = {
     "dist_timeout": POSITIVE,
     "sample_length": integer(1),
     "sample_prime": text("text, e.g. sample_prime='Alice was'"),
-    "temperature": number("must be a positive number: 1 samples the model as it is, lower is more predictable",
-                          lambda v: v > 0),
+    "temperature": number(
+        "must be a positive number: 1 samples the model as it is, lower is more predictable", lambda v: v > 0
+    ),
     "sample_at_end": flag,
     "threads": integer(0),
     "resume_other_data": flag,
@@ -273,7 +295,9 @@ def check_config(cfg):
         if key in KEY_CHECKS:
             check_value(key, value)
     if cfg["precision"] != "float32" and cfg["dtype"] != "float32":
-        raise RHNError(f"precision={cfg['precision']} applies to float32 models: use dtype=float32 or precision=float32")
+        raise RHNError(
+            f"precision={cfg['precision']} applies to float32 models: use dtype=float32 or precision=float32"
+        )
     if cfg["vocab_size"] == 0 and cfg["dataset"] != "chars":
         raise RHNError(f"vocab_size={cfg['vocab_size']!r} must be positive for dataset={cfg['dataset']}")
 
@@ -285,12 +309,19 @@ def lr_at(cfg, epoch):
 
 # Keys that say where files are or how a run shows itself; a resumed run may change them unnoticed.
 # (data_path: the data itself is compared by its fingerprint.)
-NOT_TRAINING_KEYS = ("resume", "save_dir", "progress", "threads", "dist_timeout", "data_path", "resume_other_data",
-                     "load_model")
+NOT_TRAINING_KEYS = (
+    "resume",
+    "save_dir",
+    "progress",
+    "threads",
+    "dist_timeout",
+    "data_path",
+    "resume_other_data",
+    "load_model",
+)
 
 
 def config_changes(stored, cfg):
     """{key: (value in ``stored``, value in ``cfg``)} of the keys a resumed run changes (keys a checkpoint
     written by an older version does not know are left out)."""
-    return {k: (stored[k], cfg[k]) for k in cfg
-            if k in stored and k not in NOT_TRAINING_KEYS and stored[k] != cfg[k]}
+    return {k: (stored[k], cfg[k]) for k in cfg if k in stored and k not in NOT_TRAINING_KEYS and stored[k] != cfg[k]}

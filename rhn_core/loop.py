@@ -9,6 +9,7 @@ weights, metrics and ``_run.info``. Additions: resumable checkpoints
 message on a NaN/Inf loss. A backend is driven only through the interface
 of ``rhn_core.backends.base``.
 """
+
 import json
 import math
 import os
@@ -60,8 +61,9 @@ class InterruptFlag:
     further signals (Slurm may send SIGTERM and SIGUSR2 to every process of a job) are ignored, so they
     cannot cut the checkpoint short."""
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
-                    if hasattr(signal, name))
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2") if hasattr(signal, name)
+    )
 
     def __init__(self, vote=bool):
         self.requested = False
@@ -98,8 +100,10 @@ def resume_file(value):
     if value and not remote.is_reference(value) and os.path.isdir(value):
         last = os.path.join(value, "last.npz")
         if not os.path.isfile(last):
-            raise RHNError(f"resume={value} is a folder without a last.npz: give the last.npz a run wrote "
-                           f"(it is in the folder its start line names)")
+            raise RHNError(
+                f"resume={value} is a folder without a last.npz: give the last.npz a run wrote "
+                f"(it is in the folder its start line names)"
+            )
         return last
     return value
 
@@ -122,7 +126,7 @@ def perplexity(costs, iters):
 
 def diverged(ppl, vocab_size):
     """Perplexity beyond V^2: V times worse than guessing uniformly (a healthy run starts near V), or not finite."""
-    return not ppl < vocab_size ** 2
+    return not ppl < vocab_size**2
 
 
 def bits(ppl):
@@ -137,8 +141,10 @@ def corpus_and_spec(cfg, backend_name=None, world=None):
     corpus = readers.load_corpus(cfg)
     for split, (dropped, total) in corpus.dropped.items():
         if dropped:  # the original dropped them silently, which flatters the perplexity
-            print(f"Note: {dropped:,} of the {total:,} words of the {split} file ({100 * dropped / total:.2f} %) are "
-                  f"not in the training vocabulary and are left out, as the original did: they are not scored")
+            print(
+                f"Note: {dropped:,} of the {total:,} words of the {split} file ({100 * dropped / total:.2f} %) are "
+                f"not in the training vocabulary and are left out, as the original did: they are not scored"
+            )
     for split in ("train", "valid", "test"):
         readers.check_batchable(getattr(corpus, split), cfg["batch_size"], cfg["num_steps"], split)
     return corpus, spec_from_config(cfg, corpus.vocab_size)
@@ -148,12 +154,23 @@ def make_backend(cfg, backend_name, spec, params, world=None):
     """The backend (``rhn_core.backends.base``); with ``world`` of several processes it joins their group."""
     module = load_backend(backend_name)
     try:
-        return module.Backend(spec, params, cfg["weight_decay"], cfg["max_grad_norm"], cfg["device"], cfg["dtype"],
-                              threads=cfg["threads"], world=world, timeout=cfg["dist_timeout"],
-                              options={key: cfg[key] for key in OPTION_KEYS})
+        return module.Backend(
+            spec,
+            params,
+            cfg["weight_decay"],
+            cfg["max_grad_norm"],
+            cfg["device"],
+            cfg["dtype"],
+            threads=cfg["threads"],
+            world=world,
+            timeout=cfg["dist_timeout"],
+            options={key: cfg[key] for key in OPTION_KEYS},
+        )
     except (RuntimeError, AssertionError, ValueError) as e:  # e.g. device='cuda' on a machine without one
-        raise RHNError(f"{backend_name} backend cannot start on device={cfg['device']!r}: "
-                       f"{str(e).splitlines()[0]}; use device=cpu or device=auto")
+        raise RHNError(
+            f"{backend_name} backend cannot start on device={cfg['device']!r}: "
+            f"{str(e).splitlines()[0]}; use device=cpu or device=auto"
+        )
 
 
 class Evaluator:
@@ -166,8 +183,14 @@ class Evaluator:
 
     def _run(self, batches, total, batch_size, desc, comm=None):
         state, losses, iters = self.backend.zero_state(batch_size), [], 0
-        with progress_bar(total=total, desc=desc, unit=self.corpus.unit, unit_scale=True, leave=False,
-                          disable=not self.cfg["progress"]) as bar:
+        with progress_bar(
+            total=total,
+            desc=desc,
+            unit=self.corpus.unit,
+            unit_scale=True,
+            leave=False,
+            disable=not self.cfg["progress"],
+        ) as bar:
             for x, y in batches:
                 loss, state = self.backend.eval_step(x, y, state)
                 losses.append(loss * x.shape[0])  # C is a batch mean; undo it to sum NLL
@@ -211,8 +234,7 @@ class Trainer:
         from_db = remote.is_reference(resume)  # its checkpoints are fetched into <run_dir>/fetched
         resume_dir = os.path.dirname(os.path.abspath(resume)) if resume and not from_db else ""
         # The one writer (rank 0) locks its folder first, before any work: a second run there stops now.
-        self.folder = RunFolder.claim(cfg["save_dir"] or resume_dir, default_base(cfg)) if self.world.chief \
-            else None
+        self.folder = RunFolder.claim(cfg["save_dir"] or resume_dir, default_base(cfg)) if self.world.chief else None
         self.run_dir = self.folder.path if self.folder else cfg["save_dir"] or resume_dir or default_base(cfg)
         try:
             self._start(resume, from_db, resume_dir)
@@ -232,8 +254,7 @@ class Trainer:
         self.rng = np.random.default_rng(mask_seq)
         params = init_params(self.spec, np.random.default_rng(init_seq))
         self.epoch, self.step, self.costs, self.iters, self.hidden = 1, 0, 0.0, 0, None
-        self.logs = {"train_perplexity": [math.inf], "valid_perplexity": [math.inf],
-                     "test_perplexity": [math.inf]}
+        self.logs = {"train_perplexity": [math.inf], "valid_perplexity": [math.inf], "test_perplexity": [math.inf]}
         self.best_valid, self.best_epoch = math.inf, 0
         self.lineage = uuid.uuid4().hex  # this run's id in its checkpoints; a resumed run keeps its own
         self.data_fingerprint = readers.fingerprint(self.corpus)
@@ -260,33 +281,48 @@ class Trainer:
             return
         found = checkpoints_in(self.run_dir)
         if lineage is not None:
-            found = [n for n in found if read_state_entries(self.path(n), ["run_lineage"]).get("run_lineage")
-                     != lineage]
+            found = [
+                n for n in found if read_state_entries(self.path(n), ["run_lineage"]).get("run_lineage") != lineage
+            ]
         if not found:
             return
         last = self.path("last.npz")
         held = read_state_entries(last, ["epoch", "step"]) if "last.npz" in found else {}
         what = ", ".join(f"{name} ({progress_of(held)})" if name == "last.npz" and held else name for name in found)
-        advice = (f"continue that run with {shell_arg('resume', last)}, or " if "last.npz" in found and
-                  lineage is None else "")
-        raise RHNError(f"{self.run_dir} holds another run's checkpoints ({what}), which this run would replace: "
-                       f"{advice}set save_dir= to a new folder, or leave save_dir out (each run then gets a "
-                       f"fresh folder under runs/)")
+        advice = (
+            f"continue that run with {shell_arg('resume', last)}, or "
+            if "last.npz" in found and lineage is None
+            else ""
+        )
+        raise RHNError(
+            f"{self.run_dir} holds another run's checkpoints ({what}), which this run would replace: "
+            f"{advice}set save_dir= to a new folder, or leave save_dir out (each run then gets a "
+            f"fresh folder under runs/)"
+        )
 
     # --- checkpoints ------------------------------------------------------------
     def path(self, name):
         return os.path.join(self.run_dir, name)
 
     def _train_state(self):
-        return {"epoch": self.epoch, "step": self.step, "costs": self.costs, "iters": self.iters,
-                "rng": self.rng.bit_generator.state, "best_valid": self.best_valid,
-                "best_epoch": self.best_epoch, "backend": self.backend_name,
-                "batch_size": self.cfg["batch_size"], "num_steps": self.cfg["num_steps"],
-                "data_fingerprint": self.data_fingerprint, "run_lineage": self.lineage,
-                "config": json.dumps(dict(self.cfg), default=str),  # what a resume compares its config with
-                **{k: np.array(v) for k, v in self.logs.items()},
-                # the global batch's state (a collective), so any number of processes can resume it
-                **({"hidden": self.comm.gather_rows(np.stack(self.hidden), 1)} if self.hidden is not None else {})}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "costs": self.costs,
+            "iters": self.iters,
+            "rng": self.rng.bit_generator.state,
+            "best_valid": self.best_valid,
+            "best_epoch": self.best_epoch,
+            "backend": self.backend_name,
+            "batch_size": self.cfg["batch_size"],
+            "num_steps": self.cfg["num_steps"],
+            "data_fingerprint": self.data_fingerprint,
+            "run_lineage": self.lineage,
+            "config": json.dumps(dict(self.cfg), default=str),  # what a resume compares its config with
+            **{k: np.array(v) for k, v in self.logs.items()},
+            # the global batch's state (a collective), so any number of processes can resume it
+            **({"hidden": self.comm.gather_rows(np.stack(self.hidden), 1)} if self.hidden is not None else {}),
+        }
 
     def _prepare_run_dir(self):
         """Writable now, not at the first checkpoint an epoch later; half-written checkpoints of a killed
@@ -304,16 +340,20 @@ class Trainer:
             raise RHNError(f"{path} has no training state (a best.npz?): resume from the run's last.npz")
         missing = [k for k in (*RESUME_STATE, *self.logs) if k not in st]
         if missing:
-            raise RHNError(f"{path} is not a complete training checkpoint: its training state lacks "
-                           f"{', '.join(missing)}; resume from a last.npz written by a run")
+            raise RHNError(
+                f"{path} is not a complete training checkpoint: its training state lacks "
+                f"{', '.join(missing)}; resume from a last.npz written by a run"
+            )
         check_params(params, self.spec, path)
         self._check_data(path, st)
         try:
             self.epoch, self.step = int(st["epoch"]), int(st["step"])
             shape = {k: int(st[k]) for k in ("batch_size", "num_steps")}
             if self.step and shape != {k: self.cfg[k] for k in shape}:
-                raise RHNError(f"{path} stopped inside an epoch with batch_size={shape['batch_size']}, "
-                               f"num_steps={shape['num_steps']}: resume with those values")
+                raise RHNError(
+                    f"{path} stopped inside an epoch with batch_size={shape['batch_size']}, "
+                    f"num_steps={shape['num_steps']}: resume with those values"
+                )
             self.costs, self.iters = float(st["costs"]), int(st["iters"])
             self.rng.bit_generator.state = json.loads(str(st["rng"]))
             self.best_valid, self.best_epoch = float(st["best_valid"]), int(st["best_epoch"])
@@ -323,8 +363,10 @@ class Trainer:
             self.lineage = str(st["run_lineage"]) if "run_lineage" in st else self.lineage
             stored = json.loads(str(st["config"])) if "config" in st else None
         except (ValueError, TypeError, KeyError, IndexError) as e:
-            raise RHNError(f"{path} is not a usable training checkpoint: its training state is damaged "
-                           f"({type(e).__name__}); resume from a last.npz written by a run")
+            raise RHNError(
+                f"{path} is not a usable training checkpoint: its training state is damaged "
+                f"({type(e).__name__}); resume from a last.npz written by a run"
+            )
         print(f"Resuming from {path}: epoch {self.epoch}, step {self.step}")
         self._note_changes(path, stored)
         return params
@@ -332,8 +374,10 @@ class Trainer:
     def _note_changes(self, path, stored):
         """A resumed run whose config differs from its checkpoint's says so, one line a key, and records it."""
         if stored is None:
-            print(f"Note: {path} does not record its config (written before configs were stored); changes "
-                  f"of learning_rate, dropout... since then are not checked")
+            print(
+                f"Note: {path} does not record its config (written before configs were stored); changes "
+                f"of learning_rate, dropout... since then are not checked"
+            )
             return
         changes = config_changes(stored, self.cfg)
         given = getattr(getattr(self.run, "config_modifications", None), "modified", None)
@@ -350,12 +394,16 @@ class Trainer:
             print(f"Note: {path} does not record its training data (written before fingerprints); not checked")
         elif str(st["data_fingerprint"]) != self.data_fingerprint:
             if not self.cfg["resume_other_data"]:
-                raise RHNError(f"{path} was trained on other data than {self.cfg['data_path']} "
-                               f"(data fingerprint {str(st['data_fingerprint'])[:12]}, this data "
-                               f"{self.data_fingerprint[:12]}): check dataset and data_path, or set "
-                               f"resume_other_data=True to continue on this data anyway")
-            print(f"Note: {path} was trained on other data; continuing on {self.cfg['data_path']} "
-                  f"(resume_other_data=True)")
+                raise RHNError(
+                    f"{path} was trained on other data than {self.cfg['data_path']} "
+                    f"(data fingerprint {str(st['data_fingerprint'])[:12]}, this data "
+                    f"{self.data_fingerprint[:12]}): check dataset and data_path, or set "
+                    f"resume_other_data=True to continue on this data anyway"
+                )
+            print(
+                f"Note: {path} was trained on other data; continuing on {self.cfg['data_path']} "
+                f"(resume_other_data=True)"
+            )
 
     def _carry_best_over(self, old_dir):
         """A run resumed into another save_dir brings its best.npz along (the final pass needs it)."""
@@ -369,17 +417,21 @@ class Trainer:
         if not self.best_epoch:
             return
         if not os.path.isfile(path):
-            raise RHNError(f"{resume} continues a run whose best epoch ({self.best_epoch}) is kept in its best.npz, "
-                           f"which is neither beside it nor in {self.run_dir}: put that run's best.npz there "
-                           f"(the final evaluation needs it)")
+            raise RHNError(
+                f"{resume} continues a run whose best epoch ({self.best_epoch}) is kept in its best.npz, "
+                f"which is neither beside it nor in {self.run_dir}: put that run's best.npz there "
+                f"(the final evaluation needs it)"
+            )
         _, st = load_checkpoint(path)
         epoch = int(st["best_epoch"]) if "best_epoch" in st else 0
         valid = float(st["valid_perplexity"]) if "valid_perplexity" in st else math.nan
         # A best.npz of a later epoch than the checkpoint (killed between the two saves) is written again.
         if epoch < self.epoch and (epoch, valid) != (self.best_epoch, self.best_valid):
-            raise RHNError(f"{path} holds epoch {epoch} (valid {valid:.3f}) but {resume} continues a run whose best "
-                           f"is epoch {self.best_epoch} (valid {self.best_valid:.3f}): it is another run's best.npz; "
-                           f"put the matching one there or resume into an empty save_dir")
+            raise RHNError(
+                f"{path} holds epoch {epoch} (valid {valid:.3f}) but {resume} continues a run whose best "
+                f"is epoch {self.best_epoch} (valid {self.best_valid:.3f}): it is another run's best.npz; "
+                f"put the matching one there or resume into an empty save_dir"
+            )
 
     def _write(self, path, write):
         """``write()`` the file ``path``; a failure (a full disk...) stops the run in one line, the files on disk whole."""
@@ -387,9 +439,12 @@ class Trainer:
             return write()
         except OSError as e:
             last = self.path("last.npz")
-            kept = (f"the checkpoints already on disk are unchanged: free space and continue with "
-                    f"{shell_arg('resume', last)}"
-                    if os.path.isfile(last) else "no checkpoint was written yet: free space and start again")
+            kept = (
+                f"the checkpoints already on disk are unchanged: free space and continue with "
+                f"{shell_arg('resume', last)}"
+                if os.path.isfile(last)
+                else "no checkpoint was written yet: free space and start again"
+            )
             raise RHNError(f"cannot write {path} ({e.strerror or e}); stopped; {kept}")
 
     def _save_last(self):
@@ -402,28 +457,48 @@ class Trainer:
     def _save_best(self, valid):
         if self.world.chief:
             path = self.path("best.npz")
-            self._write(path, lambda: save_checkpoint(path, self.backend.get_params(),
-                                                      {"best_epoch": self.epoch, "valid_perplexity": valid,
-                                                       "data_fingerprint": self.data_fingerprint,
-                                                       "run_lineage": self.lineage}))
+            self._write(
+                path,
+                lambda: save_checkpoint(
+                    path,
+                    self.backend.get_params(),
+                    {
+                        "best_epoch": self.epoch,
+                        "valid_perplexity": valid,
+                        "data_fingerprint": self.data_fingerprint,
+                        "run_lineage": self.lineage,
+                    },
+                ),
+            )
             self.run.add_artifact(path, "best.npz")
 
     def _save_curve(self):
         """The learning curve so far, as an artifact (written only when an observer will store it)."""
         if self.run.observers and len(self.logs["valid_perplexity"]) > 1:
             path = self.path("learning_curve.png")
-            self._write(path, lambda: learning_curve(
-                self.logs, path, self.corpus.unit, f"{self.cfg['dataset']} depth {self.cfg['depth']} "
-                f"hidden {self.cfg['hidden_size']} ({self.backend_name})"))
+            self._write(
+                path,
+                lambda: learning_curve(
+                    self.logs,
+                    path,
+                    self.corpus.unit,
+                    f"{self.cfg['dataset']} depth {self.cfg['depth']} "
+                    f"hidden {self.cfg['hidden_size']} ({self.backend_name})",
+                ),
+            )
             self.run.add_artifact(path, "learning_curve.png")
 
     def _diverged(self, what):
         """The one-line stop of a diverged run; the weights of this epoch are not saved."""
         last = self.path("last.npz")
-        where = (f"the last good checkpoint is {last}: lower learning_rate or max_grad_norm and resume from it"
-                 if os.path.isfile(last) else "no checkpoint was written yet: lower learning_rate or max_grad_norm")
-        return RHNError(f"{what} in epoch {self.epoch} near step {self.step}; stopped without saving these weights; "
-                        f"{where}")
+        where = (
+            f"the last good checkpoint is {last}: lower learning_rate or max_grad_norm and resume from it"
+            if os.path.isfile(last)
+            else "no checkpoint was written yet: lower learning_rate or max_grad_norm"
+        )
+        return RHNError(
+            f"{what} in epoch {self.epoch} near step {self.step}; stopped without saving these weights; {where}"
+        )
 
     # --- passes -----------------------------------------------------------------
     def _flush(self, pending):
@@ -435,8 +510,10 @@ class Trainer:
                 raise self._diverged(f"training loss became {values[~np.isfinite(values)][0]}")
             ppl = perplexity(float(values.sum()), len(values) * self.cfg["num_steps"])
             if diverged(ppl, self.corpus.vocab_size):
-                raise self._diverged(f"training perplexity became {ppl:.3g} (beyond vocab_size^2 = "
-                                     f"{self.corpus.vocab_size ** 2:,}: the run diverged)")
+                raise self._diverged(
+                    f"training perplexity became {ppl:.3g} (beyond vocab_size^2 = "
+                    f"{self.corpus.vocab_size**2:,}: the run diverged)"
+                )
             self.costs += float(values.sum())
 
     def train_epoch(self, lr):
@@ -445,11 +522,21 @@ class Trainer:
         n = readers.epoch_size(rows, T)
         log_every = max(1, n // 10)
         mine = self.world.rows(B)  # this rank's rows of the global batch (all of them alone)
-        state = (self.backend.zero_state(mine.stop - mine.start) if self.hidden is None
-                 else self.backend.state_from_numpy(self.hidden))
+        state = (
+            self.backend.zero_state(mine.stop - mine.start)
+            if self.hidden is None
+            else self.backend.state_from_numpy(self.hidden)
+        )
         pending = []
-        with progress_bar(total=n * B * T, initial=self.step * B * T, desc=f"epoch {self.epoch}",
-                          unit=self.corpus.unit, unit_scale=True, leave=False, disable=not self.cfg["progress"]) as bar:
+        with progress_bar(
+            total=n * B * T,
+            initial=self.step * B * T,
+            desc=f"epoch {self.epoch}",
+            unit=self.corpus.unit,
+            unit_scale=True,
+            leave=False,
+            disable=not self.cfg["progress"],
+        ) as bar:
             try:
                 while self.step < n:
                     x, y = readers.minibatch(rows, self.step, T)
@@ -493,13 +580,17 @@ class Trainer:
         cfg = self.cfg
         for line in describe(self.spec):
             print(line)
-        self.run.info.update(nr_parameters=count_params(self.spec), run_dir=os.path.abspath(self.run_dir),
-                             world_size=self.world.size)
-        parallel = (f", {self.world.size} processes ({self.world.launcher})" if self.world.size > 1 else "") + \
-            (f", {cfg['replicas']} replicas" if cfg["replicas"] > 1 else "")
-        print(f"Backend: {self.backend_name} on {self.backend.device} ({cfg['dtype']}, "
-              f"{self.backend.threads} CPU threads{parallel}); "
-              f"checkpoints in {self.run_dir}")
+        self.run.info.update(
+            nr_parameters=count_params(self.spec), run_dir=os.path.abspath(self.run_dir), world_size=self.world.size
+        )
+        parallel = (f", {self.world.size} processes ({self.world.launcher})" if self.world.size > 1 else "") + (
+            f", {cfg['replicas']} replicas" if cfg["replicas"] > 1 else ""
+        )
+        print(
+            f"Backend: {self.backend_name} on {self.backend.device} ({cfg['dtype']}, "
+            f"{self.backend.threads} CPU threads{parallel}); "
+            f"checkpoints in {self.run_dir}"
+        )
         try:
             with self.interrupt:
                 try:
@@ -529,24 +620,23 @@ class Trainer:
         except Abort:
             raise self._aborted(" while its checkpoint was being written")
         self.comm.close()
-        raise TrainingInterrupted(f"stopped {where}; continue with {shell_arg('resume', self.path('last.npz'))}",
-                                  self.interrupt.signum)
+        raise TrainingInterrupted(
+            f"stopped {where}; continue with {shell_arg('resume', self.path('last.npz'))}", self.interrupt.signum
+        )
 
     def _aborted(self, when):
         """A second Ctrl-C: what is on disk, in one line (a checkpoint cut short is never left half-written)."""
         last = self.path("last.npz")
         held = read_state_entries(last, ["epoch", "step"]) if self.world.chief else {}
         if held:
-            kept = (f"{last} on disk is whole ({progress_of(held)}): continue with "
-                    f"{shell_arg('resume', last)}")
+            kept = f"{last} on disk is whole ({progress_of(held)}): continue with {shell_arg('resume', last)}"
         else:
             kept = "no checkpoint of this run is on disk yet: start it again"
         return TrainingInterrupted(f"aborted by a second Ctrl-C{when}; {kept}", self.interrupt.signum)
 
     def _epoch(self):
         lr = lr_at(self.cfg, self.epoch)
-        print(f"Epoch: {self.epoch} Learning rate: {lr:.3f}" +
-              (f" (resumed at step {self.step})" if self.step else ""))
+        print(f"Epoch: {self.epoch} Learning rate: {lr:.3f}" + (f" (resumed at step {self.step})" if self.step else ""))
         start, step0 = time.time(), self.step
         train = self.train_epoch(lr)
         seconds = max(time.time() - start, 1e-9)
@@ -554,8 +644,10 @@ class Trainer:
         valid, test = self.evaluator.batched("valid"), self.evaluator.batched("test")
         for split, ppl in (("train", train), ("valid", valid), ("test", test)):
             if diverged(ppl, self.corpus.vocab_size):  # e.g. valid 2.45e89: never let these weights replace last.npz
-                raise self._diverged(f"{split} perplexity became {ppl:.3g} (beyond vocab_size^2 = "
-                                     f"{self.corpus.vocab_size ** 2:,}: the run diverged)")
+                raise self._diverged(
+                    f"{split} perplexity became {ppl:.3g} (beyond vocab_size^2 = "
+                    f"{self.corpus.vocab_size**2:,}: the run diverged)"
+                )
         self._log_epoch(train, valid, test)
         if valid < self.best_valid:  # the best epoch is the one of the lowest VALIDATION perplexity
             self.best_valid, self.best_epoch = valid, self.epoch
@@ -567,13 +659,15 @@ class Trainer:
 
     def _final(self):
         # rank 0 wrote best.npz; the others get it from rank 0 (no shared disk needed)
-        best = self.comm.broadcast(load_checkpoint(self.path("best.npz"))[0] if self.world.chief
-                                   else self.backend.get_params())
+        best = self.comm.broadcast(
+            load_checkpoint(self.path("best.npz"))[0] if self.world.chief else self.backend.get_params()
+        )
         e, info = self.best_epoch, self.run.info
-        print(f"Best validation perplexity {self.best_valid:.3f} (bits {bits(self.best_valid):.3f}) at epoch {e}; "
-              f"train {self.logs['train_perplexity'][e]:.3f}, test {self.logs['test_perplexity'][e]:.3f}")
-        info.update(best_val_epoch=e, best_valid_perplexity=self.best_valid,
-                    best_valid_bits=bits(self.best_valid))
+        print(
+            f"Best validation perplexity {self.best_valid:.3f} (bits {bits(self.best_valid):.3f}) at epoch {e}; "
+            f"train {self.logs['train_perplexity'][e]:.3f}, test {self.logs['test_perplexity'][e]:.3f}"
+        )
+        info.update(best_val_epoch=e, best_valid_perplexity=self.best_valid, best_valid_bits=bits(self.best_valid))
         self.backend.set_params(best)
         for split, key in (("valid", "full_best_valid_perplexity"), ("test", "full_test_perplexity")):
             ppl = self.evaluator.full(split)
@@ -592,13 +686,17 @@ def evaluate(cfg, backend_name, run):
     params, _ = load_checkpoint(cfg["load_model"])
     check_params(params, spec, cfg["load_model"])
     evaluator = Evaluator(cfg, make_backend(cfg, backend_name, spec, params), corpus)
-    results = {"valid_perplexity": evaluator.batched("valid"),
-               "full_valid_perplexity": evaluator.full("valid"),
-               "full_test_perplexity": evaluator.full("test")}
+    results = {
+        "valid_perplexity": evaluator.batched("valid"),
+        "full_valid_perplexity": evaluator.full("valid"),
+        "full_test_perplexity": evaluator.full("test"),
+    }
     for key, ppl in results.items():
         if not math.isfinite(ppl):
-            raise RHNError(f"{key} of {cfg['load_model']} is {ppl}: the weights are broken (a diverged run?); "
-                           f"evaluate an earlier checkpoint")
+            raise RHNError(
+                f"{key} of {cfg['load_model']} is {ppl}: the weights are broken (a diverged run?); "
+                f"evaluate an earlier checkpoint"
+            )
     for key, ppl in results.items():
         print(f"{key.replace('_', ' ').capitalize()}: {ppl:.3f} Bits: {bits(ppl):.3f}")
     run.info.update(results)

@@ -5,6 +5,7 @@ data: every backend and the NumPy reference multiply by the same arrays, so
 dropout-on runs agree exactly across backends. A mask whose drop probability is
 0 is ``None`` (nothing to multiply).
 """
+
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -12,11 +13,12 @@ import numpy as np
 
 class Masks(NamedTuple):
     """Masks of one minibatch; ``i`` and ``h`` hold one array per layer."""
-    x: Optional[np.ndarray]             # B x T: whole embedding vector per token
+
+    x: Optional[np.ndarray]  # B x T: whole embedding vector per token
     i: Optional[Tuple[np.ndarray, ...]]  # B x in_size (layer 0), B x H (layers > 0): layer input
     h: Optional[Tuple[np.ndarray, ...]]  # B x H: recurrent state in every micro-layer, H and T
     # (with tied_noise=False, i and h are twice as wide: [mask for H | mask for T])
-    o: Optional[np.ndarray]             # B x H: top layer's output
+    o: Optional[np.ndarray]  # B x H: top layer's output
 
 
 NO_MASKS = Masks(None, None, None, None)
@@ -57,8 +59,11 @@ def sample_masks(rng, x, spec, drop_x, drop_i, drop_h, drop_o, tied_noise=True):
     if mx is not None:
         mx = tie_repeated_tokens(mx, x)
     mi = tuple(bernoulli_mask(rng, (B, per_gate * n), drop_i) for n in spec.layer_input_sizes) if drop_i else None
-    mh = tuple(bernoulli_mask(rng, (B, per_gate * spec.hidden_size), drop_h)
-               for _ in range(spec.num_layers)) if drop_h else None
+    mh = (
+        tuple(bernoulli_mask(rng, (B, per_gate * spec.hidden_size), drop_h) for _ in range(spec.num_layers))
+        if drop_h
+        else None
+    )
     mo = bernoulli_mask(rng, (B, spec.hidden_size), drop_o)
     return Masks(mx, mi, mh, mo)
 

@@ -24,6 +24,7 @@ generator, seeded by (seed, sample index), so the result does not depend on how
 samples are chunked (tested: batched equals one by one). Only the running sum
 of accepted probabilities is kept (memory does not grow with the sample count).
 """
+
 import math
 import os
 
@@ -72,8 +73,13 @@ def sample_rng(seed, k):
 
 def mc_pass(backend, spec, cfg, ids, rngs, interrupt=None):
     """log p of every target (rows = samples, N - 1 columns), each row with its own masks."""
-    drops = dict(drop_x=cfg["drop_x"], drop_i=cfg["drop_i"], drop_h=cfg["drop_h"], drop_o=cfg["drop_o"],
-                 tied_noise=cfg["tied_noise"])
+    drops = dict(
+        drop_x=cfg["drop_x"],
+        drop_i=cfg["drop_i"],
+        drop_h=cfg["drop_h"],
+        drop_o=cfg["drop_o"],
+        tied_noise=cfg["tied_noise"],
+    )
     B, faithful = len(rngs), cfg["mc_mode"] == "faithful"
     # Masks of a whole pass, drawn first as the original did at its step 0 (B = T = 1).
     first = [sample_masks(rng, np.zeros((1, 1), dtype=np.int64), spec, **drops) for rng in rngs]
@@ -83,8 +89,7 @@ def mc_pass(backend, spec, cfg, ids, rngs, interrupt=None):
     fixed_o, word = stack([m.o for m in first]), stack([m.x for m in first])  # word: B x 1 scalars
     # Faithful: the word mask is constant, so any window scores the same; keep the B x T x V
     # logits near 2^24 values. Corrected: windows of num_steps, the span of the word tying.
-    window = min(cfg["full_eval_num_steps"], max(1, 2 ** 24 // (B * spec.vocab_size))) if faithful \
-        else cfg["num_steps"]
+    window = min(cfg["full_eval_num_steps"], max(1, 2**24 // (B * spec.vocab_size))) if faithful else cfg["num_steps"]
     out, state, pos = np.empty((B, len(ids) - 1)), backend.zero_state(B), 0
     for x, y in readers.stream_windows(ids, window):
         T = x.shape[1]
@@ -93,11 +98,11 @@ def mc_pass(backend, spec, cfg, ids, rngs, interrupt=None):
         elif faithful:
             mx = np.repeat(word, T, axis=1)
         else:  # per position, tied per word type within the window, as in training
-            mx = np.concatenate([tie_repeated_tokens(bernoulli_mask(rng, (1, T), cfg["drop_x"]), x)
-                                 for rng in rngs])
-        lp, state = backend.target_log_probs(np.repeat(x, B, 0), np.repeat(y, B, 0), state,
-                                             Masks(mx, fixed_i, fixed_h, fixed_o))
-        out[:, pos:pos + T] = lp
+            mx = np.concatenate([tie_repeated_tokens(bernoulli_mask(rng, (1, T), cfg["drop_x"]), x) for rng in rngs])
+        lp, state = backend.target_log_probs(
+            np.repeat(x, B, 0), np.repeat(y, B, 0), state, Masks(mx, fixed_i, fixed_h, fixed_o)
+        )
+        out[:, pos : pos + T] = lp
         pos += T
         if interrupt is not None:
             interrupt.check()
@@ -106,8 +111,10 @@ def mc_pass(backend, spec, cfg, ids, rngs, interrupt=None):
 
 def plot_curve(curve, path, mode):
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(range(1, len(curve) + 1), curve)
     ax.set_xlabel("accepted MC samples")
@@ -146,15 +153,21 @@ def _evaluate_mc(cfg, run, backend, spec, corpus, out_dir):
     K, mode, ids = cfg["mc_steps"], cfg["mc_mode"], corpus.test
     prob_sum, accepted, drawn, curve = np.zeros(len(ids) - 1), 0, 0, []
     max_draws = 10 * K + 10
-    print(f"MC dropout evaluation ({mode}): {K} accepted samples of the test set, "
-          f"{cfg['mc_batch_size']} at a time, accepted if their perplexity < {cfg['mc_accept_perplexity']}")
-    with InterruptFlag() as interrupt, progress_bar(total=K, desc="MC samples", unit="sample",
-                                                    disable=not cfg["progress"]) as bar:
+    print(
+        f"MC dropout evaluation ({mode}): {K} accepted samples of the test set, "
+        f"{cfg['mc_batch_size']} at a time, accepted if their perplexity < {cfg['mc_accept_perplexity']}"
+    )
+    with (
+        InterruptFlag() as interrupt,
+        progress_bar(total=K, desc="MC samples", unit="sample", disable=not cfg["progress"]) as bar,
+    ):
         try:
             while accepted < K:
                 if drawn >= max_draws:
-                    raise RHNError(f"only {accepted} of {drawn} MC samples had perplexity < "
-                                   f"{cfg['mc_accept_perplexity']}: raise mc_accept_perplexity or check the model")
+                    raise RHNError(
+                        f"only {accepted} of {drawn} MC samples had perplexity < "
+                        f"{cfg['mc_accept_perplexity']}: raise mc_accept_perplexity or check the model"
+                    )
                 rngs = [sample_rng(cfg["seed"], drawn + r) for r in range(min(cfg["mc_batch_size"], K - accepted))]
                 log_p = mc_pass(backend, spec, cfg, ids, rngs, interrupt)
                 drawn += len(rngs)
@@ -169,16 +182,27 @@ def _evaluate_mc(cfg, run, backend, spec, corpus, out_dir):
                 bar.set_postfix(ppl=f"{curve[-1]:.2f}" if curve else "-", rejected=drawn - accepted)
         except _Stop:
             if accepted:
-                save_checkpoint(partial_path, {"prob_sum": prob_sum},
-                                {"accepted": accepted, "drawn": drawn, "curve": np.array(curve)})
+                save_checkpoint(
+                    partial_path,
+                    {"prob_sum": prob_sum},
+                    {"accepted": accepted, "drawn": drawn, "curve": np.array(curve)},
+                )
             raise TrainingInterrupted(
                 f"MC evaluation stopped after {accepted} accepted samples"
-                + (f" (estimate so far {curve[-1]:.3f}); partial results in {partial_path}" if curve else ""))
+                + (f" (estimate so far {curve[-1]:.3f}); partial results in {partial_path}" if curve else "")
+            )
     ppl = curve[-1]
-    print(f"MC Test Perplexity ({mode}, {accepted} samples, {drawn - accepted} rejected): {ppl:.3f} "
-          f"Bits: {bits(ppl):.3f}")
-    run.info.update(mc_test_perplexity=ppl, mc_test_bits=bits(ppl), mc_mode=mode, mc_samples=accepted,
-                    mc_rejected=drawn - accepted, mc_curve=curve)
+    print(
+        f"MC Test Perplexity ({mode}, {accepted} samples, {drawn - accepted} rejected): {ppl:.3f} Bits: {bits(ppl):.3f}"
+    )
+    run.info.update(
+        mc_test_perplexity=ppl,
+        mc_test_bits=bits(ppl),
+        mc_mode=mode,
+        mc_samples=accepted,
+        mc_rejected=drawn - accepted,
+        mc_curve=curve,
+    )
     plot = os.path.join(out_dir, f"mc_{mode}_perplexity.png")
     plot_curve(curve, plot, mode)
     run.add_artifact(plot)

@@ -8,6 +8,7 @@ stream when it still works, and the run goes on (checkpoints are written before 
 are printed). At exit the failed stream's descriptor is pointed at /dev/null, so Python's final
 flush of what is still buffered cannot print "Exception ignored" either.
 """
+
 import atexit
 import os
 import sys
@@ -32,8 +33,9 @@ class GuardedStream:
             pass
         reason = getattr(error, "strerror", None) or type(error).__name__
         if self.other is not None:
-            self.other.write(f"\nOutput to {self.name} failed ({reason}): no more printing there; training and "
-                             f"checkpoints go on\n")
+            self.other.write(
+                f"\nOutput to {self.name} failed ({reason}): no more printing there; training and checkpoints go on\n"
+            )
             self.other.flush()
 
     def write(self, text):
@@ -77,5 +79,6 @@ def guard_std_streams():
     out.other, err.other = err, out
     sys.stdout, sys.stderr = out, err
     import logging
+
     logging.raiseExceptions = False  # a log handler whose stream failed drops the record quietly
     return out, err

@@ -12,6 +12,7 @@ variables without their ``model/`` prefix (docs/faithfulness.md, Parameter names
 
 Backends load and export exactly this dict; checkpoints store it.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from .errors import RHNError
 @dataclass(frozen=True)
 class ModelSpec:
     """Shape-defining hyperparameters of an RHN language model."""
+
     vocab_size: int
     hidden_size: int
     depth: int
@@ -51,10 +53,16 @@ class ModelSpec:
 
 def spec_from_config(cfg, vocab_size=None):
     """ModelSpec of a config; ``vocab_size`` overrides the config's (data-derived V)."""
-    return ModelSpec(vocab_size=vocab_size or cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-                     depth=cfg["depth"], num_layers=cfg["num_layers"], tied=bool(cfg["tied"]),
-                     init_scale=cfg["init_scale"], init_bias=cfg["init_bias"],
-                     init_other_bias=cfg.get("init_other_bias", "uniform"))
+    return ModelSpec(
+        vocab_size=vocab_size or cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        depth=cfg["depth"],
+        num_layers=cfg["num_layers"],
+        tied=bool(cfg["tied"]),
+        init_scale=cfg["init_scale"],
+        init_bias=cfg["init_bias"],
+        init_other_bias=cfg.get("init_other_bias", "uniform"),
+    )
 
 
 def layer_names(l, k):
@@ -108,11 +116,16 @@ def check_params(params, spec, source="checkpoint"):
     expected = param_shapes(spec)
     problems = [f"missing {n} {s}" for n, s in expected.items() if n not in params]
     problems += [f"unexpected {n}" for n in params if n not in expected]
-    problems += [f"{n} is {tuple(params[n].shape)}, config needs {s}" for n, s in expected.items()
-                 if n in params and tuple(params[n].shape) != s]
+    problems += [
+        f"{n} is {tuple(params[n].shape)}, config needs {s}"
+        for n, s in expected.items()
+        if n in params and tuple(params[n].shape) != s
+    ]
     if problems:
-        raise RHNError(f"{source} does not match the config (hidden_size, depth, num_layers, tied, "
-                       f"vocab_size): " + "; ".join(problems))
+        raise RHNError(
+            f"{source} does not match the config (hidden_size, depth, num_layers, tied, "
+            f"vocab_size): " + "; ".join(problems)
+        )
 
 
 def fuse(params, spec):
@@ -163,6 +176,7 @@ def hidden_size_for_count(spec, target):
 
     def count(h):
         return count_params(replace(spec, hidden_size=h))
+
     lo, hi = 1, 2
     while count(hi) < target:
         lo, hi = hi, hi * 2

@@ -1,4 +1,5 @@
 """The learning-curve figure stored with every training run (matplotlib, no display needed)."""
+
 import math
 import os
 
@@ -8,9 +9,11 @@ from .atomic import temporary_path
 def learning_curve(logs, path, unit, title=""):
     """Train/valid/test per epoch (perplexity for words, bits per character for chars) as a PNG at ``path``."""
     import matplotlib
+
     matplotlib.use("Agg")  # headless: training machines have no display
     import matplotlib.pyplot as plt
     import matplotlib.ticker
+
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     try:
         for split in ("train", "valid", "test"):

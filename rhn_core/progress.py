@@ -10,6 +10,7 @@ writes one ordinary line at most every ``LINE_INTERVAL`` seconds instead, so a
 short pass prints nothing and a long one a line a minute; the per-epoch summary
 lines are printed by the loop either way.
 """
+
 import os
 import sys
 

@@ -13,6 +13,7 @@ micro-layer 0), deliberately unlike the backends' hoisted, fused form:
 The backward pass is written out by hand too (checked against finite
 differences in the tests), so gradients have an oracle as well.
 """
+
 import numpy as np
 
 from .masks import NO_MASKS
@@ -93,7 +94,7 @@ def objective(params, spec, x, y, state, masks=NO_MASKS, weight_decay=0.0):
     """(J, C, final state): J = C + weight_decay/2 * sum of all squared parameters."""
     log_probs, final, _ = forward(params, spec, x, state, masks)
     c = loss(log_probs, y)
-    l2 = 0.5 * weight_decay * sum(float((p ** 2).sum()) for p in params.values())
+    l2 = 0.5 * weight_decay * sum(float((p**2).sum()) for p in params.values())
     return c + l2, c, final
 
 
@@ -105,7 +106,7 @@ def gradients(params, spec, x, y, state, masks=NO_MASKS, weight_decay=0.0):
 def objective_and_gradients(params, spec, x, y, state, masks=NO_MASKS, weight_decay=0.0):
     """(J, final state, dJ/dtheta) from one forward pass: what a training step needs."""
     log_probs, final, cache = forward(params, spec, x, state, masks)
-    l2 = 0.5 * weight_decay * sum(float((p ** 2).sum()) for p in params.values())
+    l2 = 0.5 * weight_decay * sum(float((p**2).sum()) for p in params.values())
     B, T = y.shape
     grads = {n: weight_decay * p for n, p in params.items()}
     dlogits = np.exp(log_probs)
@@ -131,7 +132,7 @@ def objective_and_gradients(params, spec, x, y, state, masks=NO_MASKS, weight_de
             for k in reversed(range(spec.depth)):
                 a_h, a_t, s, h, g = cache["layers"][l][t][k]
                 hm, hb, tm, tb = layer_names(l, k)
-                dzh = ds * g * (1 - h ** 2)
+                dzh = ds * g * (1 - h**2)
                 dzt = ds * (h - s) * g * (1 - g)
                 grads[hm] += a_h.T @ dzh
                 grads[hb] += dzh.sum(axis=0)
@@ -153,6 +154,6 @@ def objective_and_gradients(params, spec, x, y, state, masks=NO_MASKS, weight_de
 
 def clipped_sgd_step(params, grads, lr, max_grad_norm):
     """theta - lr * g * max_grad_norm / max(||g||, max_grad_norm) (global norm, as TF)."""
-    norm = np.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
+    norm = np.sqrt(sum(float((g**2).sum()) for g in grads.values()))
     scale = max_grad_norm / max(norm, max_grad_norm)
     return {n: p - lr * scale * grads[n] for n, p in params.items()}

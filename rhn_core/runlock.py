@@ -17,6 +17,7 @@ The default folder (``save_dir=''``) is a fresh one per run: ``runs/<dataset>_<s
 ``_2``, ``_3``... The first free one is claimed by locking it, so two runs started together
 never pick the same one.
 """
+
 import datetime
 import errno
 import fcntl
@@ -41,8 +42,10 @@ def describe_holder(text):
     if not fields.get("pid"):
         return "another process that is starting now"
     command = fields.get("command", "a run")
-    return (f"{command} (pid {fields['pid']} on {fields.get('host', '?')}, started "
-            f"{fields.get('started', '?').replace('T', ' ')})")
+    return (
+        f"{command} (pid {fields['pid']} on {fields.get('host', '?')}, started "
+        f"{fields.get('started', '?').replace('T', ' ')})"
+    )
 
 
 class RunLock:
@@ -57,8 +60,10 @@ class RunLock:
         """Take the lock or raise RHNError naming the holder (never waits)."""
         holder = self.try_acquire()
         if holder is not None:
-            raise RHNError(f"{self.folder} is in use by {describe_holder(holder)}: one process writes a run "
-                           f"folder at a time; wait for it to end or set {self.key}= to another folder")
+            raise RHNError(
+                f"{self.folder} is in use by {describe_holder(holder)}: one process writes a run "
+                f"folder at a time; wait for it to end or set {self.key}= to another folder"
+            )
         return self
 
     def try_acquire(self):
@@ -67,8 +72,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as e:
-                raise RHNError(f"cannot write in {self.folder} ({e.strerror or e}): set {self.key}= to a "
-                               f"writable folder")
+                raise RHNError(
+                    f"cannot write in {self.folder} ({e.strerror or e}): set {self.key}= to a writable folder"
+                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -76,9 +82,11 @@ class RunLock:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     return holder
-                raise RHNError(f"cannot lock {self.path} ({e.strerror or e}; the file system does not "
-                               f"support flock, e.g. Lustre mounted without -o flock): set {self.key}= to a "
-                               f"folder on a local disk or one that supports locks")
+                raise RHNError(
+                    f"cannot lock {self.path} ({e.strerror or e}; the file system does not "
+                    f"support flock, e.g. Lustre mounted without -o flock): set {self.key}= to a "
+                    f"folder on a local disk or one that supports locks"
+                )
             # The file may have been removed by the holder that just released it: lock the one in place.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -211,9 +219,11 @@ class RunFolder:
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
-            raise RHNError(f"cannot write checkpoints to {folder} ({e.strerror or e}"
-                           f"{': ' + e.filename if e.filename and e.filename != folder else ''}): "
-                           f"set {key}= to a writable folder")
+            raise RHNError(
+                f"cannot write checkpoints to {folder} ({e.strerror or e}"
+                f"{': ' + e.filename if e.filename and e.filename != folder else ''}): "
+                f"set {key}= to a writable folder"
+            )
         try:
             return cls(folder, RunLock(folder, command, key).acquire(), created)
         except RHNError:

@@ -8,6 +8,7 @@ returns: the random stream is the same for every backend, so the same checkpoint
 and seed give the same text from either (exactly so in float64; in float32 a draw
 that falls within rounding of a boundary between two symbols may differ).
 """
+
 import numpy as np
 
 from .checkpoint import load_checkpoint
@@ -33,7 +34,9 @@ def encode(corpus, text):
     data = text.encode("utf-8") or bytes([next((v for v in b"\n " if v in index), values[0])])
     missing = sorted({c for c in text if any(b not in index for b in c.encode("utf-8"))})
     if missing:
-        raise RHNError(f"sample_prime has characters that never occur in the training text: {' '.join(map(repr, missing))}")
+        raise RHNError(
+            f"sample_prime has characters that never occur in the training text: {' '.join(map(repr, missing))}"
+        )
     return np.array([index[b] for b in data], dtype=np.int64)
 
 

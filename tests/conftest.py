@@ -1,4 +1,5 @@
 """Shared fixtures: synthetic corpora in the exact formats, the real PTB (RHN_SHARED_DATA)."""
+
 import os
 import subprocess
 import warnings
@@ -6,6 +7,7 @@ import warnings
 # Frameworks first, torch before tensorflow (as Keras' own test setup does, to avoid a crash).
 try:
     import torch  # noqa: F401
+
     # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; it reads
     # this variable when triton is imported, so it is set before any test imports it.
     if not torch.cuda.is_available():
@@ -27,10 +29,11 @@ import pytest
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-SHARED_DATA = os.environ.get("RHN_SHARED_DATA",
-                             os.path.join(os.path.dirname(__file__), "..", "data"))
-PTB_MISSING = ("real PTB not found: set RHN_SHARED_DATA to a folder holding ptb.train.txt.xz, ptb.valid.txt.xz and "
-               "ptb.test.txt.xz (Mikolov's files, xz-compressed; docs/data.md says where to get them)")
+SHARED_DATA = os.environ.get("RHN_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "data"))
+PTB_MISSING = (
+    "real PTB not found: set RHN_SHARED_DATA to a folder holding ptb.train.txt.xz, ptb.valid.txt.xz and "
+    "ptb.test.txt.xz (Mikolov's files, xz-compressed; docs/data.md says where to get them)"
+)
 
 
 def shared_file(name):
@@ -56,7 +59,7 @@ def synthetic_ptb(tmp_path_factory):
     rng.shuffle(train)
 
     def write(name, tokens):
-        lines = [" ".join(tokens[i:i + 12]) for i in range(0, len(tokens), 12)]
+        lines = [" ".join(tokens[i : i + 12]) for i in range(0, len(tokens), 12)]
         (root / f"ptb.{name}.txt").write_text("".join(f" {line} \n" for line in lines))
 
     write("train", train)
@@ -91,6 +94,7 @@ def small_text(tmp_path_factory):
     """The first 12,000 characters of the embedded demo text, as a plain file."""
     import lzma
     from rhn_core.hyperparams import DEMO_TEXT
+
     path = tmp_path_factory.mktemp("text") / "alice_head.txt"
     path.write_bytes(lzma.open(DEMO_TEXT).read()[:12000])
     return str(path)
@@ -102,8 +106,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def backend_params(*names):
     """Parameters over the registered backends (all by default), each skipped where its framework is absent."""
     from rhn_core.backends import BACKENDS, available
-    return [pytest.param(n, marks=pytest.mark.skipif(not available(n), reason=f"{BACKENDS[n].framework} is not "
-                                                     f"installed")) for n in (names or sorted(BACKENDS))]
+
+    return [
+        pytest.param(n, marks=pytest.mark.skipif(not available(n), reason=f"{BACKENDS[n].framework} is not installed"))
+        for n in (names or sorted(BACKENDS))
+    ]
 
 
 def native_updates(backend):
@@ -114,6 +121,7 @@ def native_updates(backend):
 def entry_argv(backend):
     """How a user starts ``backend``: its script (rhn_train_torch.py) where there is one, else python -m."""
     from rhn_core.backends import BACKENDS
+
     script = os.path.join(REPO, f"{BACKENDS[backend].entry[0]}.py")
     return [script] if os.path.isfile(script) else ["-m", *BACKENDS[backend].entry]
 
@@ -129,18 +137,27 @@ def run_experiment(command="main", named=(), backend="torch", options=None, **up
     """Run the experiment in-process through Sacred, as the command line would (``options``: its flags)."""
     from sacred import SETTINGS
     from rhn_core.experiment import make_experiment
+
     SETTINGS.CAPTURE_MODE = "sys"  # leave file descriptors to pytest
     updates.setdefault("progress", False)
-    return make_experiment(backend).run(command, config_updates=updates, named_configs=list(named),
-                                        options={"--loglevel": "ERROR", **(options or {})})
+    return make_experiment(backend).run(
+        command, config_updates=updates, named_configs=list(named), options={"--loglevel": "ERROR", **(options or {})}
+    )
 
 
 def run_cli(*args, backend="torch", timeout=300, cwd=None):
     """``python rhn_train_<backend>.py ARGS`` (or the backend's ``python -m`` entry) in a subprocess (in ``cwd``);
     returns the CompletedProcess."""
     import sys
-    return subprocess.run([sys.executable, "-W", "ignore", *entry_argv(backend), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=entry_env())
+
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", *entry_argv(backend), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=entry_env(),
+    )
 
 
 def assert_one_line_error(result, *fragments, before_config=True):
@@ -163,6 +180,7 @@ def assert_one_line_error(result, *fragments, before_config=True):
 def mongo(tmp_path_factory):
     """The MongoDB server of the storage tests: RHN_TEST_MONGO_URL, else a SecantusDB of our own."""
     from mongo_server import EXTERNAL_URL, ExternalServer, MongoServer
+
     if EXTERNAL_URL:
         yield ExternalServer()
         return
@@ -176,6 +194,7 @@ def mongo_db(mongo):
     """(server, name of a fresh database), dropped afterwards."""
     import pymongo
     from mongo_server import unique_db
+
     name = unique_db()
     yield mongo, name
     with pymongo.MongoClient(mongo.url, serverSelectionTimeoutMS=5000) as client:
@@ -186,6 +205,7 @@ def mongo_db(mongo):
 def private_mongo(tmp_path):
     """A SecantusDB only this test uses, so it can stop and restart it."""
     from mongo_server import MongoServer
+
     server = MongoServer(tmp_path / "mongo-storage").start()
     yield server
     server.stop()
@@ -196,6 +216,7 @@ def slurm(tmp_path_factory, request):
     """A real one-node Slurm cluster (tests/slurm_cluster.py), started once; skipped with the reason where it
     cannot start, unless RHN_REQUIRE_SLURM=1 (CI), where that is a failure."""
     from slurm_cluster import SlurmCluster, unavailable
+
     required = os.environ.get("RHN_REQUIRE_SLURM") == "1"
     why = unavailable()
     if why:
@@ -213,7 +234,10 @@ def slurm(tmp_path_factory, request):
         pytest.skip(f"Slurm could not start here: {e}")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():  # shown in CI's log even while pytest captures output
-        print(f"\nSlurm cluster up in {cluster.timings['slurmd: node idle']:.1f} s (seconds since start: "
-              f"{cluster.timings})", flush=True)
+        print(
+            f"\nSlurm cluster up in {cluster.timings['slurmd: node idle']:.1f} s (seconds since start: "
+            f"{cluster.timings})",
+            flush=True,
+        )
     yield cluster
     cluster.stop()

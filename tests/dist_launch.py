@@ -6,6 +6,7 @@ RHN_TEST_FAULT=RANK:CHECK:SIGNAL sends SIGNAL (TERM, INT, KILL) to that rank its
 CHECK-th interrupt check (one per training or evaluation step), through the real signal
 handling, so the tests hit a chosen step without racing the clock.
 """
+
 import os
 import runpy
 import signal

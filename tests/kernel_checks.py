@@ -8,6 +8,7 @@ The oracle is the float64 NumPy reference (``rhn_core.reference``): log-probabil
 final states, the loss and the gradient of every parameter, and the parameters after a
 clipped SGD step, on tiny models whose sizes do not fill a kernel tile.
 """
+
 import numpy as np
 
 from rhn_core import reference
@@ -17,14 +18,22 @@ from rhn_core.params import ModelSpec, init_params
 WD = 0.01
 
 CASES = {  # spec, mask kind: odd sizes (H=7 < a 16/32 tile), several column tiles (H=40), 2 layers
-    "shared_masks": (ModelSpec(vocab_size=11, hidden_size=7, depth=3, num_layers=2, tied=False, init_scale=0.5,
-                               init_bias=-1.0), "shared"),
-    "separate_masks": (ModelSpec(vocab_size=11, hidden_size=7, depth=2, num_layers=2, tied=False, init_scale=0.5,
-                                 init_bias=-1.0), "separate"),
-    "no_masks": (ModelSpec(vocab_size=9, hidden_size=7, depth=3, num_layers=1, tied=True, init_scale=0.5,
-                           init_bias=-1.0), "none"),
-    "multi_tile": (ModelSpec(vocab_size=50, hidden_size=40, depth=2, num_layers=1, tied=True, init_scale=0.25,
-                             init_bias=-1.0), "shared"),
+    "shared_masks": (
+        ModelSpec(vocab_size=11, hidden_size=7, depth=3, num_layers=2, tied=False, init_scale=0.5, init_bias=-1.0),
+        "shared",
+    ),
+    "separate_masks": (
+        ModelSpec(vocab_size=11, hidden_size=7, depth=2, num_layers=2, tied=False, init_scale=0.5, init_bias=-1.0),
+        "separate",
+    ),
+    "no_masks": (
+        ModelSpec(vocab_size=9, hidden_size=7, depth=3, num_layers=1, tied=True, init_scale=0.5, init_bias=-1.0),
+        "none",
+    ),
+    "multi_tile": (
+        ModelSpec(vocab_size=50, hidden_size=40, depth=2, num_layers=1, tied=True, init_scale=0.25, init_bias=-1.0),
+        "shared",
+    ),
 }
 
 TOLERANCES = {  # (outputs and states, gradients): float64 to rounding; float32 to its own precision
@@ -35,17 +44,30 @@ TOLERANCES = {  # (outputs and states, gradients): float64 to rounding; float32 
 
 def make_case(case, device, dtype, impl, seed=0, B=3, T=4, **backend_options):
     from rhn_core.backends.torch_rhn import Backend
+
     spec, mask_kind = CASES[case]
     rng = np.random.default_rng(seed)
     params = init_params(spec, rng)
     x, y = rng.integers(0, spec.vocab_size, (B, T)), rng.integers(0, spec.vocab_size, (B, T))
     state = [0.5 * rng.normal(size=(B, spec.hidden_size)) for _ in range(spec.num_layers)]
-    masks = NO_MASKS if mask_kind == "none" else sample_masks(rng, x, spec, 0.3, 0.3, 0.3, 0.3,
-                                                               tied_noise=mask_kind == "shared")
-    backend = Backend(spec, params, weight_decay=WD, max_grad_norm=1.0, device=device, dtype=dtype,
-                      options=dict(backend_options, rhn_impl=impl))
-    assert type(backend.model.rhn.steps).__name__ == {"triton": "TritonSteps", "reference": "TorchSteps",
-                                                      "onednn": "OneDNNSteps"}[impl]
+    masks = (
+        NO_MASKS
+        if mask_kind == "none"
+        else sample_masks(rng, x, spec, 0.3, 0.3, 0.3, 0.3, tied_noise=mask_kind == "shared")
+    )
+    backend = Backend(
+        spec,
+        params,
+        weight_decay=WD,
+        max_grad_norm=1.0,
+        device=device,
+        dtype=dtype,
+        options=dict(backend_options, rhn_impl=impl),
+    )
+    assert (
+        type(backend.model.rhn.steps).__name__
+        == {"triton": "TritonSteps", "reference": "TorchSteps", "onednn": "OneDNNSteps"}[impl]
+    )
     return spec, params, x, y, state, masks, backend
 
 
@@ -86,8 +108,9 @@ def check_train_step(case, device, dtype="float64", impl="triton", **backend_opt
         assert np.abs(expected[n] - params[n]).max() > 1e-4, n  # the step moved every parameter
         np.testing.assert_allclose(got[n], expected[n], rtol=tol["rtol"], atol=tol["out"], err_msg=n)
     assert abs(float(backend.to_numpy([objective])[0]) - j) <= tol["out"] + tol["rtol"] * abs(j)
-    np.testing.assert_allclose(np.stack(backend.state_to_numpy(new_state)), np.stack(ref_final),
-                               rtol=tol["rtol"], atol=tol["out"])
+    np.testing.assert_allclose(
+        np.stack(backend.state_to_numpy(new_state)), np.stack(ref_final), rtol=tol["rtol"], atol=tol["out"]
+    )
 
 
 def static_step_trace(device, dtype, impl, step_mode, steps=4):
@@ -100,7 +123,7 @@ def static_step_trace(device, dtype, impl, step_mode, steps=4):
     state = backend.zero_state(3)
     losses = []
     for i in range(steps):
-        x, y = data[:, 5 * i:5 * i + 5], data[:, 5 * i + 1:5 * i + 6]
+        x, y = data[:, 5 * i : 5 * i + 5], data[:, 5 * i + 1 : 5 * i + 6]
         masks = sample_masks(rng, x, spec, 0.2, 0.3, 0.2, 0.3, tied_noise=False) if i % 2 else NO_MASKS
         objective, state = backend.train_step(x, y, masks, state, lr=0.5 / (i + 1))
         losses.append(objective)

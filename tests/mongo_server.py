@@ -6,6 +6,7 @@ same port and storage, which the fault tests need. ``RHN_TEST_MONGO_URL`` (a
 ``mongodb://`` URL, e.g. a genuine ``mongod``) makes the storage tests use that
 server instead; tests that stop the server always run their own SecantusDB.
 """
+
 import os
 import socket
 import subprocess
@@ -42,10 +43,26 @@ class MongoServer:
         """Start (or restart, same port and storage); ``auth``: require SCRAM credentials."""
         pytest.importorskip("secantus", reason="SecantusDB not installed: pip install -e '.[mongo,test]'")
         import pymongo
+
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(self.port),
-             "--storage-path", self.storage, "--standalone", "--log-level", "ERROR", *(["--auth"] if auth else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "secantus",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                self.storage,
+                "--standalone",
+                "--log-level",
+                "ERROR",
+                *(["--auth"] if auth else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.process.poll() is not None:

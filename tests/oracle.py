@@ -4,6 +4,7 @@ reference (rhn_core.reference) for the model, and plain SGD with clipping and we
 Nothing here calls the loop, the readers' batching or a backend, so a test comparing them with
 these traces compares two independent computations, not one code path with itself.
 """
+
 import math
 import lzma
 
@@ -32,15 +33,15 @@ def char_splits(data):
     ids, _ = byte_ids(data)
     n_eval = len(ids) // 20
     n = len(ids) - 2 * n_eval
-    return ids[:n], ids[n:n + n_eval], ids[n + n_eval:]
+    return ids[:n], ids[n : n + n_eval], ids[n + n_eval :]
 
 
 def minibatches(ids, B, T):
     """The original's BPTT batches: B rows of len(ids) // B ids; batch i is columns
     [i T, (i + 1) T) with targets one column later; the last target column must exist."""
     L = len(ids) // B
-    rows = np.asarray(ids[:B * L]).reshape(B, L)
-    return [(rows[:, i * T:(i + 1) * T], rows[:, i * T + 1:(i + 1) * T + 1]) for i in range((L - 1) // T)]
+    rows = np.asarray(ids[: B * L]).reshape(B, L)
+    return [(rows[:, i * T : (i + 1) * T], rows[:, i * T + 1 : (i + 1) * T + 1]) for i in range((L - 1) // T)]
 
 
 def zero_state(spec, B):

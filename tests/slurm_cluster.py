@@ -7,6 +7,7 @@ sacct and submitit talk to it, and /etc/slurm is left alone). ``unavailable()``
 says why a cluster cannot start here (not root, packages missing), for the skip.
 Every daemon it starts it stops by PID.
 """
+
 import os
 import shutil
 import socket
@@ -27,8 +28,10 @@ def unavailable():
         return "starting Slurm daemons needs root (CI runs as root)"
     missing = [d for d in DAEMONS if not which(d)]
     if missing:
-        return (f"{', '.join(missing)} not installed: apt-get install slurm-wlm munge slurmdbd mariadb-server "
-                f"(.ci/run does)")
+        return (
+            f"{', '.join(missing)} not installed: apt-get install slurm-wlm munge slurmdbd mariadb-server "
+            f"(.ci/run does)"
+        )
     return ""
 
 
@@ -111,38 +114,53 @@ class SlurmCluster:
 
     def _write_configs(self, ctl, node, dbd):
         cpus = os.cpu_count() or 1
-        free_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2 ** 20
+        free_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2**20
         state = os.path.join(self.root, "state")
         os.makedirs(state, exist_ok=True)
         lines = {
-            "ClusterName": self.name, "SlurmctldHost": f"{self.host}(127.0.0.1)", "SlurmUser": "root",
-            "SlurmctldPort": ctl, "SlurmdPort": node, "AuthType": "auth/munge", "MpiDefault": "none",
-            "ProctrackType": "proctrack/linuxproc", "TaskPlugin": "task/none",
-            "JobAcctGatherType": "jobacct_gather/none", "SelectType": "select/cons_tres",
-            "SelectTypeParameters": "CR_Core", "ReturnToService": 2,
+            "ClusterName": self.name,
+            "SlurmctldHost": f"{self.host}(127.0.0.1)",
+            "SlurmUser": "root",
+            "SlurmctldPort": ctl,
+            "SlurmdPort": node,
+            "AuthType": "auth/munge",
+            "MpiDefault": "none",
+            "ProctrackType": "proctrack/linuxproc",
+            "TaskPlugin": "task/none",
+            "JobAcctGatherType": "jobacct_gather/none",
+            "SelectType": "select/cons_tres",
+            "SelectTypeParameters": "CR_Core",
+            "ReturnToService": 2,
             "SlurmctldPidFile": os.path.join(self.root, "slurmctld.pid"),
             "SlurmdPidFile": os.path.join(self.root, "slurmd.pid"),
-            "StateSaveLocation": state, "SlurmdSpoolDir": os.path.join(self.root, "spool"),
+            "StateSaveLocation": state,
+            "SlurmdSpoolDir": os.path.join(self.root, "spool"),
             "SlurmctldLogFile": os.path.join(self.root, "slurmctld.file.log"),
             "SlurmdLogFile": os.path.join(self.root, "slurmd.file.log"),
-            "AccountingStorageType": "accounting_storage/slurmdbd", "AccountingStorageHost": "localhost",
+            "AccountingStorageType": "accounting_storage/slurmdbd",
+            "AccountingStorageHost": "localhost",
             "AccountingStoragePort": dbd,
             # Fast tests (SLURM.md): a requeued job would wait ~150 s. KillWait (SIGTERM to SIGKILL; 30 s by
             # default, 5 s in SLURM.md) leaves a cancelled run time to checkpoint on a loaded machine.
-            "AuthInfo": "cred_expire=10", "SchedulerParameters": "sched_interval=2,bf_interval=2",
+            "AuthInfo": "cred_expire=10",
+            "SchedulerParameters": "sched_interval=2,bf_interval=2",
             "KillWait": 20,
         }
         text = "".join(f"{k}={v}\n" for k, v in lines.items())
-        text += (f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={max(512, free_mb - 512)} "
-                 f"State=UNKNOWN\nPartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP\n")
+        text += (
+            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={max(512, free_mb - 512)} "
+            f"State=UNKNOWN\nPartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP\n"
+        )
         with open(self.conf, "w") as f:
             f.write(text)
         dbd_conf = os.path.join(self.root, "slurmdbd.conf")
         with open(dbd_conf, "w") as f:
-            f.write(f"AuthType=auth/munge\nDbdHost=localhost\nDbdPort={dbd}\nSlurmUser=root\n"
-                    f"StorageType=accounting_storage/mysql\nStorageHost=localhost\nStorageUser=root\n"
-                    f"StorageLoc=slurm_acct_{self.name}\nPidFile={os.path.join(self.root, 'slurmdbd.pid')}\n"
-                    f"LogFile={os.path.join(self.root, 'slurmdbd.file.log')}\n")
+            f.write(
+                f"AuthType=auth/munge\nDbdHost=localhost\nDbdPort={dbd}\nSlurmUser=root\n"
+                f"StorageType=accounting_storage/mysql\nStorageHost=localhost\nStorageUser=root\n"
+                f"StorageLoc=slurm_acct_{self.name}\nPidFile={os.path.join(self.root, 'slurmdbd.pid')}\n"
+                f"LogFile={os.path.join(self.root, 'slurmdbd.file.log')}\n"
+            )
         os.chmod(dbd_conf, 0o600)
 
     def stop(self):

@@ -1,5 +1,6 @@
 """Every backend against the float64 NumPy reference and against each other; the
 reusable RHN modules on their own."""
+
 import importlib
 import subprocess
 import sys
@@ -16,13 +17,23 @@ WD = 0.01
 
 SPECS = {  # word-like (V >= H, tied or not), character-like (V < H: V x V embedding), stacked
     "tied": ModelSpec(vocab_size=13, hidden_size=7, depth=3, num_layers=1, tied=True, init_scale=0.5, init_bias=-1.0),
-    "untied_2layers": ModelSpec(vocab_size=13, hidden_size=7, depth=2, num_layers=2, tied=False, init_scale=0.5,
-                                init_bias=-1.0),
-    "char_2layers": ModelSpec(vocab_size=5, hidden_size=8, depth=3, num_layers=2, tied=False, init_scale=0.5,
-                              init_bias=-2.0),
+    "untied_2layers": ModelSpec(
+        vocab_size=13, hidden_size=7, depth=2, num_layers=2, tied=False, init_scale=0.5, init_bias=-1.0
+    ),
+    "char_2layers": ModelSpec(
+        vocab_size=5, hidden_size=8, depth=3, num_layers=2, tied=False, init_scale=0.5, init_bias=-2.0
+    ),
     # the options of the other original implementations: separate H/T masks, constant other biases
-    "separate_masks": ModelSpec(vocab_size=5, hidden_size=8, depth=3, num_layers=2, tied=False, init_scale=0.5,
-                                init_bias=-2.0, init_other_bias=0.1),
+    "separate_masks": ModelSpec(
+        vocab_size=5,
+        hidden_size=8,
+        depth=3,
+        num_layers=2,
+        tied=False,
+        init_scale=0.5,
+        init_bias=-2.0,
+        init_other_bias=0.1,
+    ),
 }
 
 
@@ -45,7 +56,11 @@ def cuda_available():
 
 # Every backend on CPU; the torch backend on CUDA too where one is present (with its defaults
 # there: fused kernels and CUDA graphs).
-ON_CUDA = [pytest.param("torch-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")])]
+ON_CUDA = [
+    pytest.param(
+        "torch-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")]
+    )
+]
 FLOAT64_ONLY = {"numpy"}  # the reference itself: no float32 to check
 
 
@@ -107,7 +122,7 @@ def test_one_clipped_sgd_step_with_weight_decay(Backend, max_grad_norm, name):
     params, x, y, state, masks, backend = setup_case(Backend, spec, seed=2)
     backend.max_grad_norm = max_grad_norm
     ref_grads = reference.gradients(params, spec, x, y, state, masks, WD)
-    norm = np.sqrt(sum((g ** 2).sum() for g in ref_grads.values()))
+    norm = np.sqrt(sum((g**2).sum() for g in ref_grads.values()))
     assert (norm > max_grad_norm) == (max_grad_norm == 0.5)
     objective, new_state = backend.train_step(x, y, masks, backend.state_from_numpy(state), lr=0.7)
     expected = reference.clipped_sgd_step(params, ref_grads, 0.7, max_grad_norm)
@@ -131,11 +146,12 @@ def test_multi_step_trace_with_dropout_and_carried_state(Backend, name):
     state = backend.zero_state(4)
     trace, ref_trace = [], []
     for i in range(6):
-        x, y = data[:, 5 * i:5 * i + 5], data[:, 5 * i + 1:5 * i + 6]
+        x, y = data[:, 5 * i : 5 * i + 5], data[:, 5 * i + 1 : 5 * i + 6]
         masks = sample_masks(rng, x, spec, 0.2, 0.3, 0.2, 0.3, tied_noise=tied_noise(spec))
         j, _, next_ref = reference.objective(params, spec, x, y, state_ref, masks, WD)
-        params = reference.clipped_sgd_step(params, reference.gradients(params, spec, x, y, state_ref, masks, WD),
-                                            0.5, 2.0)
+        params = reference.clipped_sgd_step(
+            params, reference.gradients(params, spec, x, y, state_ref, masks, WD), 0.5, 2.0
+        )
         state_ref = next_ref
         objective, state = backend.train_step(x, y, masks, state, lr=0.5)
         trace.append(objective)
@@ -172,6 +188,7 @@ def test_eval_step_is_the_loss_without_dropout(Backend):
 def test_torch_rhn_module_on_its_own():
     torch = pytest.importorskip("torch")
     from rhn_core.backends.torch_rhn import RHN
+
     torch.manual_seed(0)
     rhn = RHN(input_size=6, hidden_size=10, depth=3, num_layers=2, init_scale=0.1, init_bias=-3.0)
     assert torch.all(rhn.b[1][:, 10:] == -3.0) and rhn.b[1][:, :10].abs().max() <= 0.1
@@ -192,19 +209,29 @@ def test_torch_rhn_module_on_its_own():
 
 
 def test_core_imports_no_framework():
-    code = ("import sys, rhn_core, rhn_core.loop, rhn_core.experiment, rhn_core.reference, rhn_core.data.readers\n"
-            "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, rhn_core, rhn_core.loop, rhn_core.experiment, rhn_core.reference, rhn_core.data.readers\n"
+        "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not cuda_available(), reason="no CUDA device")])])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")]
+        ),
+    ],
+)
 @pytest.mark.parametrize("with_mask", [False, True, "separate"])
 def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask, device):
     torch = pytest.importorskip("torch")
     from rhn_core.backends.torch_kernels import make_steps
     from rhn_core.backends.torch_rhn import RHNRecurrence
+
     g = torch.Generator(device).manual_seed(0)
     f64 = dict(generator=g, dtype=torch.float64, device=device)
     B, T, H, D = 2, 3, 4, 3
@@ -217,8 +244,9 @@ def test_torch_recurrence_gradcheck_including_the_initial_state(with_mask, devic
     # the reference micro-steps everywhere; the fused kernels on CUDA (on CPU: test_kernels.py, interpreted)
     for impl in ("reference", "triton") if device == "cuda" else ("reference",):
         steps = make_steps(impl)
-        assert torch.autograd.gradcheck(lambda *a, steps=steps: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps),
-                                        (px, s0, R, b))
+        assert torch.autograd.gradcheck(
+            lambda *a, steps=steps: RHNRecurrence.apply(a[0], a[1], mh, a[2], a[3], steps), (px, s0, R, b)
+        )
 
 
 def test_tf_cell_inside_keras_rnn_and_the_fused_layer_agree():
@@ -226,10 +254,15 @@ def test_tf_cell_inside_keras_rnn_and_the_fused_layer_agree():
     import keras
     import tensorflow as tf
     from rhn_core.backends.tf_rhn import RHN, RHNCell
+
     keras.utils.set_random_seed(0)
     x = tf.random.normal([4, 9, 6], dtype=tf.float64)
-    rnn = keras.layers.RNN(RHNCell(10, depth=3, init_scale=0.3, init_bias=-3.0, dtype="float64"),
-                           return_sequences=True, return_state=True, dtype="float64")
+    rnn = keras.layers.RNN(
+        RHNCell(10, depth=3, init_scale=0.3, init_bias=-3.0, dtype="float64"),
+        return_sequences=True,
+        return_state=True,
+        dtype="float64",
+    )
     out, final = rnn(x)
     cell = rnn.cell
     assert np.all(cell.b.numpy()[:, 10:] == -3.0) and np.abs(cell.b.numpy()[:, :10]).max() <= 0.3
@@ -260,7 +293,7 @@ def test_torch_and_tf_agree_on_a_training_trace_with_dropout():
     data = rng.integers(0, spec.vocab_size, (4, 26))
     traces = [[], []]
     for i in range(5):
-        x, y = data[:, 5 * i:5 * i + 5], data[:, 5 * i + 1:5 * i + 6]
+        x, y = data[:, 5 * i : 5 * i + 5], data[:, 5 * i + 1 : 5 * i + 6]
         masks = sample_masks(rng, x, spec, 0.2, 0.3, 0.2, 0.3)
         for j, b in enumerate(backends):
             objective, states[j] = b.train_step(x, y, masks, states[j], 0.5)
@@ -322,6 +355,7 @@ def rhn_stack_case(masks_kind, B=3, T=6):
 def test_torch_rhn_module_masks_against_the_reference(masks_kind):
     torch = pytest.importorskip("torch")
     from rhn_core.backends.torch_rhn import RHN
+
     spec, params, inputs, state, mi, mh, ref_out, ref_final = rhn_stack_case(masks_kind)
     rhn = RHN(input_size=5, hidden_size=7, depth=3, num_layers=2).double()
     fused = fuse(params, spec)
@@ -340,6 +374,7 @@ def test_tf_rhn_layer_masks_against_the_reference(masks_kind):
     pytest.importorskip("tensorflow")
     import tensorflow as tf
     from rhn_core.backends.tf_rhn import RHN
+
     spec, params, inputs, state, mi, mh, ref_out, ref_final = rhn_stack_case(masks_kind)
     stack = RHN(7, 3, num_layers=2, dtype="float64")
     stack.build((None, None, 5))
@@ -353,18 +388,21 @@ def test_tf_rhn_layer_masks_against_the_reference(masks_kind):
     np.testing.assert_allclose(final.numpy(), ref_final, rtol=0, atol=1e-12)
 
 
-
 def test_tf_backend_places_the_model_on_the_device_asked_and_checks_its_parameters():
     tf_rhn = backend_module("tf")
     import tensorflow as tf
     from rhn_core.errors import RHNError
+
     assert [tf_rhn.pick_device(d) for d in ("cpu", "cuda", "cuda:1")] == ["/CPU:0", "/GPU:0", "/GPU:1"]
     spec = SPECS["tied"]
     params = init_params(spec, np.random.default_rng(0))
     backend = tf_rhn.Backend(spec, params, device="cpu")
     assert backend.device == "/CPU:0"
-    with pytest.raises(RHNError, match=r"^parameters does not match the config .*: embedding is \(13, 6\), "
-                                       r"config needs \(13, 7\)$"):
+    with pytest.raises(
+        RHNError,
+        match=r"^parameters does not match the config .*: embedding is \(13, 6\), "
+        r"config needs \(13, 7\)$",
+    ):
         backend.set_params({**params, "embedding": params["embedding"][:, :6]})
     if not tf.config.list_logical_devices("GPU"):
         assert tf_rhn.Backend(spec, params, device="auto").device == "/CPU:0"
@@ -376,8 +414,9 @@ def test_tf_layers_start_from_the_papers_initialisation_and_rebuild_from_their_c
     """Standalone (a Keras user's) layers: U(-init_scale, init_scale) weights and H biases, T biases =
     init_bias, zero embedding and softmax (the backends overwrite them with init_params' values)."""
     tf_rhn = backend_module("tf")
-    spec = ModelSpec(vocab_size=13, hidden_size=7, depth=2, num_layers=2, tied=False, init_scale=0.04,
-                     init_bias=-1.0)  # init_bias not the layers' default
+    spec = ModelSpec(
+        vocab_size=13, hidden_size=7, depth=2, num_layers=2, tied=False, init_scale=0.04, init_bias=-1.0
+    )  # init_bias not the layers' default
     model = tf_rhn.RHNLanguageModel(spec, dtype="float64")
     model.build()
     H = spec.hidden_size
@@ -387,10 +426,13 @@ def test_tf_layers_start_from_the_papers_initialisation_and_rebuild_from_their_c
         uniform = np.concatenate([cell.W.numpy().ravel(), cell.R.numpy().ravel(), cell.b.numpy()[:, :H].ravel()])
         assert 0.03 < np.abs(uniform).max() <= 0.04  # > 0.03 somewhere among ~300 draws, unless the range is wrong
         assert (cell.b.numpy()[:, H:] == -1.0).all()
-    for layer, expected in ((tf_rhn.RHN(7, 3, num_layers=2, init_scale=0.5, init_bias=-1.5, name="stack"),
-                             dict(hidden_size=7, depth=3, num_layers=2)),
-                            (tf_rhn.RHNCell(7, 3, init_scale=0.5, init_bias=-1.5, name="stack"),
-                             dict(units=7, depth=3))):
+    for layer, expected in (
+        (
+            tf_rhn.RHN(7, 3, num_layers=2, init_scale=0.5, init_bias=-1.5, name="stack"),
+            dict(hidden_size=7, depth=3, num_layers=2),
+        ),
+        (tf_rhn.RHNCell(7, 3, init_scale=0.5, init_bias=-1.5, name="stack"), dict(units=7, depth=3)),
+    ):
         copy = type(layer).from_config(layer.get_config())
         for key, value in {**expected, "init_scale": 0.5, "init_bias": -1.5, "name": "stack"}.items():
             assert getattr(copy, key) == value, key

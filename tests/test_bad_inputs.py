@@ -1,4 +1,5 @@
 """Bad input: one clear line that says what to do, no traceback, nothing half-written."""
+
 import lzma
 import os
 
@@ -22,10 +23,26 @@ def test_unknown_dataset_on_the_command_line():
 
 
 def test_checkpoint_of_another_config_lists_the_mismatches(small_text, tmp_path):
-    run_experiment(named=["tiny"], dataset="chars", data_path=small_text, batch_size=16, num_steps=10,
-                   max_max_epoch=1, save_dir=str(tmp_path))
-    result = run_cli("evaluate", "with", "tiny", "dataset=chars", f"data_path={small_text}", "batch_size=16",
-                     "num_steps=10", "hidden_size=20", f"load_model={tmp_path}/best.npz")
+    run_experiment(
+        named=["tiny"],
+        dataset="chars",
+        data_path=small_text,
+        batch_size=16,
+        num_steps=10,
+        max_max_epoch=1,
+        save_dir=str(tmp_path),
+    )
+    result = run_cli(
+        "evaluate",
+        "with",
+        "tiny",
+        "dataset=chars",
+        f"data_path={small_text}",
+        "batch_size=16",
+        "num_steps=10",
+        "hidden_size=20",
+        f"load_model={tmp_path}/best.npz",
+    )
     assert_one_line_error(result, "does not match the config", "RHN0/h_0/Matrix is (32, 16), config needs (40, 20)")
 
 
@@ -55,29 +72,41 @@ def test_truncated_plain_ptb_is_caught_by_its_vocabulary(tmp_path, synthetic_ptb
     expect_error(r"distinct words but vocab_size=10000: the file is truncated", data_path=str(tmp_path))
 
 
-@pytest.mark.parametrize("updates, match", [
-    (dict(depth=0), r"depth=0 must be a positive integer"),
-    (dict(drop_i=1.0), r"drop_i=1.0 is a drop probability"),
-    (dict(learning_rate=-1.0), r"learning_rate=-1.0 must be a positive number"),
-    (dict(dtype="float16"), r"dtype='float16'"),
-    (dict(device="tpu"), r"cannot start on device='tpu'"),
-    (dict(vocab_size=0), r"vocab_size=0 must be positive"),
-    (dict(init_other_bias="zero"), r"init_other_bias='zero': use 'uniform' or a number"),
-])
+@pytest.mark.parametrize(
+    "updates, match",
+    [
+        (dict(depth=0), r"depth=0 must be a positive integer"),
+        (dict(drop_i=1.0), r"drop_i=1.0 is a drop probability"),
+        (dict(learning_rate=-1.0), r"learning_rate=-1.0 must be a positive number"),
+        (dict(dtype="float16"), r"dtype='float16'"),
+        (dict(device="tpu"), r"cannot start on device='tpu'"),
+        (dict(vocab_size=0), r"vocab_size=0 must be positive"),
+        (dict(init_other_bias="zero"), r"init_other_bias='zero': use 'uniform' or a number"),
+    ],
+)
 def test_config_values_that_cannot_work(updates, match, synthetic_ptb):
     expect_error(match, data_path=synthetic_ptb, **updates)
 
 
 def test_data_too_short_for_the_batch_shape(small_text):
-    expect_error(r"valid split has 600 tokens, too short for batch_size=20 x num_steps=35",
-                 dataset="chars", data_path=small_text, batch_size=20, num_steps=35)
+    expect_error(
+        r"valid split has 600 tokens, too short for batch_size=20 x num_steps=35",
+        dataset="chars",
+        data_path=small_text,
+        batch_size=20,
+        num_steps=35,
+    )
 
 
 def test_char_data_with_the_wrong_number_of_symbols(synthetic_char_dirs, tmp_path):
     # an enwik8-like file (205 byte values) where text8 (27 characters) is expected
     (tmp_path / "text8").write_bytes(open(os.path.join(synthetic_char_dirs, "enwik8"), "rb").read())
-    expect_error(r"205 distinct chars but vocab_size=27: the file is truncated or not the expected corpus",
-                 dataset="text8", data_path=str(tmp_path), num_test_symbols=400)
+    expect_error(
+        r"205 distinct chars but vocab_size=27: the file is truncated or not the expected corpus",
+        dataset="text8",
+        data_path=str(tmp_path),
+        num_test_symbols=400,
+    )
 
 
 def test_evaluate_without_a_checkpoint(small_text):
@@ -95,21 +124,36 @@ def test_corrupt_checkpoint(small_text, tmp_path):
 
 
 def test_resume_from_a_best_checkpoint_is_refused(small_text, tmp_path):
-    run_experiment(named=["tiny"], dataset="chars", data_path=small_text, batch_size=16, num_steps=10,
-                   max_max_epoch=1, save_dir=str(tmp_path))
-    expect_error(r"has no training state \(a best.npz\?\): resume from the run's last.npz", dataset="chars",
-                 data_path=small_text, batch_size=16, num_steps=10, resume=str(tmp_path / "best.npz"))
+    run_experiment(
+        named=["tiny"],
+        dataset="chars",
+        data_path=small_text,
+        batch_size=16,
+        num_steps=10,
+        max_max_epoch=1,
+        save_dir=str(tmp_path),
+    )
+    expect_error(
+        r"has no training state \(a best.npz\?\): resume from the run's last.npz",
+        dataset="chars",
+        data_path=small_text,
+        batch_size=16,
+        num_steps=10,
+        resume=str(tmp_path / "best.npz"),
+    )
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_text, tmp_path, monkeypatch):
     base = dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10, save_dir=str(tmp_path))
     # A learning rate no model survives: the loss overflows in the first epoch.
-    expect_error(r"training loss became (nan|inf) in epoch 1 .*no checkpoint was written yet",
-                 learning_rate=1e30, **base)
+    expect_error(
+        r"training loss became (nan|inf) in epoch 1 .*no checkpoint was written yet", learning_rate=1e30, **base
+    )
     assert not (tmp_path / "last.npz").exists()
 
     # A loss that goes bad in epoch 2: epoch 1's last.npz stays as it was.
     from rhn_core.backends import torch_rhn
+
     original = torch_rhn.Backend.train_step
     calls = {"n": 0}
 
@@ -151,5 +195,8 @@ def test_resume_inside_an_epoch_needs_the_same_batch_shape(small_text, tmp_path,
     base = dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10, save_dir=str(tmp_path))
     with pytest.raises(TrainingInterrupted):
         run_experiment(named=["tiny"], **base)
-    expect_error(r"stopped inside an epoch with batch_size=16, num_steps=10: resume with those values",
-                 **{**base, "batch_size": 8}, resume=str(tmp_path / "last.npz"))
+    expect_error(
+        r"stopped inside an epoch with batch_size=16, num_steps=10: resume with those values",
+        **{**base, "batch_size": 8},
+        resume=str(tmp_path / "last.npz"),
+    )

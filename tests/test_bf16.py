@@ -3,6 +3,7 @@ accumulation, everything else float32. Checked against the float64 oracle with t
 bfloat16 justifies (8 bits of mantissa: a product's relative error is about 2^-8), the dtypes
 that must stay float32, checkpoints shared with float32 runs and the other backend, and the
 refusal on a CPU without bfloat16 instructions (the capability check replaced)."""
+
 import numpy as np
 import pytest
 
@@ -57,11 +58,21 @@ def bf16_case(case, seed, backend_name="torch", precision="bf16", **options):
     B, T = 3, 4
     x, y = rng.integers(0, spec.vocab_size, (B, T)), rng.integers(0, spec.vocab_size, (B, T))
     state = [0.5 * rng.normal(size=(B, spec.hidden_size)) for _ in range(spec.num_layers)]
-    masks = NO_MASKS if mask_kind == "none" else sample_masks(rng, x, spec, 0.3, 0.3, 0.3, 0.3,
-                                                               tied_noise=mask_kind == "shared")
-    backend = load_backend(backend_name).Backend(spec, params, weight_decay=checks.WD, max_grad_norm=1.0,
-                                                 device="cpu", dtype="float32", threads=1,
-                                                 options=dict(options, precision=precision))
+    masks = (
+        NO_MASKS
+        if mask_kind == "none"
+        else sample_masks(rng, x, spec, 0.3, 0.3, 0.3, 0.3, tied_noise=mask_kind == "shared")
+    )
+    backend = load_backend(backend_name).Backend(
+        spec,
+        params,
+        weight_decay=checks.WD,
+        max_grad_norm=1.0,
+        device="cpu",
+        dtype="float32",
+        threads=1,
+        options=dict(options, precision=precision),
+    )
     return spec, params, x, y, state, masks, backend
 
 
@@ -86,8 +97,9 @@ def test_bf16_forward_and_gradients_against_the_oracle(case, bf16_cpu):
 
 def test_bf16_train_step_keeps_state_and_parameters_float32(bf16_cpu):
     spec, params, x, y, state, masks, backend = bf16_case("multi_tile", seed=2)
-    expected = reference.clipped_sgd_step(params, reference.gradients(params, spec, x, y, state, masks, checks.WD),
-                                          0.7, 1.0)
+    expected = reference.clipped_sgd_step(
+        params, reference.gradients(params, spec, x, y, state, masks, checks.WD), 0.7, 1.0
+    )
     objective, new_state = backend.train_step(x, y, masks, backend.state_from_numpy(state), lr=0.7)
     assert objective.dtype == torch.float32 and new_state.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in backend.model.parameters())
@@ -119,8 +131,9 @@ def test_bf16_checkpoint_loads_in_float32_runs_of_both_backends(bf16_cpu, tmp_pa
     loaded, _ = load_checkpoint(path)
     assert all(a.dtype == np.float32 for a in loaded.values())
     bf16_lp, _ = backend.log_probs(x, backend.zero_state(3))
-    expected, _, _ = reference.forward({n: a.astype(np.float64) for n, a in loaded.items()}, spec, x,
-                                       reference_state(spec, 3))
+    expected, _, _ = reference.forward(
+        {n: a.astype(np.float64) for n, a in loaded.items()}, spec, x, reference_state(spec, 3)
+    )
     for name in ("torch", "tf"):
         other = bf16_case("shared_masks", seed=3, backend_name=name, precision="float32")[-1]
         other.set_params(loaded)
@@ -154,8 +167,11 @@ def test_tf_bf16_matches_torch_bf16_and_the_oracle(bf16_cpu):
 
 def test_bf16_is_refused_on_a_cpu_without_the_instructions(monkeypatch):
     monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda path="/proc/cpuinfo": {"avx512f", "avx2"})
-    with pytest.raises(RHNError, match=r"^precision=bf16 with torch on CPU needs bfloat16 instructions .*"
-                                       r"slower than float32 here; use precision=float32$"):
+    with pytest.raises(
+        RHNError,
+        match=r"^precision=bf16 with torch on CPU needs bfloat16 instructions .*"
+        r"slower than float32 here; use precision=float32$",
+    ):
         bf16_case("no_masks", seed=0)
     bf16_case("no_masks", seed=0, precision="float32")  # float32 runs as ever
     pytest.importorskip("tensorflow")

@@ -1,4 +1,5 @@
 """The entry points as a user meets them: help, quiet output, progress in log files, stored sources."""
+
 import io
 import json
 import os
@@ -17,13 +18,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 def cli(backend, *args, cwd=None):
     """``python rhn_train_<backend>.py ARGS`` as a user runs it: output to pipes (no terminal), no quieting env."""
     env = entry_env({k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
-    return subprocess.run([sys.executable, *entry_argv(backend), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, *entry_argv(backend), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def tiny_chars(small_text, save_dir):
-    return ["tiny", "dataset=chars", f"data_path={small_text}", "batch_size=16", "num_steps=10",
-            "max_max_epoch=2", f"save_dir={save_dir}", "progress=True"]
+    return [
+        "tiny",
+        "dataset=chars",
+        f"data_path={small_text}",
+        "batch_size=16",
+        "num_steps=10",
+        "max_max_epoch=2",
+        f"save_dir={save_dir}",
+        "progress=True",
+    ]
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -65,8 +75,16 @@ def test_tf_run_stores_every_source_it_ran_and_no_tensorflow_chatter(small_text,
     assert captured.startswith("INFO - rhn_prediction - Running command 'main'\n")
     run = json.loads((folder / "run.json").read_text())
     sources = dict(run["experiment"]["sources"])
-    expected = {"rhn_train_tf.py", "rhn_core/backends/tf_rhn.py", "rhn_core/data/readers.py", "rhn_core/masks.py",
-                "rhn_core/params.py", "rhn_core/loop.py", "rhn_core/hyperparams.py", "rhn_core/experiment.py"}
+    expected = {
+        "rhn_train_tf.py",
+        "rhn_core/backends/tf_rhn.py",
+        "rhn_core/data/readers.py",
+        "rhn_core/masks.py",
+        "rhn_core/params.py",
+        "rhn_core/loop.py",
+        "rhn_core/hyperparams.py",
+        "rhn_core/experiment.py",
+    }
     assert expected <= set(sources), expected - set(sources)
     assert "rhn_core/backends/torch_rhn.py" not in sources  # only what this run executed
     assert run["experiment"]["mainfile"] == "rhn_train_tf.py" and run["experiment"]["base_dir"] == REPO
@@ -96,6 +114,7 @@ def test_progress_at_a_terminal_is_tqdms_bar():
     class Terminal(io.StringIO):
         def isatty(self):
             return True
+
     screen = Terminal()
     with progress_bar(file=screen, total=10, desc="epoch 1", mininterval=0) as bar:
         assert not isinstance(bar, LineProgress)
@@ -107,11 +126,16 @@ def test_tensorflow_start_up_notices_are_filtered_like_tensorflows_own_log_level
     """The lines TF 2.21 prints at import on CPUs with its oneDNN operations (seen on Intel and AMD
     AVX-512 machines), filtered by rhn_core.backends.tf_import on every CPU, with or without TF."""
     from rhn_core.backends.tf_import import keep_lines
+
     pre = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-    onednn = ("I0000 00:00:1796479678.384580    2290 port.cc:153] oneDNN custom operations are on. You may see "
-              "slightly different numerical results.\n")
-    guard = ("I0000 00:00:1796479678.417206    2290 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.\n"
-             "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow.\n")
+    onednn = (
+        "I0000 00:00:1796479678.384580    2290 port.cc:153] oneDNN custom operations are on. You may see "
+        "slightly different numerical results.\n"
+    )
+    guard = (
+        "I0000 00:00:1796479678.417206    2290 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.\n"
+        "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow.\n"
+    )
     warning = "W0000 00:00:1796479678.5    2290 gpu_device.cc:2342] Cannot dlopen some GPU libraries.\n"
     error = "E0000 00:00:1796479678.6    2290 cuda_executor.cc:1309] failed call to cuInit: UNKNOWN ERROR (303)\n"
     fatal = "F0000 00:00:1796479678.7    2290 port.cc:99] Check failed: something\n"

@@ -7,6 +7,7 @@ written out in ``oracle.py``), going through the same path a run takes (the conf
 ``loop.Trainer`` / ``loop.evaluate`` / ``mc.evaluate_mc`` -> backend). A new key without
 such a test makes ``test_every_config_key_has_an_effect_test`` fail with its name.
 """
+
 import math
 import os
 
@@ -28,10 +29,12 @@ EFFECT_TESTS = {}  # config key -> names of the tests that show its effect
 
 def effect_of(*keys):
     """Register the decorated test as showing the effect of ``keys``."""
+
     def register(test):
         for key in keys:
             EFFECT_TESTS.setdefault(key, []).append(test.__name__)
         return test
+
     return register
 
 
@@ -41,7 +44,8 @@ def test_every_config_key_has_an_effect_test():
     assert not missing, (
         f"config key(s) {', '.join(missing)} have no effect test: add a test to tests/test_config_keys.py "
         f"decorated with @effect_of({missing[0]!r}) that changes the key and checks what it changes "
-        f"against an independent expectation")
+        f"against an independent expectation"
+    )
     stale = sorted(set(EFFECT_TESTS) - keys)
     assert not stale, f"tests/test_config_keys.py registers keys that print_config does not have: {stale}"
 
@@ -63,8 +67,20 @@ def data(text):
 
 
 def config(text, save_dir, **updates):
-    base = dict(dataset="chars", data_path=text, batch_size=B, num_steps=T, hidden_size=8, depth=2,
-                max_max_epoch=1, dtype="float64", device="cpu", seed=1, progress=False, save_dir=str(save_dir))
+    base = dict(
+        dataset="chars",
+        data_path=text,
+        batch_size=B,
+        num_steps=T,
+        hidden_size=8,
+        depth=2,
+        max_max_epoch=1,
+        dtype="float64",
+        device="cpu",
+        seed=1,
+        progress=False,
+        save_dir=str(save_dir),
+    )
     return resolve_config("tiny", **{**base, **updates})
 
 
@@ -115,8 +131,9 @@ def test_dataset_picks_the_reader(text, synthetic_ptb, synthetic_char_dirs, tmp_
     words = loop.corpus_and_spec(config(synthetic_ptb, tmp_path, dataset="ptb", vocab_size=10000))[0]
     assert (words.unit, words.vocab_size) == ("word", 10000)
     for name, v in (("enwik8", 205), ("text8", 27)):
-        corpus = loop.corpus_and_spec(config(synthetic_char_dirs, tmp_path, dataset=name, vocab_size=v,
-                                     num_test_symbols=400))[0]
+        corpus = loop.corpus_and_spec(
+            config(synthetic_char_dirs, tmp_path, dataset=name, vocab_size=v, num_test_symbols=400)
+        )[0]
         assert (corpus.unit, corpus.vocab_size, len(corpus.train)) == ("char", v, 6000 - 800)
     chars = loop.corpus_and_spec(config(text, tmp_path))[0]
     assert (chars.unit, len(chars.train)) == ("char", 810)
@@ -138,8 +155,9 @@ def test_vocab_size_follows_the_dataset_and_is_checked_against_the_data(syntheti
 @effect_of("num_test_symbols")
 def test_num_test_symbols_sizes_valid_and_test(synthetic_char_dirs, tmp_path):
     for n in (400, 1000):
-        corpus = loop.corpus_and_spec(config(synthetic_char_dirs, tmp_path, dataset="text8", vocab_size=27,
-                                     num_test_symbols=n))[0]
+        corpus = loop.corpus_and_spec(
+            config(synthetic_char_dirs, tmp_path, dataset="text8", vocab_size=27, num_test_symbols=n)
+        )[0]
         assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (6000 - 2 * n, n, n)
 
 
@@ -225,9 +243,13 @@ def test_tied_noise_decides_whether_h_and_t_share_masks(text, tmp_path, monkeypa
     # the MC evaluation draws its masks from the config too
     model = train_small_model(text, tmp_path / "run")
     from rhn_core.backends import torch_rhn
+
     calls = spy_class(monkeypatch, torch_rhn.Backend, "target_log_probs")
-    mc.evaluate_mc(config(text, tmp_path, load_model=model, mc_steps=1, mc_accept_perplexity=1e9,
-                          tied_noise=False, drop_h=0.5), "torch", FakeRun())
+    mc.evaluate_mc(
+        config(text, tmp_path, load_model=model, mc_steps=1, mc_accept_perplexity=1e9, tied_noise=False, drop_h=0.5),
+        "torch",
+        FakeRun(),
+    )
     assert {args[4].h[0].shape for args, _ in calls} == {(1, 16)}
 
 
@@ -286,7 +308,7 @@ def test_weight_decay_enters_the_gradient(text, tmp_path):
 def test_max_grad_norm_clips_the_step(text, tmp_path):
     before, after, grads = first_step(trainer(text, tmp_path, max_grad_norm=0.05, weight_decay=0.0))
     grads = grads(0.0)
-    norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
+    norm = math.sqrt(sum(float((g**2).sum()) for g in grads.values()))
     assert norm > 0.5  # clipping is active: the step is 0.05 / norm of the plain one
     for n in before:
         np.testing.assert_allclose(after[n], before[n] - 0.5 * 0.05 / norm * grads[n], rtol=0, atol=1e-13, err_msg=n)
@@ -295,8 +317,9 @@ def test_max_grad_norm_clips_the_step(text, tmp_path):
 @effect_of("dtype")
 def test_dtype_is_the_precision_of_the_computation(text, tmp_path):
     for dtype, atol in (("float64", 1e-13), ("float32", 1e-6)):
-        before, after, grads = first_step(trainer(text, tmp_path / dtype, dtype=dtype, max_grad_norm=1e6,
-                                                  weight_decay=0.0))
+        before, after, grads = first_step(
+            trainer(text, tmp_path / dtype, dtype=dtype, max_grad_norm=1e6, weight_decay=0.0)
+        )
         expected = oracle.sgd_step(before, grads(0.0), 0.5, 1e6)
         assert after["embedding"].dtype == np.dtype(dtype)
         worst = max(np.abs(after[n] - expected[n]).max() for n in expected)
@@ -306,9 +329,11 @@ def test_dtype_is_the_precision_of_the_computation(text, tmp_path):
 @effect_of("device")
 def test_device_places_the_model(text, tmp_path):
     import torch
+
     assert trainer(text, tmp_path, device="cpu").backend.device.type == "cpu"
-    assert trainer(text, tmp_path, device="auto").backend.device.type == ("cuda" if torch.cuda.is_available()
-                                                                        else "cpu")
+    assert trainer(text, tmp_path, device="auto").backend.device.type == (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
     if not torch.cuda.is_available():
         with pytest.raises(RHNError, match=r"cannot start on device='cuda:0'.*use device=cpu"):
             trainer(text, tmp_path, device="cuda:0")
@@ -376,9 +401,11 @@ def test_load_model_is_the_checkpoint_evaluated(text, tmp_path):
         t = trainer(text, tmp_path / f"spec{seed}")
         got = loop.evaluate(cfg, "torch", FakeRun())
         assert got["valid_perplexity"] == pytest.approx(
-            oracle.batched_perplexity(params, t.spec, t.corpus.valid, B, T), rel=1e-12)
-        assert got["full_test_perplexity"] == pytest.approx(oracle.full_perplexity(params, t.spec, t.corpus.test),
-                                                            rel=1e-12)
+            oracle.batched_perplexity(params, t.spec, t.corpus.valid, B, T), rel=1e-12
+        )
+        assert got["full_test_perplexity"] == pytest.approx(
+            oracle.full_perplexity(params, t.spec, t.corpus.test), rel=1e-12
+        )
         results.append(got["valid_perplexity"])
     assert results[0] != pytest.approx(results[1], rel=1e-6)
 
@@ -417,6 +444,7 @@ def evaluate_mc(text, tmp_path, model, **updates):
 @effect_of("mc_steps", "mc_batch_size")
 def test_mc_steps_and_batch_size_set_the_samples_and_their_grouping(text, tmp_path, model, monkeypatch):
     from rhn_core.backends import torch_rhn
+
     for steps, batch, groups in ((3, 2, [2, 1]), (5, 4, [4, 1]), (5, 8, [5])):
         calls = spy_class(monkeypatch, torch_rhn.Backend, "target_log_probs")
         info = evaluate_mc(text, tmp_path, model, mc_steps=steps, mc_batch_size=batch)
@@ -429,6 +457,7 @@ def test_mc_steps_and_batch_size_set_the_samples_and_their_grouping(text, tmp_pa
 @effect_of("mc_accept_perplexity")
 def test_mc_accept_perplexity_rejects_samples(text, tmp_path, model, monkeypatch):
     from rhn_core.backends import torch_rhn
+
     calls = spy_class(monkeypatch, torch_rhn.Backend, "target_log_probs")
     info = evaluate_mc(text, tmp_path, model, mc_steps=16, mc_batch_size=16, mc_mode="corrected")
     assert info["mc_rejected"] == 0
@@ -442,8 +471,9 @@ def test_mc_accept_perplexity_rejects_samples(text, tmp_path, model, monkeypatch
         group = range(drawn, drawn + min(batch, K - accepted))
         drawn += len(group)
         accepted += min(K - accepted, sum(own[k] < threshold for k in group))
-    info = evaluate_mc(text, tmp_path, model, mc_steps=K, mc_batch_size=batch, mc_mode="corrected",
-                       mc_accept_perplexity=threshold)
+    info = evaluate_mc(
+        text, tmp_path, model, mc_steps=K, mc_batch_size=batch, mc_mode="corrected", mc_accept_perplexity=threshold
+    )
     assert info["mc_rejected"] == drawn - K > 0
     with pytest.raises(RHNError, match=r"only 0 of \d+ MC samples had perplexity < 1.0"):
         evaluate_mc(text, tmp_path, model, mc_steps=1, mc_accept_perplexity=1.0)
@@ -452,6 +482,7 @@ def test_mc_accept_perplexity_rejects_samples(text, tmp_path, model, monkeypatch
 @effect_of("mc_mode")
 def test_mc_mode_decides_the_word_mask_and_the_scored_positions(text, tmp_path, model, monkeypatch):
     from rhn_core.backends import torch_rhn
+
     modes = {}
     for mode in ("faithful", "corrected"):
         calls = spy_class(monkeypatch, torch_rhn.Backend, "target_log_probs")
@@ -470,6 +501,7 @@ def test_mc_mode_decides_the_word_mask_and_the_scored_positions(text, tmp_path, 
 def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
     pytest.importorskip("triton")
     import torch
+
     auto = trainer(text, tmp_path / "auto", rhn_impl="auto").backend  # float64: oneDNN has no float64 products
     assert type(auto.model.rhn.steps).__name__ == ("TritonSteps" if auto.device.type == "cuda" else "TorchSteps")
     assert type(trainer(text, tmp_path / "ref", rhn_impl="reference").backend.model.rhn.steps).__name__ == "TorchSteps"
@@ -483,8 +515,9 @@ def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
     x, y = oracle.minibatches(t.corpus.train, B, T)[0]
     params = t.backend.get_params()
     _, got = t.backend.gradients(x, y, None, t.backend.zero_state(B))
-    expected = reference.gradients(params, t.spec, x, y, oracle.zero_state(t.spec, B),
-                                   weight_decay=t.cfg["weight_decay"])
+    expected = reference.gradients(
+        params, t.spec, x, y, oracle.zero_state(t.spec, B), weight_decay=t.cfg["weight_decay"]
+    )
     for n in expected:  # every gradient, to float32 rounding
         scale = np.abs(expected[n]).max()
         assert scale > 1e-6, n  # not a zero gradient
@@ -506,6 +539,7 @@ def test_rhn_impl_picks_the_micro_step_kernels(text, tmp_path):
 @effect_of("cuda_graphs")
 def test_cuda_graphs_capture_the_steps_on_cuda_only(text, tmp_path):
     import torch
+
     on, off = (trainer(text, tmp_path / str(c), device="auto", cuda_graphs=c).backend for c in (True, False))
     assert off.step_mode == "eager"
     assert on.step_mode == ("graph" if torch.cuda.is_available() else "eager")  # CPU: nothing to capture
@@ -520,10 +554,12 @@ def test_cuda_graphs_capture_the_steps_on_cuda_only(text, tmp_path):
 @effect_of("precision")
 def test_precision_rounds_the_products(text, tmp_path, monkeypatch):
     from rhn_core.backends import cpu_bf16  # on CPU bf16 needs bfloat16 instructions: numbers are the same without
+
     monkeypatch.setattr(cpu_bf16, "has_bf16_products", lambda: True)
-    steps = {p: first_step(trainer(text, tmp_path / p, dtype="float32", precision=p, max_grad_norm=1e6,
-                                   weight_decay=0.0))
-             for p in ("float32", "bf16")}
+    steps = {
+        p: first_step(trainer(text, tmp_path / p, dtype="float32", precision=p, max_grad_norm=1e6, weight_decay=0.0))
+        for p in ("float32", "bf16")
+    }
     before, exact, grads = steps["float32"]
     expected = oracle.sgd_step(before, grads(0.0), 0.5, 1e6)
     worst = {p: max(np.abs(steps[p][1][n] - expected[n]).max() for n in expected) for p in steps}
@@ -541,7 +577,9 @@ def test_replicas_split_the_global_batch_over_tf_devices(text, tmp_path):
     # tests/test_distributed.py::test_tf_two_replicas_train_exactly_as_one. Here: the split is checked first.
     with pytest.raises(RHNError, match=r"batch_size=3 does not split evenly over 2 replicas"):
         loop.Trainer(config(text, tmp_path, replicas=2), "tf", FakeRun())
-    with pytest.raises(RHNError, match=r"replicas=2 is not supported by the torch backend: .*torchrun --nproc_per_node"):
+    with pytest.raises(
+        RHNError, match=r"replicas=2 is not supported by the torch backend: .*torchrun --nproc_per_node"
+    ):
         trainer(text, tmp_path, batch_size=4, replicas=2)
 
 
@@ -549,12 +587,14 @@ def test_replicas_split_the_global_batch_over_tf_devices(text, tmp_path):
 def test_dist_timeout_bounds_the_wait_for_the_other_ranks(text, tmp_path, monkeypatch):
     import socket
     import time
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # rank 0 of 2 whose rank 1 never comes: it gives up after dist_timeout, with a one-line error
-    for key, value in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(port)).items():
+    for key, value in dict(
+        RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    ).items():
         monkeypatch.setenv(key, value)
     start = time.monotonic()
     with pytest.raises(RHNError, match=r"rank 0 of 2 could not join the others within 3 s"):
@@ -577,8 +617,9 @@ def reference_sample(params, spec, prime, length, temperature, seed):
 
 @effect_of("sample_length", "sample_prime", "temperature")
 @pytest.mark.parametrize("length, prime, temperature", [(12, "Alice", 1.0), (5, "", 0.5), (9, "the ", 3.0)])
-def test_sample_keys_set_the_prime_length_and_temperature_of_the_draws(text, data, tmp_path, model, length, prime,
-                                                                       temperature):
+def test_sample_keys_set_the_prime_length_and_temperature_of_the_draws(
+    text, data, tmp_path, model, length, prime, temperature
+):
     run = FakeRun()
     cfg = config(text, tmp_path, load_model=model, sample_length=length, sample_prime=prime, temperature=temperature)
     written = sample.sample(cfg, "torch", run)
@@ -593,20 +634,41 @@ def test_sample_keys_set_the_prime_length_and_temperature_of_the_draws(text, dat
 @effect_of("sample_at_end")
 def test_sample_at_end_prints_a_sample_of_the_best_model(text, tmp_path, capsys):
     for at_end in (False, True):
-        run = run_experiment("main", ["tiny"], dataset="chars", data_path=text, batch_size=B, num_steps=T,
-                             hidden_size=8, dtype="float64", max_max_epoch=1, sample_at_end=at_end, sample_length=20,
-                             save_dir=str(tmp_path / str(at_end)))  # two runs, two folders
+        run = run_experiment(
+            "main",
+            ["tiny"],
+            dataset="chars",
+            data_path=text,
+            batch_size=B,
+            num_steps=T,
+            hidden_size=8,
+            dtype="float64",
+            max_max_epoch=1,
+            sample_at_end=at_end,
+            sample_length=20,
+            save_dir=str(tmp_path / str(at_end)),
+        )  # two runs, two folders
         out = capsys.readouterr().out
         assert ("sample" in run.info) == at_end and ("Sample (20 chars" in out) == at_end
         if at_end:  # the best epoch's weights write it: the sample command on best.npz gives the same text
-            again = sample.sample(config(text, tmp_path, load_model=str(tmp_path / "True" / "best.npz"), sample_length=20,
-                                         seed=run.config["seed"]), "torch", FakeRun())
+            again = sample.sample(
+                config(
+                    text,
+                    tmp_path,
+                    load_model=str(tmp_path / "True" / "best.npz"),
+                    sample_length=20,
+                    seed=run.config["seed"],
+                ),
+                "torch",
+                FakeRun(),
+            )
             assert run.info["sample"] == again
 
 
 @effect_of("threads")
 def test_threads_sets_the_frameworks_cpu_threads(text, tmp_path, monkeypatch):
     import torch
+
     before = torch.get_num_threads()
     try:
         assert trainer(text, tmp_path, threads=1).backend.threads == torch.get_num_threads() == 1

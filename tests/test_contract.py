@@ -1,6 +1,7 @@
 """The core/backend contract (``rhn_core.backends.base``): every registered backend satisfies it,
 signatures included; the core calls nothing on a backend or its comm outside it; the NumPy backend
 runs the whole loop and trains exactly as torch in float64."""
+
 import ast
 import importlib
 import inspect
@@ -118,9 +119,21 @@ class Used(set):
 
 
 def tiny(text, save_dir, **updates):
-    return resolve_config("tiny", dataset="chars", data_path=text, batch_size=3, num_steps=5, hidden_size=8,
-                          max_max_epoch=1, dtype="float64", device="cpu", seed=2, save_dir=str(save_dir),
-                          threads=1, **updates)
+    return resolve_config(
+        "tiny",
+        dataset="chars",
+        data_path=text,
+        batch_size=3,
+        num_steps=5,
+        hidden_size=8,
+        max_max_epoch=1,
+        dtype="float64",
+        device="cpu",
+        seed=2,
+        save_dir=str(save_dir),
+        threads=1,
+        **updates,
+    )
 
 
 def test_a_run_train_resume_evaluate_mc_sample_touches_only_the_contract(small_text, tmp_path, monkeypatch):
@@ -153,8 +166,10 @@ def test_numpy_backend_trains_tiny_exactly_as_torch_in_float64(small_text, tmp_p
         loop.Trainer(cfg, name, FakeRun()).train()
         weights[name], state = load_checkpoint(str(tmp_path / name / "last.npz"))
         assert int(state["epoch"]) == 2  # one whole epoch trained
-    start = init_params(loop.Trainer(tiny(small_text, tmp_path / "s"), "numpy", FakeRun()).spec,
-                        np.random.default_rng(np.random.SeedSequence(2).spawn(2)[0]))
+    start = init_params(
+        loop.Trainer(tiny(small_text, tmp_path / "s"), "numpy", FakeRun()).spec,
+        np.random.default_rng(np.random.SeedSequence(2).spawn(2)[0]),
+    )
     for n, w in weights["numpy"].items():
         assert np.abs(w - start[n]).max() > 1e-3, n  # training moved every parameter far beyond the tolerance
         np.testing.assert_allclose(w, weights["torch"][n], rtol=0, atol=1e-10, err_msg=n)

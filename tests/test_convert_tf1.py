@@ -1,4 +1,5 @@
 """Checkpoints of the original TensorFlow code, written in its layout by the test itself."""
+
 import os
 import subprocess
 import sys
@@ -50,19 +51,35 @@ def test_names():
 def test_original_checkpoint_converts_and_evaluates_in_both_backends(small_text, tmp_path):
     cfg = run_experiment("print_config", ["tiny"], dataset="chars", data_path=small_text, tied=False).config
     from rhn_core import loop
+
     corpus, spec = loop.corpus_and_spec(dict(cfg))
     params = init_params(spec, np.random.default_rng(0))
     write_original_checkpoint(str(tmp_path / "ptb_1_best_model.ckpt"), params, spec)
     out = tmp_path / "best.npz"
-    result = subprocess.run([sys.executable, "-m", "rhn_core.convert_tf1", str(tmp_path / "ptb_1_best_model.ckpt"),
-                             str(out)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "rhn_core.convert_tf1", str(tmp_path / "ptb_1_best_model.ckpt"), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     converted, _ = load_checkpoint(str(out))
     assert set(converted) == set(params)
     for name in params:
         np.testing.assert_array_equal(converted[name], params[name], err_msg=name)
-    scores = [run_experiment("evaluate", ["tiny"], backend=b, dataset="chars", data_path=small_text, tied=False,
-                             dtype="float64", load_model=str(out)).result for b in ("torch", "tf")]
+    scores = [
+        run_experiment(
+            "evaluate",
+            ["tiny"],
+            backend=b,
+            dataset="chars",
+            data_path=small_text,
+            tied=False,
+            dtype="float64",
+            load_model=str(out),
+        ).result
+        for b in ("torch", "tf")
+    ]
     assert scores[0]["full_test_perplexity"] == pytest.approx(scores[1]["full_test_perplexity"], rel=1e-10)
     # and the number is the NumPy reference's, from the original weights
     ids = corpus.test
@@ -72,8 +89,12 @@ def test_original_checkpoint_converts_and_evaluates_in_both_backends(small_text,
 
 
 def test_not_a_checkpoint(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "rhn_core.convert_tf1", str(tmp_path / "missing.ckpt"),
-                             str(tmp_path / "out.npz")], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "rhn_core.convert_tf1", str(tmp_path / "missing.ckpt"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "RHNError: cannot read TensorFlow checkpoint" in result.stderr
     assert not os.path.exists(tmp_path / "out.npz")

@@ -4,6 +4,7 @@ Two ranks are started by the test with torchrun (or, where the test must kill on
 itself, as two processes with torchrun's environment); the reference is the same
 config in one process.
 """
+
 import json
 import os
 import re
@@ -35,6 +36,7 @@ CONFIG = dict(dataset="chars", dtype="float64", seed=7, device="cpu")
 def text(tmp_path_factory):
     import lzma
     from rhn_core.hyperparams import DEMO_TEXT
+
     path = tmp_path_factory.mktemp("text") / "alice_4k.txt"
     path.write_bytes(lzma.open(DEMO_TEXT).read()[:4000])
     return str(path)
@@ -52,8 +54,13 @@ def free_port():
 
 
 def env(**extra):
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore",
-             PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+    e = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+    )
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TF_CONFIG", "RHN_TEST_FAULT"):
         e.pop(key, None)
     e.update(extra)
@@ -61,8 +68,16 @@ def env(**extra):
 
 
 def torchrun(*argv, fault=None, nproc=2, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", LAUNCH, os.path.join(REPO, "rhn_train_torch.py"), *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        LAUNCH,
+        os.path.join(REPO, "rhn_train_torch.py"),
+        *argv,
+    ]
     extra = {"RHN_TEST_FAULT": fault} if fault else {}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(**extra))
 
@@ -91,8 +106,7 @@ def test_two_processes_train_exactly_as_one(text, one_process, tmp_path):
     assert_same_weights(folder / "best.npz", tmp_path / "two" / "best.npz")
     _, state = load_checkpoint(str(tmp_path / "two" / "last.npz"))
     for split in ("train", "valid", "test"):  # epoch perplexities (valid and test evaluated sharded)
-        np.testing.assert_allclose(state[f"{split}_perplexity"], run.info["logs"][f"{split}_perplexity"],
-                                   rtol=1e-12)
+        np.testing.assert_allclose(state[f"{split}_perplexity"], run.info["logs"][f"{split}_perplexity"], rtol=1e-12)
     # one writer: rank 0 alone prints and records; one run, which knows the world size
     out = result.stdout
     assert out.count("Full Test Perplexity") == 1 and "2 processes (torchrun)" in out
@@ -115,8 +129,9 @@ def test_sigterm_on_one_rank_stops_both_and_one_process_resumes(text, one_proces
     assert "Traceback" not in ranks
     _, state = load_checkpoint(str(tmp_path / "last.npz"))
     assert int(state["step"]) == 101 and state["hidden"].shape == (1, 4, 16)  # the global batch's state
-    resumed = run_experiment(named=["tiny"], data_path=text, save_dir=str(tmp_path / "resumed"),
-                             resume=str(tmp_path / "last.npz"), **CONFIG)
+    resumed = run_experiment(
+        named=["tiny"], data_path=text, save_dir=str(tmp_path / "resumed"), resume=str(tmp_path / "last.npz"), **CONFIG
+    )
     assert_same_weights(folder / "last.npz", tmp_path / "resumed" / "last.npz")
     assert resumed.info["world_size"] == 1
 
@@ -147,11 +162,28 @@ def test_a_dead_or_stuck_rank_ends_the_other_with_a_clear_message(text, tmp_path
     # started without torchrun (which would kill the survivor itself): it must not wait forever
     port, procs = free_port(), []
     for rank in (0, 1):
-        e = env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port), RHN_TEST_FAULT=f"1:30:{fault}")
-        procs.append(subprocess.Popen([sys.executable, LAUNCH, os.path.join(REPO, "rhn_train_torch.py"),
-                                       *args(text, tmp_path, dist_timeout=8)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e))
+        e = env(
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RHN_TEST_FAULT=f"1:30:{fault}",
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    LAUNCH,
+                    os.path.join(REPO, "rhn_train_torch.py"),
+                    *args(text, tmp_path, dist_timeout=8),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=e,
+            )
+        )
     try:
         out, err = procs[0].communicate(timeout=200)
     finally:
@@ -168,16 +200,19 @@ def test_tf_two_replicas_train_exactly_as_one(text, tmp_path):
     """MirroredStrategy over two logical CPU devices (set up in a fresh process) against one replica."""
     pytest.importorskip("tensorflow")
     one = run_experiment(named=["tiny"], backend="tf", data_path=text, save_dir=str(tmp_path / "one"), **CONFIG)
-    result = subprocess.run([sys.executable, os.path.join(REPO, "rhn_train_tf.py"),
-                             *args(text, tmp_path / "two", replicas=2)],
-                            capture_output=True, text=True, timeout=300, env=env())
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "rhn_train_tf.py"), *args(text, tmp_path / "two", replicas=2)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"\(float64, \d+ CPU threads, 2 replicas\)", result.stdout), result.stdout[:2000]
     assert_same_weights(tmp_path / "one" / "last.npz", tmp_path / "two" / "last.npz")
     _, state = load_checkpoint(str(tmp_path / "two" / "last.npz"))
     for split in ("train", "valid", "test"):
-        np.testing.assert_allclose(state[f"{split}_perplexity"], one.info["logs"][f"{split}_perplexity"],
-                                   rtol=1e-12)
+        np.testing.assert_allclose(state[f"{split}_perplexity"], one.info["logs"][f"{split}_perplexity"], rtol=1e-12)
     assert f"Full Test Perplexity: {one.info['full_test_perplexity']:.3f}" in result.stdout
 
 
@@ -190,12 +225,22 @@ def test_tf_two_workers_with_tf_config_train_as_two_replicas(text, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     for index in (0, 1):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(subprocess.Popen([sys.executable, os.path.join(REPO, "rhn_train_tf.py"), *auto],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=env(TF_CONFIG=tf_config)))
-    replicas = subprocess.run([sys.executable, os.path.join(REPO, "rhn_train_tf.py"),
-                               *args(text, tmp_path / "replicas", replicas=2)],
-                              capture_output=True, text=True, timeout=300, env=env())
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, os.path.join(REPO, "rhn_train_tf.py"), *auto],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env(TF_CONFIG=tf_config),
+            )
+        )
+    replicas = subprocess.run(
+        [sys.executable, os.path.join(REPO, "rhn_train_tf.py"), *args(text, tmp_path / "replicas", replicas=2)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env(),
+    )
     try:
         outs = [w.communicate(timeout=300) for w in workers]
     finally:
@@ -225,13 +270,26 @@ def test_bad_world_sizes_fail_before_any_work(monkeypatch, tmp_path):
         check_batch(World(), 4, 3, "tf")
     check_batch(World(1, 2), 4)
     # on the command line: one line, before the data is read or a process group joined
-    result = subprocess.run([sys.executable, os.path.join(REPO, "rhn_train_torch.py"), "with", "tiny",
-                             f"data_path={tmp_path}/absent", "batch_size=6"], capture_output=True, text=True,
-                            env=env(RANK="0", WORLD_SIZE="4", LOCAL_RANK="0"), timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "rhn_train_torch.py"),
+            "with",
+            "tiny",
+            f"data_path={tmp_path}/absent",
+            "batch_size=6",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(RANK="0", WORLD_SIZE="4", LOCAL_RANK="0"),
+        timeout=120,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("RHNError: ")]
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert errors == ["RHNError: batch_size=6 does not split evenly over 4 processes: use a batch_size divisible "
-                      "by 4 (each part trains batch_size / 4 rows)"]
+    assert errors == [
+        "RHNError: batch_size=6 does not split evenly over 4 processes: use a batch_size divisible "
+        "by 4 (each part trains batch_size / 4 rows)"
+    ]
 
 
 def test_world_from_the_launchers():

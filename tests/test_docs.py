@@ -8,6 +8,7 @@ entry points (the command exists, every named config exists, every KEY= is a con
 valid value, options exist and sit where Sacred accepts them), argparse for the others (stopped
 right after parsing, so nothing runs). A renamed key or option in the code then fails here.
 """
+
 import argparse
 import contextlib
 import glob
@@ -23,8 +24,10 @@ import pytest
 from conftest import REPO
 
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
-FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)\s*$",
-                   re.MULTILINE | re.DOTALL)
+FENCE = re.compile(
+    r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)\s*$",
+    re.MULTILINE | re.DOTALL,
+)
 ENTRY = re.compile(r"(^|/)rhn_train_\w+\.py$")
 SCRIPT = re.compile(r"^(\./)?(benchmarks|tools|data)/[\w/]+\.py$")
 SEPARATORS = {"&&", "||", ";", "|", "&"}
@@ -40,8 +43,8 @@ def blocks(text, langs):
     """(language, body, line number) of the fenced blocks of ``text`` in ``langs``."""
     for m in FENCE.finditer(text):
         if m["lang"] in langs:
-            body = "\n".join(line[len(m["indent"]):] for line in m["body"].splitlines())
-            yield m["lang"], body, text[:m.start()].count("\n") + 1
+            body = "\n".join(line[len(m["indent"]) :] for line in m["body"].splitlines())
+            yield m["lang"], body, text[: m.start()].count("\n") + 1
 
 
 def shell_commands(lang, body):
@@ -107,8 +110,12 @@ def run_parser(target, args, is_module):
     saved_argv = sys.argv
     sys.argv = [target, *args]
     try:
-        with stop_after_parsing(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
-                warnings.catch_warnings():
+        with (
+            stop_after_parsing(),
+            contextlib.redirect_stderr(err),
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module was imported before (by a test)
             if is_module:
                 runpy.run_module(target, run_name="__main__", alter_sys=True)
@@ -132,6 +139,7 @@ def config_words_errors(words):
     from sacred.arg_parser import get_config_updates
 
     from rhn_core.hyperparams import KEY_CHECKS, NAMED_CONFIGS
+
     words = [w for w in words if w != "with"]
     updates, named = get_config_updates(words)
     errors = [f"unknown named config {n!r}" for n in named if n not in NAMED_CONFIGS]
@@ -150,6 +158,7 @@ def config_keys():
     from sacred.config.config_scope import ConfigScope
 
     from rhn_core.hyperparams import hyperparameters
+
     return set(ConfigScope(hyperparameters)()) | {"seed"}
 
 
@@ -165,6 +174,7 @@ def experiment(script):
 def entry_point_errors(script, args):
     """Sacred's own parse of ``python script args`` (docopt), then the commands, named configs and keys."""
     from docopt import DocoptExit, docopt
+
     name = os.path.basename(script)
     if not os.path.isfile(os.path.join(REPO, name)):
         return [f"no entry point {name}"]
@@ -187,22 +197,23 @@ def command_errors(words):
     """Errors of one simple command of this project (None: not a command of this project)."""
     for i, word in enumerate(words):
         if ENTRY.search(word):
-            return entry_point_errors(word, words[i + 1:])
+            return entry_point_errors(word, words[i + 1 :])
         if word == "rhn-sweep" or (word == "-m" and i + 1 < len(words) and words[i + 1] == "rhn_core.sweep"):
-            args = words[i + 1:] if word == "rhn-sweep" else words[i + 2:]
+            args = words[i + 1 :] if word == "rhn-sweep" else words[i + 2 :]
             return sweep_errors(args)
         if word == "-m" and i + 1 < len(words) and words[i + 1] == "rhn_core":  # python -m rhn_core BACKEND ...
-            return backend_command_errors(words[i + 2:])
+            return backend_command_errors(words[i + 2 :])
         if word == "-m" and i + 1 < len(words) and words[i + 1].startswith("rhn_core"):
-            return argparse_errors(words[i + 1], words[i + 2:], is_module=True)
+            return argparse_errors(words[i + 1], words[i + 2 :], is_module=True)
         if SCRIPT.match(word) and i > 0 and os.path.basename(words[i - 1]).startswith("python"):
-            return argparse_errors(word.removeprefix("./"), words[i + 1:], is_module=False)
+            return argparse_errors(word.removeprefix("./"), words[i + 1 :], is_module=False)
     return None
 
 
 def backend_command_errors(args):
     """``python -m rhn_core BACKEND ARGS``: a known backend, then Sacred's command line (the same for every backend)."""
     from rhn_core.backends import BACKENDS
+
     if not args or args[0] not in BACKENDS:
         return [f"unknown backend {args[0] if args else ''!r}: use one of {', '.join(BACKENDS)}"]
     return entry_point_errors("rhn_train_torch.py", args[1:])
@@ -227,8 +238,11 @@ def sweep_errors(args):
     if namespace is None or namespace.command != "run":
         return []
     keys = config_keys()
-    errors = [f"swept key {spec.split('=')[0]!r} is not a config key"
-              for spec in namespace.sweep + namespace.zip if spec.split("=")[0] not in keys]
+    errors = [
+        f"swept key {spec.split('=')[0]!r} is not a config key"
+        for spec in namespace.sweep + namespace.zip
+        if spec.split("=")[0] not in keys
+    ]
     if namespace.entry not in ("torch", "tf") and not ENTRY.search(namespace.entry):
         errors.append(f"unknown sweep entry {namespace.entry!r}")
     return errors + config_words_errors(namespace.fixed)
@@ -270,21 +284,24 @@ def test_every_command_in_the_docs_parses():
     assert checked >= 40, checked  # the docs show this many; fewer means the reader missed blocks
 
 
-@pytest.mark.parametrize("line, message", [
-    ("python rhn_train_torch.py with ptb_sota num_threads=1", "unknown config key 'num_threads'"),
-    ("python rhn_train_tf.py with ptb_best depth=2", "unknown named config 'ptb_best'"),
-    ("python rhn_train_torch.py evaluate_mcmc with demo", "evaluate_mcmc"),
-    ("python rhn_train_torch.py with demo lr_decay=0.98", "lr_decay=0.98 must be a number >= 1"),
-    ("python rhn_train_torch.py --mongo-db x with demo", "Sacred does not accept"),
-    ("rhn-sweep run --name d -F runs -s num_threads=1,2 torch with demo", "swept key 'num_threads'"),
-    ("rhn-sweep run --name d -F runs --paralel 2 torch with demo", "unrecognized arguments"),
-    ("rhn-sweep run --name d -F runs torch with demo num_threads=1", "unknown config key 'num_threads'"),
-    ("python -m rhn_core.tracking.report --mongo db --y_axis x", "unrecognized arguments"),
-    ("python benchmarks/throughput.py --config 'ptb_sota num_threads=1'", "unknown config key 'num_threads'"),
-    ("python data/prepare.py wikitext", "invalid choice"),
-    ("python -m rhn_core jax with demo", "unknown backend 'jax'"),
-    ("python -m rhn_core torch with demo num_threads=1", "unknown config key 'num_threads'"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("python rhn_train_torch.py with ptb_sota num_threads=1", "unknown config key 'num_threads'"),
+        ("python rhn_train_tf.py with ptb_best depth=2", "unknown named config 'ptb_best'"),
+        ("python rhn_train_torch.py evaluate_mcmc with demo", "evaluate_mcmc"),
+        ("python rhn_train_torch.py with demo lr_decay=0.98", "lr_decay=0.98 must be a number >= 1"),
+        ("python rhn_train_torch.py --mongo-db x with demo", "Sacred does not accept"),
+        ("rhn-sweep run --name d -F runs -s num_threads=1,2 torch with demo", "swept key 'num_threads'"),
+        ("rhn-sweep run --name d -F runs --paralel 2 torch with demo", "unrecognized arguments"),
+        ("rhn-sweep run --name d -F runs torch with demo num_threads=1", "unknown config key 'num_threads'"),
+        ("python -m rhn_core.tracking.report --mongo db --y_axis x", "unrecognized arguments"),
+        ("python benchmarks/throughput.py --config 'ptb_sota num_threads=1'", "unknown config key 'num_threads'"),
+        ("python data/prepare.py wikitext", "invalid choice"),
+        ("python -m rhn_core jax with demo", "unknown backend 'jax'"),
+        ("python -m rhn_core torch with demo num_threads=1", "unknown config key 'num_threads'"),
+    ],
+)
 def test_the_check_catches_stale_commands(line, message):
     problems, checked = check([("planted", line)])
     assert checked == 1 and any(message in p for p in problems), problems
@@ -295,7 +312,10 @@ def test_a_planted_stale_key_in_the_readme_fails(tmp_path):
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         text = f.read()
     lang, body, line = next(blocks(text, SHELL_LANGS))
-    planted = [(f"README.md:{line}", c) for c in shell_commands(lang, body + "\npython rhn_train_torch.py with demo num_threads=1\n")]
+    planted = [
+        (f"README.md:{line}", c)
+        for c in shell_commands(lang, body + "\npython rhn_train_torch.py with demo num_threads=1\n")
+    ]
     problems, _ = check(planted)
     assert problems and all("num_threads" in p for p in problems), problems
 

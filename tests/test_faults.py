@@ -6,6 +6,7 @@ an unwritable or full ``save_dir``, a diverging run, a ``last.npz`` without its
 checkpoint resumed on other data, stale temporaries, files that are not checkpoints.
 Passwords in config values are tested against a real MongoDB in ``test_tracking.py``.
 """
+
 import errno
 import os
 import pickle
@@ -33,8 +34,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 def chars(small_text, save_dir, *extra):
     """Command-line updates of a character-level run of a fraction of a second per epoch."""
-    return ["tiny", "dataset=chars", f"data_path={small_text}", "batch_size=16", "num_steps=10",
-            f"save_dir={save_dir}", *extra]
+    return [
+        "tiny",
+        "dataset=chars",
+        f"data_path={small_text}",
+        "batch_size=16",
+        "num_steps=10",
+        f"save_dir={save_dir}",
+        *extra,
+    ]
 
 
 def updates(small_text, save_dir, **extra):
@@ -65,8 +73,11 @@ def dead_pid():
 def test_save_dir_under_a_regular_file_fails_at_the_start(small_text, tmp_path):
     (tmp_path / "file").write_text("x")
     result = run_cli("with", *chars(small_text, tmp_path / "file" / "run"))
-    assert_one_line_error(result, f"cannot write checkpoints to {tmp_path / 'file' / 'run'} (Not a directory",
-                          "set save_dir= to a writable folder")
+    assert_one_line_error(
+        result,
+        f"cannot write checkpoints to {tmp_path / 'file' / 'run'} (Not a directory",
+        "set save_dir= to a writable folder",
+    )
     assert "Epoch" not in result.stdout and snapshot(tmp_path) == {"file": b"x"}
 
 
@@ -85,8 +96,12 @@ def read_only_dir(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("running as root without the right to mount: no read-only folder can be made here")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
@@ -118,8 +133,9 @@ def test_full_disk_mid_run_keeps_the_checkpoints_and_says_how_to_go_on(small_tex
     assert sorted(os.listdir(tmp_path)) == ["best.npz", "last.npz"]  # no temporary left
     assert int(load_checkpoint(str(tmp_path / "last.npz"))[1]["epoch"]) == 2  # epoch 1's, whole
     monkeypatch.undo()
-    run = run_experiment(named=["tiny"], **updates(small_text, tmp_path, max_max_epoch=2,
-                                                   resume=str(tmp_path / "last.npz")))
+    run = run_experiment(
+        named=["tiny"], **updates(small_text, tmp_path, max_max_epoch=2, resume=str(tmp_path / "last.npz"))
+    )
     assert run.info["epoch_nr"] == 2 and run.info["full_test_perplexity"] > 1
 
 
@@ -129,13 +145,22 @@ def test_really_full_disk_on_a_small_tmpfs(small_text, trained, tmp_path):
     folder.mkdir()
     page = 4096
     need = sum(-(-os.path.getsize(trained / n) // page) * page for n in ("best.npz", "last.npz"))
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={need + page}", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={need + page}", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here; the full disk is simulated in the test above")
     try:
         result = run_cli("with", *chars(small_text, folder, "max_max_epoch=2"))
-        assert_one_line_error(result, "No space left on device", "the checkpoints already on disk are unchanged",
-                              f"resume={folder / 'last.npz'}", before_config=False)
+        assert_one_line_error(
+            result,
+            "No space left on device",
+            "the checkpoints already on disk are unchanged",
+            f"resume={folder / 'last.npz'}",
+            before_config=False,
+        )
         assert sorted(os.listdir(folder)) == ["best.npz", "last.npz"]
         assert int(load_checkpoint(str(folder / "last.npz"))[1]["epoch"]) == 2
     finally:
@@ -148,8 +173,14 @@ def test_diverging_run_stops_with_one_line(small_text, tmp_path, backend):
     native = [f"{k}={v}" for k, v in native_updates(backend).items()]
     # learning_rate=50: finite but huge losses (perplexity ~1e78), where math.exp used to overflow
     result = run_cli("with", *chars(small_text, tmp_path, "learning_rate=50", *native), backend=backend)
-    assert_one_line_error(result, "the run diverged", "in epoch 1", "stopped without saving these weights",
-                          "lower learning_rate", before_config=False)
+    assert_one_line_error(
+        result,
+        "the run diverged",
+        "in epoch 1",
+        "stopped without saving these weights",
+        "lower learning_rate",
+        before_config=False,
+    )
     assert snapshot(tmp_path) == {}
 
 
@@ -159,19 +190,24 @@ def test_diverged_weights_never_replace_a_good_last_checkpoint(small_text, train
     before = snapshot(tmp_path)
     batched = loop.Evaluator.batched
     # epoch 2's training looks sane but its weights score as the issue's 2.45e89 on valid
-    monkeypatch.setattr(loop.Evaluator, "batched", lambda self, split: 2.45e89 if split == "valid" else
-                        batched(self, split))
-    with pytest.raises(RHNError, match=r"valid perplexity became 2.45e\+89 \(beyond vocab_size\^2 = [\d,]+: the run "
-                                       r"diverged\) in epoch 2 .*the last good checkpoint is .*last.npz"):
-        run_experiment(named=["tiny"], **updates(small_text, tmp_path, max_max_epoch=2,
-                                                 resume=str(tmp_path / "last.npz")))
+    monkeypatch.setattr(
+        loop.Evaluator, "batched", lambda self, split: 2.45e89 if split == "valid" else batched(self, split)
+    )
+    with pytest.raises(
+        RHNError,
+        match=r"valid perplexity became 2.45e\+89 \(beyond vocab_size\^2 = [\d,]+: the run "
+        r"diverged\) in epoch 2 .*the last good checkpoint is .*last.npz",
+    ):
+        run_experiment(
+            named=["tiny"], **updates(small_text, tmp_path, max_max_epoch=2, resume=str(tmp_path / "last.npz"))
+        )
     assert snapshot(tmp_path) == before
 
 
 def test_perplexity_of_an_overflowing_loss_is_infinite():
     assert loop.perplexity(1e6, 10) == float("inf") and loop.diverged(float("inf"), 50)
     assert loop.perplexity(float("nan"), 10) != loop.perplexity(float("nan"), 10)  # NaN, no exception
-    assert not loop.diverged(49.0 ** 2 - 1, 49) and loop.diverged(49.0 ** 2, 49)
+    assert not loop.diverged(49.0**2 - 1, 49) and loop.diverged(49.0**2, 49)
 
 
 # --- 4. last.npz without its best.npz -------------------------------------------------------
@@ -196,6 +232,7 @@ def test_last_checkpoint_without_its_best_fails_at_the_start(small_text, trained
 def entry_point(backend="torch"):
     """The ``ex`` of ``rhn_train_<backend>.py``, as its command line builds it."""
     from sacred import SETTINGS
+
     SETTINGS.CAPTURE_MODE = "sys"  # leave file descriptors to pytest
     return runpy.run_path(os.path.join(REPO, f"rhn_train_{backend}.py"))["ex"]
 
@@ -221,23 +258,26 @@ def test_every_config_key_refuses_a_value_of_the_wrong_type(capsys):
     ex = entry_point()
     config = ex.run("print_config", options={"--loglevel": "ERROR"}).config
     for key, default in config.items():
-        for bad in (["None"] if isinstance(default, str) else ["abc", "None", "[1]"]):
+        for bad in ["None"] if isinstance(default, str) else ["abc", "None", "[1]"]:
             if key == "seed" and bad == "None":
                 continue  # Sacred's meaning: draw a seed
             line = entry_point_error(ex, key, bad, capsys)
             assert key in line and (bad.strip("'") in line or bad == "None"), (key, bad, line)
 
 
-@pytest.mark.parametrize("backend, update, message", [
-    ("torch", "weight_decay=abc", "weight_decay='abc' must be a finite number >= 0"),
-    ("tf", "drop_x=None", "drop_x=None is a drop probability: use a number in [0, 1)"),
-    ("torch", "max_epoch=abc", "max_epoch='abc' must be an integer >= 0"),
-    ("tf", "init_bias=abc", "init_bias='abc' must be a finite number"),
-    ("torch", "seed=abc", "seed='abc' must be an integer >= 0"),
-    ("torch", "weight_decay=1e999", "weight_decay=inf must be a finite number >= 0"),
-    ("tf", "lr_decay=0.98", "lr_decay=0.98 must be a number >= 1: the learning rate is divided by it"),
-    ("torch", "tied=1", "tied=1: use True or False"),
-])
+@pytest.mark.parametrize(
+    "backend, update, message",
+    [
+        ("torch", "weight_decay=abc", "weight_decay='abc' must be a finite number >= 0"),
+        ("tf", "drop_x=None", "drop_x=None is a drop probability: use a number in [0, 1)"),
+        ("torch", "max_epoch=abc", "max_epoch='abc' must be an integer >= 0"),
+        ("tf", "init_bias=abc", "init_bias='abc' must be a finite number"),
+        ("torch", "seed=abc", "seed='abc' must be an integer >= 0"),
+        ("torch", "weight_decay=1e999", "weight_decay=inf must be a finite number >= 0"),
+        ("tf", "lr_decay=0.98", "lr_decay=0.98 must be a number >= 1: the learning rate is divided by it"),
+        ("torch", "tied=1", "tied=1: use True or False"),
+    ],
+)
 def test_issue_examples_on_the_command_line(small_text, tmp_path, backend, update, message):
     result = run_cli("with", *chars(small_text, tmp_path / "run"), update, backend=backend)
     assert_one_line_error(result, message)
@@ -263,18 +303,33 @@ def test_unknown_words_are_counted_and_still_dropped(ptb_copy, tmp_path):
     (ptb_copy / "ptb.valid.txt").write_text(valid)
     assert np.array_equal(readers.read_ptb(str(ptb_copy)).valid, corpus.valid)  # the original dropping, kept
     (ptb_copy / "ptb.valid.txt").write_text("".join(lines))
-    result = run_cli("with", "tiny", f"data_path={ptb_copy}", f"save_dir={tmp_path / 'run'}", "max_max_epoch=1",
-                     "hidden_size=8", "batch_size=20", "num_steps=30", "full_eval_num_steps=1000")  # few steps
+    result = run_cli(
+        "with",
+        "tiny",
+        f"data_path={ptb_copy}",
+        f"save_dir={tmp_path / 'run'}",
+        "max_max_epoch=1",
+        "hidden_size=8",
+        "batch_size=20",
+        "num_steps=30",
+        "full_eval_num_steps=1000",
+    )  # few steps
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (f"Note: 3 of the {words:,} words of the valid file ({100 * 3 / words:.2f} %) are not in the training "
-            f"vocabulary and are left out, as the original did: they are not scored") in result.stdout
+    assert (
+        f"Note: 3 of the {words:,} words of the valid file ({100 * 3 / words:.2f} %) are not in the training "
+        f"vocabulary and are left out, as the original did: they are not scored"
+    ) in result.stdout
 
 
 def test_valid_file_of_unknown_words_is_named_as_such(ptb_copy, tmp_path):
     (ptb_copy / "ptb.valid.txt").write_text(" these words are nowhere in training \n" * 50)
     result = run_cli("with", "tiny", f"data_path={ptb_copy}", f"save_dir={tmp_path / 'run'}")
-    line = assert_one_line_error(result, "none of the 300 words of", "ptb.valid.txt occurs in",
-                                 "the valid file is not from the same corpus as the training file")
+    line = assert_one_line_error(
+        result,
+        "none of the 300 words of",
+        "ptb.valid.txt occurs in",
+        "the valid file is not from the same corpus as the training file",
+    )
     assert "batch_size" not in line and not (tmp_path / "run").exists()
 
 
@@ -287,11 +342,23 @@ def test_resume_on_other_data_is_refused_unless_asked_for(small_text, trained, t
     for name in ("best.npz", "last.npz"):
         shutil.copy(trained / name, tmp_path / name)
     before = snapshot(tmp_path)
-    args = ["with", "tiny", "dataset=chars", f"data_path={other}", "batch_size=16", "num_steps=10",
-            "max_max_epoch=2", f"resume={tmp_path / 'last.npz'}"]
+    args = [
+        "with",
+        "tiny",
+        "dataset=chars",
+        f"data_path={other}",
+        "batch_size=16",
+        "num_steps=10",
+        "max_max_epoch=2",
+        f"resume={tmp_path / 'last.npz'}",
+    ]
     result = run_cli(*args)
-    assert_one_line_error(result, f"last.npz was trained on other data than {other}", "data fingerprint",
-                          "set resume_other_data=True to continue on this data anyway")
+    assert_one_line_error(
+        result,
+        f"last.npz was trained on other data than {other}",
+        "data fingerprint",
+        "set resume_other_data=True to continue on this data anyway",
+    )
     assert snapshot(tmp_path) == before
     same = run_cli(*args, f"data_path={small_text}", f"save_dir={tmp_path / 'same'}")  # the run's own data: fine
     assert same.returncode == 0 and "other data; continuing" not in same.stdout, same.stderr[-2000:]
@@ -303,12 +370,16 @@ def test_resume_on_other_data_is_refused_unless_asked_for(small_text, trained, t
 # --- 8. stale temporaries ---------------------------------------------------------------------
 def test_stale_temporaries_are_removed_at_the_next_start(small_text, tmp_path):
     dead = dead_pid()
-    stale = [f".last.npz.{dead}.tmp",  # the form written before the host was in the name
-             os.path.basename(temporary_path(tmp_path / "best.npz", pid=dead)),
-             os.path.basename(temporary_path(tmp_path / "learning_curve.png", pid=dead))]
-    kept = [os.path.basename(temporary_path(tmp_path / "last.npz", pid=os.getpid())),  # a live writer
-            os.path.basename(temporary_path(tmp_path / "last.npz", pid=dead, host="another-host")),
-            "notes.txt"]
+    stale = [
+        f".last.npz.{dead}.tmp",  # the form written before the host was in the name
+        os.path.basename(temporary_path(tmp_path / "best.npz", pid=dead)),
+        os.path.basename(temporary_path(tmp_path / "learning_curve.png", pid=dead)),
+    ]
+    kept = [
+        os.path.basename(temporary_path(tmp_path / "last.npz", pid=os.getpid())),  # a live writer
+        os.path.basename(temporary_path(tmp_path / "last.npz", pid=dead, host="another-host")),
+        "notes.txt",
+    ]
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"x" * 1000)
     result = run_cli("with", *chars(small_text, tmp_path, "max_max_epoch=1"))
@@ -323,17 +394,21 @@ def test_text_file_as_resume_says_what_it_is_not(small_text, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("epoch 3 was good\n")
     result = run_cli("with", *chars(small_text, tmp_path / "run", f"resume={notes}"))
-    assert_one_line_error(result, f"{notes} is not an .npz checkpoint (it is a text file)",
-                          "give a best.npz or last.npz written by rhn")
+    assert_one_line_error(
+        result, f"{notes} is not an .npz checkpoint (it is a text file)", "give a best.npz or last.npz written by rhn"
+    )
     assert "allow_pickle" not in result.stdout + result.stderr and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("content, what", [
-    (lambda path: np.save(path, np.arange(3)), "it is a single NumPy .npy array"),
-    (lambda path: open(path, "wb").write(pickle.dumps({"epoch": 1})), "it looks like a Python pickle"),
-    (lambda path: open(path, "wb").write(b""), "it is empty"),
-    (lambda path: np.savez(path, a=np.array([{"x": 1}], dtype=object)), "it holds pickled Python objects"),
-])
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (lambda path: np.save(path, np.arange(3)), "it is a single NumPy .npy array"),
+        (lambda path: open(path, "wb").write(pickle.dumps({"epoch": 1})), "it looks like a Python pickle"),
+        (lambda path: open(path, "wb").write(b""), "it is empty"),
+        (lambda path: np.savez(path, a=np.array([{"x": 1}], dtype=object)), "it holds pickled Python objects"),
+    ],
+)
 def test_other_files_say_what_they_are_not(tmp_path, content, what):
     path = str(tmp_path / f"{uuid.uuid4().hex}.npz")
     content(path)
@@ -350,6 +425,9 @@ def test_checkpoint_missing_a_state_key_names_it(small_text, trained, tmp_path):
     save_checkpoint(str(tmp_path / "last.npz"), params, state)
     shutil.copy(trained / "best.npz", tmp_path / "best.npz")
     result = run_cli("with", *chars(small_text, tmp_path, f"resume={tmp_path / 'last.npz'}"))
-    assert_one_line_error(result, "last.npz is not a complete training checkpoint: its training state lacks rng",
-                          "resume from a last.npz written by a run")
+    assert_one_line_error(
+        result,
+        "last.npz is not a complete training checkpoint: its training state lacks rng",
+        "resume from a last.npz written by a run",
+    )
     assert "KeyError" not in result.stderr

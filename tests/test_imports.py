@@ -1,5 +1,6 @@
 """The import graph of rhn_core has no cycle: every ``import`` of the package, at the top of a module or
 inside a function, read from the source (ast), points from a higher layer to a lower one."""
+
 import ast
 import os
 
@@ -51,7 +52,7 @@ def find_cycle(edges):
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:

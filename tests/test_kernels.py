@@ -1,6 +1,7 @@
 """The torch backend's fast paths: fused Triton kernels (on CPU in Triton's interpreter, which
 conftest switches on where there is no GPU; on CUDA natively) and static-buffer / CUDA-graph
 steps, against the float64 oracle and the eager step (checks in kernel_checks.py)."""
+
 import os
 
 import pytest
@@ -16,8 +17,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 def triton_devices():
     """cpu under Triton's interpreter, cuda natively; a device is skipped where it cannot run."""
-    return [pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="Triton interpreter off (GPU here)")),
-            pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA device")])]
+    return [
+        pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="Triton interpreter off (GPU here)")),
+        pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA device")]),
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +65,7 @@ def test_cuda_graph_steps_give_the_eager_numbers_exactly(impl):
 
 def test_impl_choice_and_its_errors(monkeypatch):
     from rhn_core.backends.torch_kernels import resolve_impl
+
     assert resolve_impl("auto", "cpu", torch.float64) == "reference"
     assert resolve_impl("auto", "cuda") == "triton"  # triton is installed here
     assert resolve_impl("reference", "cuda") == "reference"

@@ -1,5 +1,6 @@
 """The RHN layers in a user's own model, by each framework's conventions: Keras save / load,
 torch state_dict, torch.export and torch.compile (aot_eager backend; inductor: see the note in the README)."""
+
 import numpy as np
 import pytest
 
@@ -7,6 +8,7 @@ import pytest
 def test_keras_models_with_the_rhn_layers_save_and_load(tmp_path):
     keras = pytest.importorskip("keras")
     from rhn_core.backends.tf_rhn import RHN, RHNCell
+
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(8, 5, 6)).astype("float32"), rng.normal(size=(8, 5, 3)).astype("float32")
     inputs = keras.Input((None, 6))
@@ -27,6 +29,7 @@ def test_keras_models_with_the_rhn_layers_save_and_load(tmp_path):
 def test_torch_rhn_state_dict_and_export():
     torch = pytest.importorskip("torch")
     from rhn_core.backends.torch_rhn import RHN
+
     torch.manual_seed(0)
     rhn, x = RHN(6, 10, depth=2, num_layers=2), torch.randn(4, 5, 6)
     out, state = rhn(x)
@@ -44,6 +47,7 @@ def test_torch_rhn_state_dict_and_export():
 def test_torch_compile_of_the_rhn_module_equals_eager():
     torch = pytest.importorskip("torch")
     from rhn_core.backends.torch_rhn import RHN
+
     torch.manual_seed(0)
     rhn, x = RHN(4, 8, depth=2).double(), torch.randn(2, 3, 4, dtype=torch.float64)  # tiny: tracing T x D steps
     out, state = rhn(x)

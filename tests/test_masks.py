@@ -1,4 +1,5 @@
 """Variational dropout masks: shapes, scaling, sharing, word tying, reproducibility."""
+
 import numpy as np
 import pytest
 
@@ -31,12 +32,9 @@ def test_inverted_scaling_keeps_the_mean():
 
 
 def test_repeated_tokens_share_the_first_occurrences_mask():
-    x = np.array([[3, 1, 3, 2, 1, 3],
-                  [1, 1, 1, 0, 0, 5]])
+    x = np.array([[3, 1, 3, 2, 1, 3], [1, 1, 1, 0, 0, 5]])
     mask = np.arange(12, dtype=float).reshape(2, 6)
-    np.testing.assert_array_equal(tie_repeated_tokens(mask, x),
-                                  [[0, 1, 0, 3, 1, 0],
-                                   [6, 6, 6, 9, 9, 11]])
+    np.testing.assert_array_equal(tie_repeated_tokens(mask, x), [[0, 1, 0, 3, 1, 0], [6, 6, 6, 9, 9, 11]])
 
 
 def test_word_mask_is_tied_in_sampled_masks():
@@ -62,8 +60,7 @@ def test_the_config_sampler_draws_what_the_documented_order_gives(tied_noise):
     """sampler(cfg) against draws made here: x, i per layer, h per layer, o from one generator,
     1/keep where rng.random() < keep; with tied_noise=False, i and h are [for H | for T]."""
     cfg = dict(drop_x=0.25, drop_i=0.5, drop_h=0.2, drop_o=0.75, tied_noise=tied_noise)
-    x = np.array([[3, 1, 3, 2, 1, 3, 0],
-                  [1, 1, 1, 0, 0, 5, 4]])
+    x = np.array([[3, 1, 3, 2, 1, 3, 0], [1, 1, 1, 0, 0, 5, 4]])
     got = sampler(cfg, SPEC)(np.random.default_rng(3), x)
     rng, wide = np.random.default_rng(3), 1 if tied_noise else 2
 
@@ -74,8 +71,14 @@ def test_the_config_sampler_draws_what_the_documented_order_gives(tied_noise):
     for b in range(2):  # later occurrences of a token take the first one's value
         for t in range(7):
             word[b, t] = word[b, list(x[b]).index(x[b, t])]
-    expected = {"x": word, "i0": draw((2, wide * 6), 0.5), "i1": draw((2, wide * 8), 0.5),
-                "h0": draw((2, wide * 8), 0.2), "h1": draw((2, wide * 8), 0.2), "o": draw((2, 8), 0.75)}
+    expected = {
+        "x": word,
+        "i0": draw((2, wide * 6), 0.5),
+        "i1": draw((2, wide * 8), 0.5),
+        "h0": draw((2, wide * 8), 0.2),
+        "h1": draw((2, wide * 8), 0.2),
+        "o": draw((2, 8), 0.75),
+    }
     actual = {"x": got.x, "i0": got.i[0], "i1": got.i[1], "h0": got.h[0], "h1": got.h[1], "o": got.o}
     for key in expected:
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)

@@ -1,4 +1,5 @@
 """MC-dropout evaluation: the estimator against a direct NumPy computation, batching, rules."""
+
 import math
 
 import numpy as np
@@ -19,8 +20,16 @@ DROPS = dict(drop_x=0.25, drop_i=0.3, drop_h=0.2, drop_o=0.3)
 def trained(small_text, tmp_path_factory):
     """A small model trained for two epochs (float64), and its config."""
     folder = tmp_path_factory.mktemp("mc")
-    updates = dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10, dtype="float64", seed=4,
-                   save_dir=str(folder), **DROPS)
+    updates = dict(
+        dataset="chars",
+        data_path=small_text,
+        batch_size=16,
+        num_steps=10,
+        dtype="float64",
+        seed=4,
+        save_dir=str(folder),
+        **DROPS,
+    )
     run_experiment(named=["tiny"], **updates)
     return dict(updates, load_model=str(folder / "best.npz"))
 
@@ -29,6 +38,7 @@ def direct_mc(cfg, K, mode, threshold):
     """The estimator computed directly: the NumPy reference over the whole stream (B = 1),
     one sample after another, with the same per-sample random draws."""
     from rhn_core.hyperparams import resolve_config
+
     cfg = resolve_config("tiny", **cfg)
     corpus, spec = loop.corpus_and_spec(cfg)
     params, _ = load_checkpoint(cfg["load_model"])
@@ -43,8 +53,15 @@ def direct_mc(cfg, K, mode, threshold):
             mx = np.full(x.shape, m.x[0, 0])  # one scalar for the whole stream
         else:
             T = cfg["num_steps"]
-            mx = np.concatenate([tie_repeated_tokens(bernoulli_mask(rng, (1, len(x[0, s:s + T])), DROPS["drop_x"]),
-                                                     x[:, s:s + T]) for s in range(0, x.shape[1], T)], axis=1)
+            mx = np.concatenate(
+                [
+                    tie_repeated_tokens(
+                        bernoulli_mask(rng, (1, len(x[0, s : s + T])), DROPS["drop_x"]), x[:, s : s + T]
+                    )
+                    for s in range(0, x.shape[1], T)
+                ],
+                axis=1,
+            )
         lp = reference.forward(params, spec, x, [np.zeros((1, spec.hidden_size))], Masks(mx, m.i, m.h, m.o))[0]
         log_p = np.take_along_axis(lp[0], y[0][:, None], 1)[:, 0]
         ppls.append(math.exp(-log_p.mean()))
@@ -109,13 +126,16 @@ def test_interruption_keeps_the_partial_result(trained, tmp_path, monkeypatch):
     assert int(state["accepted"]) == 2 and partial["prob_sum"].shape == (599,)
 
 
-@pytest.mark.parametrize("updates, match", [
-    (dict(mc_steps=0), r"mc_steps=0: give the number of MC samples"),
-    (dict(mc_steps=-3), r"mc_steps=-3"),
-    (dict(mc_steps=2, mc_mode="fast"), r"mc_mode='fast': use faithful .* or corrected"),
-    (dict(mc_steps=2, load_model="/no/such.npz"), r"checkpoint '/no/such.npz' not found"),
-    (dict(mc_steps=2, hidden_size=20), r"does not match the config"),
-])
+@pytest.mark.parametrize(
+    "updates, match",
+    [
+        (dict(mc_steps=0), r"mc_steps=0: give the number of MC samples"),
+        (dict(mc_steps=-3), r"mc_steps=-3"),
+        (dict(mc_steps=2, mc_mode="fast"), r"mc_mode='fast': use faithful .* or corrected"),
+        (dict(mc_steps=2, load_model="/no/such.npz"), r"checkpoint '/no/such.npz' not found"),
+        (dict(mc_steps=2, hidden_size=20), r"does not match the config"),
+    ],
+)
 def test_bad_inputs(trained, updates, match):
     with pytest.raises(RHNError, match=match):
         mc(trained, **updates)

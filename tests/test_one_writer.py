@@ -5,6 +5,7 @@ signals (SIGHUP from a closing terminal, a second Ctrl-C while a checkpoint is w
 fails (a closed pipe, a full device), a resume with changed keys; and the property that the best
 epoch is the one of the lowest validation perplexity.
 """
+
 import fcntl
 import hashlib
 import json
@@ -38,8 +39,11 @@ def entry(backend="torch"):
 
 def digest(folder):
     """{name: sha256} of the files of a folder: 'untouched' means this is equal before and after."""
-    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in sorted(os.listdir(folder))
-            if not n.startswith(".")}
+    return {
+        n: hashlib.sha256((folder / n).read_bytes()).hexdigest()
+        for n in sorted(os.listdir(folder))
+        if not n.startswith(".")
+    }
 
 
 def read_until(stream, marker, timeout=240):
@@ -59,14 +63,22 @@ def read_until(stream, marker, timeout=240):
 @pytest.mark.parametrize("second", ["torch", "tf"])
 def test_second_run_on_a_busy_folder_is_refused_and_the_first_keeps_its_files(small_text, tmp_path, second):
     folder = tmp_path / "shared"
-    first = subprocess.Popen(entry() + tiny(small_text, f"save_dir={folder}", "progress=False"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        entry() + tiny(small_text, f"save_dir={folder}", "progress=False"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         read_until(first.stdout, "Backend:")  # it holds the folder from before its data is read
         first.send_signal(signal.SIGSTOP)  # and keeps holding it, however slow the second start is
         start = time.time()
-        result = subprocess.run(entry(second) + tiny(small_text, f"save_dir={folder}", "depth=3"),
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            entry(second) + tiny(small_text, f"save_dir={folder}", "depth=3"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         refused_after = time.time() - start
     finally:
         first.send_signal(signal.SIGCONT)
@@ -96,8 +108,12 @@ def test_runs_with_the_same_seed_one_after_the_other_keep_their_own_folders(smal
     assert "RHN0/h_2/Matrix" in load_checkpoint(str(tmp_path / "runs" / "chars_5_2" / "best.npz"))[0]
     # Naming the first run's folder explicitly is refused, and says how to continue that run instead.
     again = run_cli(*tiny(small_text, "seed=5", "save_dir=runs/chars_5"), cwd=tmp_path)
-    assert_one_line_error(again, "runs/chars_5 holds another run's checkpoints (last.npz (1 epoch done), best.npz)",
-                          "resume=runs/chars_5/last.npz", before_config=True)
+    assert_one_line_error(
+        again,
+        "runs/chars_5 holds another run's checkpoints (last.npz (1 epoch done), best.npz)",
+        "resume=runs/chars_5/last.npz",
+        before_config=True,
+    )
     assert digest(tmp_path / "runs" / "chars_5") == kept
     # Other files (a sweep's log...) do not make a folder someone else's.
     (tmp_path / "mine").mkdir()
@@ -121,9 +137,17 @@ def test_default_folders_are_claimed_one_per_run(tmp_path):
 
 
 def test_a_killed_holder_leaves_nothing_to_clean(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rhn_core.runlock import RunLock; "
-                               f"lock = RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from rhn_core.runlock import RunLock; "
+            f"lock = RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     assert holder.stdout.readline().strip() == "held"
     assert f"pid {holder.pid}" in holder_of(str(tmp_path))
     holder.kill()
@@ -137,8 +161,9 @@ def test_mc_evaluation_is_refused_on_a_folder_a_run_writes(small_text, tmp_path)
     assert run_cli(*tiny(small_text, "max_max_epoch=1", f"save_dir={trained}")).returncode == 0
     with RunLock(str(trained), "training"):
         result = run_cli("evaluate_mc", *tiny(small_text, f"load_model={trained / 'best.npz'}", "mc_steps=2"))
-        assert_one_line_error(result, f"{trained} is in use by training (pid {os.getpid()}", "set save_dir=",
-                              before_config=True)
+        assert_one_line_error(
+            result, f"{trained} is in use by training (pid {os.getpid()}", "set save_dir=", before_config=True
+        )
         # evaluate and sample only read whole files: they go on and say that the run is still writing
         scored = run_cli("evaluate", *tiny(small_text, f"load_model={trained / 'best.npz'}"))
         assert scored.returncode == 0 and f"belongs to training (pid {os.getpid()}" in scored.stdout
@@ -180,8 +205,9 @@ def read_pty_until(master, marker, timeout=240):
 
 def test_closing_the_terminal_saves_like_sigterm_and_the_run_resumes(small_text, tmp_path):
     runs = tmp_path / "sacred"
-    proc, master = in_a_terminal(entry() + ["-F", str(runs)] + tiny(small_text, "save_dir=ckpt", "max_max_epoch=200",
-                                                                         "progress=False"), tmp_path)
+    proc, master = in_a_terminal(
+        entry() + ["-F", str(runs)] + tiny(small_text, "save_dir=ckpt", "max_max_epoch=200", "progress=False"), tmp_path
+    )
     read_pty_until(master, "Epoch: 2 Learning rate")
     time.sleep(0.5)
     os.close(master)  # the terminal is gone
@@ -191,8 +217,9 @@ def test_closing_the_terminal_saves_like_sigterm_and_the_run_resumes(small_text,
     record = json.loads((runs / "1" / "run.json").read_text())
     assert record["status"] == "INTERRUPTED"  # not RUNNING forever
     assert not os.path.exists(tmp_path / "ckpt" / ".lock")
-    resumed = run_cli("-F", str(runs), *tiny(small_text, "resume=ckpt", "max_max_epoch=" + str(state["epoch"])),
-                      cwd=tmp_path)
+    resumed = run_cli(
+        "-F", str(runs), *tiny(small_text, "resume=ckpt", "max_max_epoch=" + str(state["epoch"])), cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resuming from ckpt/last.npz: epoch {state['epoch']}, step {state['step']}" in resumed.stdout
     assert f"(resumed at step {state['step']})" in resumed.stdout  # the learning-rate line of a partial epoch too
@@ -218,9 +245,14 @@ def test_second_ctrl_c_while_saving_names_the_whole_checkpoint_in_one_line(small
     folder = tmp_path / "a b"  # a path with a space: the line's resume= argument pastes back whole
     script = tmp_path / "slow_save.py"
     script.write_text(SLOW_SAVE)
-    proc = subprocess.Popen([sys.executable, "-u", "-W", "ignore", str(script), os.path.join(REPO, "rhn_train_torch.py")]
-                            + tiny(small_text, f"save_dir={folder}", "max_max_epoch=200", "progress=False"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-W", "ignore", str(script), os.path.join(REPO, "rhn_train_torch.py")]
+        + tiny(small_text, f"save_dir={folder}", "max_max_epoch=200", "progress=False"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     read_until(proc.stdout, "Epoch: 2 Learning rate")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -228,8 +260,10 @@ def test_second_ctrl_c_while_saving_names_the_whole_checkpoint_in_one_line(small
     assert proc.returncode == 130 and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if "Ctrl-C" in line]
     assert len(lines) == 1, err
-    assert lines[0].startswith(f"TrainingInterrupted: aborted by a second Ctrl-C while its checkpoint was being "
-                               f"written; {folder / 'last.npz'} on disk is whole (")
+    assert lines[0].startswith(
+        f"TrainingInterrupted: aborted by a second Ctrl-C while its checkpoint was being "
+        f"written; {folder / 'last.npz'} on disk is whole ("
+    )
     assert sorted(os.listdir(folder)) == ["best.npz", "last.npz"]  # the half-written one is gone
     state = read_state_entries(str(folder / "last.npz"), ["epoch", "step"])
     assert state["step"] == 0 and f"({state['epoch'] - 1} epoch" in lines[0]
@@ -242,8 +276,12 @@ def test_second_ctrl_c_while_saving_names_the_whole_checkpoint_in_one_line(small
 # --- output that fails --------------------------------------------------------------------------
 def test_a_closed_pipe_stops_the_printing_not_the_training(small_text, tmp_path):
     # python rhn_train_torch.py ... | head: the reader goes away while the run trains its first epoch
-    proc = subprocess.Popen(entry() + tiny(small_text, f"save_dir={tmp_path}", "max_max_epoch=3"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        entry() + tiny(small_text, f"save_dir={tmp_path}", "max_max_epoch=3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     read_until(proc.stdout, "Epoch: 1 Learning rate")
     proc.stdout.close()
     err = proc.stderr.read()
@@ -256,29 +294,42 @@ def test_a_closed_pipe_stops_the_printing_not_the_training(small_text, tmp_path)
 @pytest.mark.parametrize("capture", ["fd", "sys"])
 def test_a_full_output_device_stops_the_printing_not_the_training(small_text, tmp_path, capture):
     with open("/dev/full", "w") as full:
-        result = subprocess.run(entry() + [f"--capture={capture}"] + tiny(small_text, f"save_dir={tmp_path}"),
-                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+        result = subprocess.run(
+            entry() + [f"--capture={capture}"] + tiny(small_text, f"save_dir={tmp_path}"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
     # one line says it: ours, or (capture=fd, output written as it comes) that of Sacred's tee, which writes stdout
     assert [line for line in result.stderr.splitlines() if "No space left on device" in line] in (
         ["Output to stdout failed (No space left on device): no more printing there; training and checkpoints go on"],
-        ["tee: 'standard output': No space left on device"]), result.stderr
+        ["tee: 'standard output': No space left on device"],
+    ), result.stderr
     assert read_state_entries(str(tmp_path / "last.npz"), ["epoch", "step"]) == {"epoch": 3, "step": 0}
 
 
 # --- resume with changed keys -------------------------------------------------------------------
 def test_resume_with_changed_keys_says_so_and_records_it(small_text, tmp_path):
     runs = tmp_path / "sacred"
-    first = run_cli("-F", str(runs), *tiny(small_text, "max_max_epoch=1", "learning_rate=0.5", "save_dir=ckpt"),
-                    cwd=tmp_path)
+    first = run_cli(
+        "-F", str(runs), *tiny(small_text, "max_max_epoch=1", "learning_rate=0.5", "save_dir=ckpt"), cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    resumed = run_cli("-F", str(runs), *tiny(small_text, "resume=ckpt/last.npz", "max_max_epoch=2",
-                                             "learning_rate=0.3", "progress=True"), cwd=tmp_path)
+    resumed = run_cli(
+        "-F",
+        str(runs),
+        *tiny(small_text, "resume=ckpt/last.npz", "max_max_epoch=2", "learning_rate=0.3", "progress=True"),
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     notes = [line for line in resumed.stdout.splitlines() if line.startswith("Changed since the checkpoint")]
-    assert notes == ["Changed since the checkpoint: learning_rate 0.5 -> 0.3",
-                     "Changed since the checkpoint: max_max_epoch 1 -> 2"]  # progress= is no change to training
+    assert notes == [
+        "Changed since the checkpoint: learning_rate 0.5 -> 0.3",
+        "Changed since the checkpoint: max_max_epoch 1 -> 2",
+    ]  # progress= is no change to training
     info = json.loads((runs / "2" / "info.json").read_text())
     assert info["resumed_with_changes"] == {"learning_rate": [0.5, 0.3], "max_max_epoch": [1, 2]}
     assert "resumed_with_changes" not in json.loads((runs / "1" / "info.json").read_text())
@@ -306,8 +357,9 @@ def test_best_epoch_is_the_one_of_the_lowest_validation_perplexity(small_text, t
 
     monkeypatch.setattr(loop.Evaluator, "batched", batched)
     monkeypatch.setattr(loop.Evaluator, "full", full)
-    run = run_experiment(named=["tiny"], dataset="chars", data_path=small_text, max_max_epoch=3, threads=1,
-                         save_dir=str(tmp_path))
+    run = run_experiment(
+        named=["tiny"], dataset="chars", data_path=small_text, max_max_epoch=3, threads=1, save_dir=str(tmp_path)
+    )
     best, state = load_checkpoint(str(tmp_path / "best.npz"))
     assert int(state["best_epoch"]) == 2 and float(state["valid_perplexity"]) == 30.0
     for name in best:
@@ -327,8 +379,9 @@ def test_resume_of_a_folder_takes_its_last_checkpoint(small_text, tmp_path):
     more = run_cli(*tiny(small_text, f"resume={tmp_path / 'run'}"))
     assert more.returncode == 0 and f"Resuming from {tmp_path / 'run' / 'last.npz'}: epoch 2" in more.stdout
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_cli(*tiny(small_text, f"resume={tmp_path / 'empty'}")),
-                          "is a folder without a last.npz: give the last.npz")
+    assert_one_line_error(
+        run_cli(*tiny(small_text, f"resume={tmp_path / 'empty'}")), "is a folder without a last.npz: give the last.npz"
+    )
 
 
 def test_srun_ranks_are_named_srun_every_time_they_are_read():

@@ -1,6 +1,7 @@
 """The torch backend's CPU fast path (``rhn_impl=onednn``: every product of a float32 step
 in oneDNN) against the float64 oracle, with the checks the Triton kernels pass
 (kernel_checks.py): forward, every gradient, a clipped SGD step, the static-buffer step."""
+
 import os
 import subprocess
 import sys
@@ -34,15 +35,23 @@ def test_onednn_products_of_views_equal_torch_mm():
     layout the steps hand it gives torch.mm's product to float32 rounding."""
     g = torch.Generator().manual_seed(0)
     R, S, dk = (torch.randn(*shape, generator=g) for shape in ((9, 18), (13, 9), (13, 18)))
-    cases = [(S, R), (S, R[:, :9]), (S, R[:, 9:]), (dk, R.t()), (dk[:, 9:], R[:, 9:].t()), (S.t(), dk),
-             (S.t(), dk[:, 9:])]
+    cases = [
+        (S, R),
+        (S, R[:, :9]),
+        (S, R[:, 9:]),
+        (dk, R.t()),
+        (dk[:, 9:], R[:, 9:].t()),
+        (S.t(), dk),
+        (S.t(), dk[:, 9:]),
+    ]
     for a, b in cases:
         expected = a.double() @ b.double()
         assert expected.abs().max() > 1
         torch.testing.assert_close(onednn.matmul(a, b).double(), expected, rtol=1e-5, atol=1e-5)
     bias = torch.randn(18, generator=g)
-    torch.testing.assert_close(onednn.matmul(S, R, bias).double(), S.double() @ R.double() + bias.double(),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        onednn.matmul(S, R, bias).double(), S.double() @ R.double() + bias.double(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_onednn_under_bf16_autocast_is_the_reference_path():
@@ -53,8 +62,9 @@ def test_onednn_under_bf16_autocast_is_the_reference_path():
         fast, slow = steps.project(x, w, b), ref.project(x, w, b)
     assert torch.equal(fast, slow)
     assert (fast.double() - (x.double() @ w.double() + b.double())).abs().max() > 1e-4  # bf16 products
-    np.testing.assert_allclose(steps.project(x, w, b).numpy(), (x.double() @ w.double() + b.double()).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        steps.project(x, w, b).numpy(), (x.double() @ w.double() + b.double()).numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_auto_picks_onednn_for_large_float32_models_on_cpu_only():
@@ -73,6 +83,7 @@ def test_auto_picks_onednn_for_large_float32_models_on_cpu_only():
 def test_the_rhn_module_with_onednn_steps_equals_its_default_path():
     """README's opt-in for a module of one's own: outputs, state and every gradient."""
     from rhn_core.backends.torch_rhn import RHN
+
     torch.manual_seed(0)
     rhn = RHN(input_size=6, hidden_size=9, depth=3, num_layers=2, init_scale=0.3)
     x, masks = torch.randn(4, 5, 6), [torch.bernoulli(torch.full((4, n), 0.7)) / 0.7 for n in (6, 9)]
@@ -80,7 +91,7 @@ def test_the_rhn_module_with_onednn_steps_equals_its_default_path():
     for steps in (TorchSteps(), onednn.OneDNNSteps()):
         rhn.steps = steps
         out, state = rhn(x, input_masks=masks, state_masks=[m[:, :9] for m in (masks[1], masks[1])])
-        grads = torch.autograd.grad((out ** 2).sum() + state.sum(), list(rhn.parameters()))
+        grads = torch.autograd.grad((out**2).sum() + state.sum(), list(rhn.parameters()))
         results.append([out, state, *grads])
     for ref, fast in zip(*results):
         assert ref.abs().max() > 1e-3
@@ -90,8 +101,12 @@ def test_the_rhn_module_with_onednn_steps_equals_its_default_path():
 def test_the_products_benchmark_runs_and_prints_its_table():
     """benchmarks/cpu_products.py at a tiny size, so that it cannot rot."""
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cpu_products.py")
-    out = subprocess.run([sys.executable, script, "--config", "tiny", "--repeat", "1", "--threads", "1"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, script, "--config", "tiny", "--repeat", "1", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("micro-step", "all"))]
     assert [r[0] for r in rows] == ["micro-step", "micro-step", "all"] and all(r[-1].endswith("x") for r in rows)

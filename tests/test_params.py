@@ -1,22 +1,34 @@
 """Canonical parameters: original counts, initialisation, in_size rule, checks."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 
 from rhn_core.errors import RHNError
-from rhn_core.params import (ModelSpec, check_params, count_params, describe, hidden_size_for_count, init_params,
-                             param_shapes, spec_from_config)
+from rhn_core.params import (
+    ModelSpec,
+    check_params,
+    count_params,
+    describe,
+    hidden_size_for_count,
+    init_params,
+    param_shapes,
+    spec_from_config,
+)
 
 
 def config_of(*named):
     """The config Sacred builds for ``with NAMED...``."""
     from conftest import run_experiment
+
     return run_experiment("print_config", named).config
 
 
-@pytest.mark.parametrize("named, expected", [
-    ((), 20_018_000), (("ptb_sota",), 23_482_400), (("enwik8_sota",), 45_994_730), (("text8_sota",), 45_152_256)])
+@pytest.mark.parametrize(
+    "named, expected",
+    [((), 20_018_000), (("ptb_sota",), 23_482_400), (("enwik8_sota",), 45_994_730), (("text8_sota",), 45_152_256)],
+)
 def test_parameter_counts_equal_the_original(named, expected):
     assert count_params(spec_from_config(config_of(*named))) == expected
 
@@ -66,7 +78,8 @@ def test_mismatch_lists_every_problem():
     assert "RHN0/h_1/Matrix is (8, 9), config needs (8, 8)" in message
     assert "\n" not in message
     assert message.startswith("ckpt.npz does not match the config") and message.endswith(
-        "missing softmax_w (8, 20); unexpected extra; RHN0/h_1/Matrix is (8, 9), config needs (8, 8)")
+        "missing softmax_w (8, 20); unexpected extra; RHN0/h_1/Matrix is (8, 9), config needs (8, 8)"
+    )
     with pytest.raises(RHNError, match=r"^checkpoint does not match"):  # the default name of the source
         check_params({}, spec)
 

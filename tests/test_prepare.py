@@ -1,4 +1,5 @@
 """enwik8 / text8 / PTB preparation on synthetic files of the exact formats (and the real PTB)."""
+
 import gzip
 import hashlib
 import lzma
@@ -56,12 +57,15 @@ def test_raw_zip_in_data_path_is_read_directly(enwik8_like, tmp_path):
     assert corpus.vocab_size == 205 and len(corpus.test) == 500
 
 
-@pytest.mark.parametrize("damage, match", [
-    ("checksum", r"sha256 is [0-9a-f]+, the published one is 0+: the file is corrupt"),
-    ("truncated", r"has 4,000 bytes, the published file has 5,000: truncated"),
-    ("bad_zip", r"not a complete zip archive"),
-    ("wrong_member", r"has no member 'enwik8'"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("checksum", r"sha256 is [0-9a-f]+, the published one is 0+: the file is corrupt"),
+        ("truncated", r"has 4,000 bytes, the published file has 5,000: truncated"),
+        ("bad_zip", r"not a complete zip archive"),
+        ("wrong_member", r"has no member 'enwik8'"),
+    ],
+)
 def test_damaged_sources_are_refused_and_nothing_is_written(enwik8_like, tmp_path, damage, match):
     raw, archive, expected = enwik8_like
     source = archive
@@ -84,9 +88,19 @@ def test_damaged_sources_are_refused_and_nothing_is_written(enwik8_like, tmp_pat
 
 
 def test_command_line_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, "data", "prepare.py"), "text8", "--from",
-                             str(tmp_path / "missing.zip"), "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "data", "prepare.py"),
+            "text8",
+            "--from",
+            str(tmp_path / "missing.zip"),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "missing.zip not found: give the path of text8.zip" in result.stderr
@@ -96,8 +110,19 @@ def test_real_file_checksums_are_the_published_ones(tmp_path):
     # a text8-like file with the right size but other content is refused by its checksum
     fake = tmp_path / "text8"
     fake.write_bytes(b"a" * 100_000_000)
-    result = subprocess.run([sys.executable, os.path.join(REPO, "data", "prepare.py"), "text8", "--from", str(fake),
-                             "--data-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "data", "prepare.py"),
+            "text8",
+            "--from",
+            str(fake),
+            "--data-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7" in result.stderr
 
@@ -105,8 +130,12 @@ def test_real_file_checksums_are_the_published_ones(tmp_path):
 def test_training_from_a_prepared_cache(enwik8_like, tmp_path):
     raw, archive, expected = enwik8_like
     prepare_byte_corpus("enwik8", str(tmp_path / "data"), str(archive), expected, progress=False)
-    run = run_experiment(named=["enwik8_sota", "tiny"], data_path=str(tmp_path / "data"), num_test_symbols=500,
-                         save_dir=str(tmp_path / "run"))
+    run = run_experiment(
+        named=["enwik8_sota", "tiny"],
+        data_path=str(tmp_path / "data"),
+        num_test_symbols=500,
+        save_dir=str(tmp_path / "run"),
+    )
     assert np.isfinite(run.result) and run.info["nr_parameters"] > 0
 
 
@@ -137,7 +166,9 @@ def test_ptb_from_what_the_reader_accepts(tmp_path, ptb_dir):
     gz = tmp_path / "gz"
     gz.mkdir()
     for split in ("train", "valid", "test"):
-        (gz / f"ptb.{split}.txt.gz").write_bytes(gzip.compress(lzma.open(os.path.join(ptb_dir, f"ptb.{split}.txt.xz")).read()))
+        (gz / f"ptb.{split}.txt.gz").write_bytes(
+            gzip.compress(lzma.open(os.path.join(ptb_dir, f"ptb.{split}.txt.xz")).read())
+        )
     sources = (ptb_dir, os.path.join(ptb_dir, "ptb.valid.txt.xz"), str(gz))
     for i, source in enumerate(sources):
         written = umask_022(prepare_ptb, str(tmp_path / f"out{i}"), source, progress=False)
@@ -166,8 +197,19 @@ def test_prepared_files_are_readable_by_others(tmp_path, enwik8_like):
 def test_ptb_source_that_is_no_archive_is_a_one_line_error(tmp_path, content):
     source = tmp_path / "something.xz"
     source.write_bytes(content)
-    result = subprocess.run([sys.executable, os.path.join(REPO, "data", "prepare.py"), "ptb", "--from", str(source),
-                             "--data-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "data", "prepare.py"),
+            "ptb",
+            "--from",
+            str(source),
+            "--data-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"RHNError: cannot read {source} as an archive")
     assert "a folder holding ptb.train.txt" in result.stderr
@@ -175,8 +217,11 @@ def test_ptb_source_that_is_no_archive_is_a_one_line_error(tmp_path, content):
 
 
 def test_missing_ptb_says_how_to_get_it(tmp_path):
-    with pytest.raises(RHNError, match=r"not found .*plain, \.xz or \.gz: no preparation needed.*"
-                                       r"python data/prepare.py ptb"):
+    with pytest.raises(
+        RHNError,
+        match=r"not found .*plain, \.xz or \.gz: no preparation needed.*"
+        r"python data/prepare.py ptb",
+    ):
         readers.read_ptb(str(tmp_path))
 
 
@@ -191,9 +236,24 @@ def test_character_level_run_on_ptb_text(tmp_path):
     path = os.path.join(SHARED_DATA, "ptb.valid.txt.xz")
     if not os.path.isfile(path):
         pytest.skip(PTB_MISSING)
-    run = run_experiment(dataset="chars", data_path=path, hidden_size=64, depth=2, batch_size=32, num_steps=50,
-                         max_max_epoch=4, max_epoch=4, tied=False, init_bias=-4.0, drop_x=0.0, drop_i=0.1, drop_h=0.0,
-                         drop_o=0.1, learning_rate=0.5, save_dir=str(tmp_path))
+    run = run_experiment(
+        dataset="chars",
+        data_path=path,
+        hidden_size=64,
+        depth=2,
+        batch_size=32,
+        num_steps=50,
+        max_max_epoch=4,
+        max_epoch=4,
+        tied=False,
+        init_bias=-4.0,
+        drop_x=0.0,
+        drop_i=0.1,
+        drop_h=0.0,
+        drop_o=0.1,
+        learning_rate=0.5,
+        save_dir=str(tmp_path),
+    )
     corpus = readers.read_chars(path)
     uniform_bits = np.log2(corpus.vocab_size)
     assert run.info["best_valid_bits"] < uniform_bits - 1.0  # well below guessing uniformly
@@ -202,6 +262,7 @@ def test_character_level_run_on_ptb_text(tmp_path):
     import oracle
     from rhn_core.checkpoint import load_checkpoint
     from rhn_core.params import spec_from_config
+
     params, _ = load_checkpoint(str(tmp_path / "best.npz"))
     expected = oracle.batched_perplexity(params, spec_from_config(run.config, corpus.vocab_size), corpus.valid, 32, 50)
     assert run.info["best_valid_perplexity"] == pytest.approx(expected, rel=1e-4)  # float32 run

@@ -1,4 +1,5 @@
 """A short real run on the real Penn Treebank (skipped cleanly where the files are absent)."""
+
 import numpy as np
 import pytest
 
@@ -12,8 +13,16 @@ pytestmark = [pytest.mark.slow]
 
 
 def test_one_epoch_on_real_ptb_lowers_validation_perplexity(ptb_dir, tmp_path):
-    updates = dict(data_path=ptb_dir, hidden_size=32, depth=2, batch_size=64, num_steps=35, max_max_epoch=1,
-                   save_dir=str(tmp_path), seed=5)
+    updates = dict(
+        data_path=ptb_dir,
+        hidden_size=32,
+        depth=2,
+        batch_size=64,
+        num_steps=35,
+        max_max_epoch=1,
+        save_dir=str(tmp_path),
+        seed=5,
+    )
     run = run_experiment(named=["ptb_sota"], **updates)
     cfg = dict(run.config)
     corpus, spec = loop.corpus_and_spec(cfg)

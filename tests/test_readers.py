@@ -1,4 +1,5 @@
 """Readers and batching, against expected values written out by hand."""
+
 import gzip
 import lzma
 import re
@@ -52,9 +53,9 @@ def test_compressed_files_read_like_plain(tmp_path):
 def test_batching_layout_written_out():
     ids = np.arange(23)
     rows = readers.batch_rows(ids, 3)  # batch_len = 7, ids 21 and 22 dropped
-    np.testing.assert_array_equal(rows, [[0, 1, 2, 3, 4, 5, 6],
-                                         [7, 8, 9, 10, 11, 12, 13],
-                                         [14, 15, 16, 17, 18, 19, 20]])
+    np.testing.assert_array_equal(
+        rows, [[0, 1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12, 13], [14, 15, 16, 17, 18, 19, 20]]
+    )
     assert readers.epoch_size(rows, 2) == 3  # (7 - 1) // 2
     x, y = readers.minibatch(rows, 1, 2)
     np.testing.assert_array_equal(x, [[2, 3], [9, 10], [16, 17]])

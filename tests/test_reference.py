@@ -1,4 +1,5 @@
 """The NumPy reference: a case worked out by hand, and its gradients by finite differences."""
+
 import math
 
 import numpy as np
@@ -11,12 +12,18 @@ from rhn_core.params import ModelSpec, init_params
 
 def golden_params():
     """V = 2, H = 1, D = 2, tied: every number below can be followed with a pencil."""
-    return {"embedding": np.array([[1.0], [-1.0]]),
-            "RHN0/h_0/Matrix": np.array([[1.0], [0.5]]), "RHN0/h_0/Bias": np.array([0.0]),
-            "RHN0/t_0/Matrix": np.array([[0.0], [0.0]]), "RHN0/t_0/Bias": np.array([0.0]),
-            "RHN0/h_1/Matrix": np.array([[2.0]]), "RHN0/h_1/Bias": np.array([-1.0]),
-            "RHN0/t_1/Matrix": np.array([[0.0]]), "RHN0/t_1/Bias": np.array([math.log(3.0)]),
-            "softmax_b": np.array([0.0, 0.5])}
+    return {
+        "embedding": np.array([[1.0], [-1.0]]),
+        "RHN0/h_0/Matrix": np.array([[1.0], [0.5]]),
+        "RHN0/h_0/Bias": np.array([0.0]),
+        "RHN0/t_0/Matrix": np.array([[0.0], [0.0]]),
+        "RHN0/t_0/Bias": np.array([0.0]),
+        "RHN0/h_1/Matrix": np.array([[2.0]]),
+        "RHN0/h_1/Bias": np.array([-1.0]),
+        "RHN0/t_1/Matrix": np.array([[0.0]]),
+        "RHN0/t_1/Bias": np.array([math.log(3.0)]),
+        "softmax_b": np.array([0.0, 0.5]),
+    }
 
 
 def test_golden_two_steps_by_hand():
@@ -43,7 +50,7 @@ def test_golden_two_steps_by_hand():
     c = reference.loss(log_probs, y)
     assert c == pytest.approx(-(expected[0, 1] + expected[1, 1]), abs=1e-15)
     j, c2, _ = reference.objective(golden_params(), spec, x, y, [np.zeros((1, 1))], weight_decay=0.1)
-    sum_sq = sum(float((p ** 2).sum()) for p in golden_params().values())
+    sum_sq = sum(float((p**2).sum()) for p in golden_params().values())
     assert j == pytest.approx(c + 0.05 * sum_sq, abs=1e-14) and c2 == c
 
 
@@ -52,12 +59,22 @@ def test_loss_is_sum_over_time_of_batch_mean():
     assert reference.loss(lp, np.zeros((2, 3), int)) == pytest.approx(3 * math.log(4))
 
 
-@pytest.mark.parametrize("tied, layers, T, masked", [(False, 2, 4, True), (True, 1, 4, True), (False, 1, 1, False)],
-                         ids=["untied-2layers", "tied", "T1-no-masks-no-decay"])
+@pytest.mark.parametrize(
+    "tied, layers, T, masked",
+    [(False, 2, 4, True), (True, 1, 4, True), (False, 1, 1, False)],
+    ids=["untied-2layers", "tied", "T1-no-masks-no-decay"],
+)
 def test_gradients_match_finite_differences(tied, layers, T, masked):
     # the last case leaves masks and weight_decay at their defaults (none) and has one time step
-    spec = ModelSpec(vocab_size=9, hidden_size=9 if tied else 5, depth=3, num_layers=layers, tied=tied,
-                     init_scale=0.6, init_bias=-1.0)
+    spec = ModelSpec(
+        vocab_size=9,
+        hidden_size=9 if tied else 5,
+        depth=3,
+        num_layers=layers,
+        tied=tied,
+        init_scale=0.6,
+        init_bias=-1.0,
+    )
     rng = np.random.default_rng(0)
     params = init_params(spec, rng)
     x, y = rng.integers(0, 9, (3, T)), rng.integers(0, 9, (3, T))
@@ -102,8 +119,12 @@ def test_clipped_sgd_step():
 
 def masked_golden_params():
     """As golden_params, with T matrices that read their inputs, so the T masks matter."""
-    return {**golden_params(), "RHN0/t_0/Matrix": np.array([[0.4], [-0.6]]), "RHN0/t_0/Bias": np.array([0.1]),
-            "RHN0/t_1/Matrix": np.array([[0.3]])}
+    return {
+        **golden_params(),
+        "RHN0/t_0/Matrix": np.array([[0.4], [-0.6]]),
+        "RHN0/t_0/Bias": np.array([0.1]),
+        "RHN0/t_1/Matrix": np.array([[0.3]]),
+    }
 
 
 @pytest.mark.parametrize("separate", [False, True], ids=["tied_noise", "separate_masks"])
@@ -113,8 +134,12 @@ def test_masks_worked_out_by_hand(separate):
     x, s0 = np.array([[0, 1]]), 0.2
     mx, mo = [2.0, 0.5], 3.0
     mi_h, mi_t, mh_h, mh_t = (3.0, 0.0, 0.5, 4.0) if separate else (3.0, 3.0, 0.5, 0.5)
-    masks = Masks(np.array([mx]), (np.array([[mi_h, mi_t]] if separate else [[mi_h]]),),
-                  (np.array([[mh_h, mh_t]] if separate else [[mh_h]]),), np.array([[mo]]))
+    masks = Masks(
+        np.array([mx]),
+        (np.array([[mi_h, mi_t]] if separate else [[mi_h]]),),
+        (np.array([[mh_h, mh_t]] if separate else [[mh_h]]),),
+        np.array([[mo]]),
+    )
     sig = lambda z: 1.0 / (1.0 + math.exp(-z))
     s, expected = s0, []
     for t, e in enumerate((1.0, -1.0)):  # E[0] = 1, E[1] = -1
@@ -146,5 +171,6 @@ def test_log_probs_stay_finite_and_exact_for_logits_in_the_thousands():
     logits = cache["o"] @ params["softmax_w"] + params["softmax_b"]
     assert logits.max() > 1000 and np.ptp(logits.max(axis=-1)) > 800  # the case is as hard as said
     assert np.isfinite(log_probs).all()
-    np.testing.assert_allclose(log_probs, logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True),
-                               rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(
+        log_probs, logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True), rtol=1e-12, atol=1e-9
+    )

@@ -1,4 +1,5 @@
 """``python -m rhn_core.tracking.report``: synthetic Sacred runs on disk and in MongoDB, table, plot, errors."""
+
 import json
 import re
 import statistics
@@ -20,8 +21,14 @@ RUNS = [
     (4, "COMPLETED", "ptb", 4, {"best_valid_perplexity": 68.0, "full_test_perplexity": 66.0}, [95.0, 70.0, 68.0]),
     (2, "INTERRUPTED", "ptb", 8, {"best_valid_perplexity": 66.5}, [66.5, 80.0]),
     (5, "FAILED", "ptb", 3, None, []),
-    (6, "COMPLETED", "enwik8", 2, {"best_valid_perplexity": 2.5, "best_valid_bits": 1.3219,
-                                   "full_test_perplexity": 2.4}, [3.0, 2.5]),
+    (
+        6,
+        "COMPLETED",
+        "enwik8",
+        2,
+        {"best_valid_perplexity": 2.5, "best_valid_bits": 1.3219, "full_test_perplexity": 2.4},
+        [3.0, 2.5],
+    ),
 ]
 
 
@@ -29,13 +36,40 @@ def sacred_docs():
     """(run document, metric documents) per run, as Sacred's observers write them."""
     for run_id, status, dataset, depth, info, valid in RUNS:
         config = {"dataset": dataset, "depth": depth, "hidden_size": 830, "optim": {"lr": 0.1 * depth}}
-        full_info = None if info is None else {"nr_parameters": 1_234_567 * depth, "epoch_nr": len(valid),
-                                               "best_val_epoch": valid.index(min(valid)) + 1, **info}
-        metrics = {"valid_perplexity": {"steps": list(range(1, len(valid) + 1)), "values": valid,
-                                        "timestamps": ["2024-01-01T00:00:00"] * len(valid)}} if valid else {}
-        run = {"_id": run_id, "status": status, "command": "main", "config": config, "info": full_info or {},
-               "host": {"hostname": "box"}, "experiment": {"name": "rhn"}, "captured_out": "x" * 1000,
-               "artifacts": [], "start_time": None, "heartbeat": None}
+        full_info = (
+            None
+            if info is None
+            else {
+                "nr_parameters": 1_234_567 * depth,
+                "epoch_nr": len(valid),
+                "best_val_epoch": valid.index(min(valid)) + 1,
+                **info,
+            }
+        )
+        metrics = (
+            {
+                "valid_perplexity": {
+                    "steps": list(range(1, len(valid) + 1)),
+                    "values": valid,
+                    "timestamps": ["2024-01-01T00:00:00"] * len(valid),
+                }
+            }
+            if valid
+            else {}
+        )
+        run = {
+            "_id": run_id,
+            "status": status,
+            "command": "main",
+            "config": config,
+            "info": full_info or {},
+            "host": {"hostname": "box"},
+            "experiment": {"name": "rhn"},
+            "captured_out": "x" * 1000,
+            "artifacts": [],
+            "start_time": None,
+            "heartbeat": None,
+        }
         yield run, metrics
 
 
@@ -45,8 +79,9 @@ def write_dir(root):
     for run, metrics in sacred_docs():
         d = root / str(run["_id"])
         d.mkdir()
-        (d / "run.json").write_text(json.dumps({k: run[k] for k in ("status", "command", "host", "experiment")}
-                                               | {"artifacts": []}))
+        (d / "run.json").write_text(
+            json.dumps({k: run[k] for k in ("status", "command", "host", "experiment")} | {"artifacts": []})
+        )
         (d / "config.json").write_text(json.dumps(run["config"]))
         if run["info"]:  # Sacred writes info.json only for runs that set some info
             (d / "info.json").write_text(json.dumps(run["info"]))
@@ -56,6 +91,7 @@ def write_dir(root):
 
 def fill_mongo(server, db_name):
     import pymongo
+
     with pymongo.MongoClient(server.url, serverSelectionTimeoutMS=5000) as client:
         db = client[db_name]
         for run, metrics in sacred_docs():
@@ -85,7 +121,7 @@ def rows(out):
     lines = out.splitlines()
     count = int(lines[0].split()[0])  # "N runs from ..."
     header = re.split(r"\s{2,}", lines[1].strip())
-    body = [re.split(r"\s{2,}", line.strip()) for line in lines[2:2 + count]]
+    body = [re.split(r"\s{2,}", line.strip()) for line in lines[2 : 2 + count]]
     assert all(len(cells) == len(header) for cells in body), out
     return [dict(zip(header, cells)) for cells in body]
 
@@ -122,7 +158,13 @@ def test_metric_minimum(source, tmp_path, capsys):
     table = rows(out)
     assert "min valid_perplexity" in out.splitlines()[1] and "optim.lr" in out.splitlines()[1]
     assert {r["id"]: r["min valid_perplexity"] for r in table} == {
-        "1": "75.25", "2": "66.50", "3": "90.50", "4": "68.00", "5": "-", "6": "2.5"}
+        "1": "75.25",
+        "2": "66.50",
+        "3": "90.50",
+        "4": "68.00",
+        "5": "-",
+        "6": "2.5",
+    }
     assert [r["id"] for r in table] == ["6", "3", "1", "5", "4", "2"]  # optim.lr orders as depth does
     assert "left out of the plot" not in out and not (tmp_path / "rhn_report.png").exists()
 
@@ -141,8 +183,17 @@ def test_status_filter(source, tmp_path, capsys):
 
 
 def test_group_by_other_key(tmp_path, capsys):
-    code, out, err = run(capsys, "--dir", write_dir(tmp_path / "runs"), "--group", "hidden_size",
-                         "--x", "dataset", "--plot", str(tmp_path / "g.png"))
+    code, out, err = run(
+        capsys,
+        "--dir",
+        write_dir(tmp_path / "runs"),
+        "--group",
+        "hidden_size",
+        "--x",
+        "dataset",
+        "--plot",
+        str(tmp_path / "g.png"),
+    )
     assert code == 0, err
     assert [r["dataset"] for r in rows(out)] == ["enwik8"] + ["ptb"] * 5
     assert (tmp_path / "g.png").read_bytes().startswith(PNG)
@@ -152,8 +203,13 @@ def test_password_never_printed(capsys):
     """The whole command, as a user runs it, against a port where no server listens."""
     url = f"mongodb://user:secret@127.0.0.1:{free_port()}/rhn?authSource=admin"
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "rhn_core.tracking.report", "--mongo", url, "--no-plot"],
-                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rhn_core.tracking.report", "--mongo", url, "--no-plot"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
     code, out, err = proc.returncode, proc.stdout, proc.stderr
     # Fails fast: our 5 s server-selection timeout, not pymongo's default 30 s (the rest is interpreter
     # start-up, which takes seconds on a loaded machine).
@@ -164,16 +220,19 @@ def test_password_never_printed(capsys):
     assert code == 2 and "secret" not in out + err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--dir", "{tmp}/missing"], "no such folder"),
-    (["--dir", "{tmp}/empty"], "no runs in"),
-    (["--dir", "{tmp}/runs", "--x", "no_such_key"], "no run has config key 'no_such_key'"),
-    (["--dir", "{tmp}/runs", "--y", "no_such_metric"], "no run has info key or metric 'no_such_metric'"),
-    (["--dir", "{tmp}/runs", "--plot", "{tmp}/missing/p.png"], "cannot write the plot"),
-    (["--mongo", "a b c"], "bad MongoDB address"),
-    (["--dir", "{tmp}/runs", "--mongo", "db"], "not allowed with"),
-    ([], "one of the arguments --mongo --dir is required"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dir", "{tmp}/missing"], "no such folder"),
+        (["--dir", "{tmp}/empty"], "no runs in"),
+        (["--dir", "{tmp}/runs", "--x", "no_such_key"], "no run has config key 'no_such_key'"),
+        (["--dir", "{tmp}/runs", "--y", "no_such_metric"], "no run has info key or metric 'no_such_metric'"),
+        (["--dir", "{tmp}/runs", "--plot", "{tmp}/missing/p.png"], "cannot write the plot"),
+        (["--mongo", "a b c"], "bad MongoDB address"),
+        (["--dir", "{tmp}/runs", "--mongo", "db"], "not allowed with"),
+        ([], "one of the arguments --mongo --dir is required"),
+    ],
+)
 def test_bad_inputs(argv, message, tmp_path, capsys):
     write_dir(tmp_path / "runs")
     (tmp_path / "empty").mkdir()
@@ -203,8 +262,11 @@ def write_sweep_dir(root):
         (d / "info.json").write_text(json.dumps(info))
     other = root / "99"
     other.mkdir()
-    (other / "run.json").write_text(json.dumps({"status": "COMPLETED", "meta": {"sweep": {
-        "name": "other", "key": "depth=1", "values": {"depth": 1}}}}))
+    (other / "run.json").write_text(
+        json.dumps(
+            {"status": "COMPLETED", "meta": {"sweep": {"name": "other", "key": "depth=1", "values": {"depth": 1}}}}
+        )
+    )
     (other / "config.json").write_text(json.dumps({"dataset": "ptb", "depth": 1}))
     (other / "info.json").write_text(json.dumps({"best_valid_perplexity": 1.0}))
     return str(root)
@@ -221,8 +283,23 @@ def test_sweep_groups_latest_pieces_mean_std_and_error_bars(tmp_path, capsys):
     # depth 2: seed 3 is still running (no figure): two values, mean 90.5, std sqrt(0.5)
     assert table["2"][1:6] == ["3", "2", "COMPLETED,", "1", "RUNNING"] and table["2"][-3:] == ["2", "90.500", "0.707"]
     assert plot.read_bytes().startswith(PNG)
-    code, out, _ = run(capsys, "--dir", str(tmp_path / "runs"), "--sweep", "s", "--over", "seed", "--over", "depth",
-                       "--status", "COMPLETED", "--no-plot")
-    assert code == 0 and out.splitlines()[-1].split()[-2:] == ["98.600", f"{statistics.stdev([100, 104, 108, 90, 91]):.3f}"]
+    code, out, _ = run(
+        capsys,
+        "--dir",
+        str(tmp_path / "runs"),
+        "--sweep",
+        "s",
+        "--over",
+        "seed",
+        "--over",
+        "depth",
+        "--status",
+        "COMPLETED",
+        "--no-plot",
+    )
+    assert code == 0 and out.splitlines()[-1].split()[-2:] == [
+        "98.600",
+        f"{statistics.stdev([100, 104, 108, 90, 91]):.3f}",
+    ]
     code, _, err = run(capsys, "--dir", str(tmp_path / "runs"), "--sweep", "nope", "--no-plot")
     assert code == 2 and "no run of sweep 'nope'" in err and err.count("\n") == 1

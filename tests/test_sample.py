@@ -1,4 +1,5 @@
 """The sample command: a checkpoint writes text, the same from either backend for the same seed."""
+
 import pytest
 
 from conftest import run_experiment
@@ -11,8 +12,16 @@ from rhn_core.sample import decode, encode
 def char_model(small_text, tmp_path_factory):
     """A tiny float64 character model of the demo text, trained for two epochs."""
     save_dir = tmp_path_factory.mktemp("model")
-    run_experiment(named=["tiny"], dataset="chars", data_path=small_text, batch_size=16, num_steps=10,
-                   dtype="float64", save_dir=str(save_dir), seed=1)
+    run_experiment(
+        named=["tiny"],
+        dataset="chars",
+        data_path=small_text,
+        batch_size=16,
+        num_steps=10,
+        dtype="float64",
+        save_dir=str(save_dir),
+        seed=1,
+    )
     return dict(dataset="chars", data_path=small_text, dtype="float64", load_model=str(save_dir / "best.npz"))
 
 
@@ -43,8 +52,15 @@ def test_temperature_sharpens_the_models_distribution(char_model):
 
 
 def test_words_for_ptb_and_a_sample_at_the_end_of_training(synthetic_ptb, tmp_path):
-    run = run_experiment(named=["tiny"], data_path=synthetic_ptb, save_dir=str(tmp_path), max_max_epoch=1,
-                         sample_at_end=True, sample_length=25, sample_prime="w1 w7 w3")
+    run = run_experiment(
+        named=["tiny"],
+        data_path=synthetic_ptb,
+        save_dir=str(tmp_path),
+        max_max_epoch=1,
+        sample_at_end=True,
+        sample_length=25,
+        sample_prime="w1 w7 w3",
+    )
     text = run.info["sample"]
     assert text.startswith("w1 w7 w3")
     vocab = set(readers.read_ptb(synthetic_ptb).symbols)
@@ -58,12 +74,18 @@ def test_prime_and_text_round_trip(small_text, synthetic_ptb):
     assert decode(words, encode(words, "")) == "\n"  # '' starts a sentence
 
 
-@pytest.mark.parametrize("updates, message", [
-    (dict(load_model=""), r"sample needs load_model=PATH"),
-    (dict(temperature=0), r"temperature=0 must be a positive number"),
-    (dict(sample_length=0), r"sample_length=0 must be a positive integer"),
-    (dict(sample_prime="Alice \u2603"), "sample_prime has characters that never occur in the training text: '\u2603'$"),
-])
+@pytest.mark.parametrize(
+    "updates, message",
+    [
+        (dict(load_model=""), r"sample needs load_model=PATH"),
+        (dict(temperature=0), r"temperature=0 must be a positive number"),
+        (dict(sample_length=0), r"sample_length=0 must be a positive integer"),
+        (
+            dict(sample_prime="Alice \u2603"),
+            "sample_prime has characters that never occur in the training text: '\u2603'$",
+        ),
+    ],
+)
 def test_bad_sample_requests_are_one_line_errors(char_model, updates, message):
     with pytest.raises(RHNError, match=message):
         sample("torch", {**char_model, **updates})

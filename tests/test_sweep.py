@@ -1,5 +1,6 @@
 """``rhn-sweep`` with the local executor: the grid, dry run, bookkeeping in a real SecantusDB,
 re-launch that skips finished runs and resumes an interrupted one exactly."""
+
 import datetime
 import math
 import os
@@ -21,21 +22,36 @@ pymongo = pytest.importorskip("pymongo")
 
 def sweep_cli(*args, timeout=300, **kw):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-W", "ignore", "-m", "rhn_core.sweep", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "rhn_core.sweep", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
+    )
 
 
 def tiny_run(small_text, epochs=2):
     """Entry point and fixed updates of a character-level run of a few seconds."""
-    return ["torch", "with", "tiny", "dataset=chars", f"data_path={small_text}", "batch_size=16", "num_steps=10",
-            f"max_max_epoch={epochs}"]
+    return [
+        "torch",
+        "with",
+        "tiny",
+        "dataset=chars",
+        f"data_path={small_text}",
+        "batch_size=16",
+        "num_steps=10",
+        f"max_max_epoch={epochs}",
+    ]
 
 
 # --- the grid ------------------------------------------------------------------------------------
 def test_product_zip_and_ranges():
     runs = grid.expand(["tiny"], {"dataset": "ptb"}, ["seed=1:3"], ["depth=1,2,4", "hidden_size=30,20,10"])
-    assert [r.values for r in runs] == [{"seed": s, "depth": d, "hidden_size": h}
-                                        for s in (1, 2) for d, h in ((1, 30), (2, 20), (4, 10))]
+    assert [r.values for r in runs] == [
+        {"seed": s, "depth": d, "hidden_size": h} for s in (1, 2) for d, h in ((1, 30), (2, 20), (4, 10))
+    ]
     assert runs[0].key == "depth=1,hidden_size=30,seed=1"
     assert runs[4].config["depth"] == 2 and runs[4].config["hidden_size"] == 20 and runs[4].config["num_steps"] == 5
     assert runs[2].nr_parameters == count_params(spec_from_config(runs[2].config))
@@ -55,15 +71,18 @@ def test_equal_params_picks_the_closest_hidden_size():
     assert runs[0].values["hidden_size"] > runs[1].values["hidden_size"] > runs[2].values["hidden_size"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-z", "depth=1,2", "-z", "hidden_size=3"], "zipped keys need as many values each"),
-    (["-s", "depth=1,2", "-s", "depth=3"], "depth is given twice"),
-    (["-s", "deep=1,2"], "swept key 'deep' is not a config key"),
-    (["-s", "depth"], "is not KEY=VALUE"),
-    (["-s", "depth=0,1"], "depth=0 must be a positive integer"),
-    (["--equal-params", "1e6", "-s", "hidden_size=3,4"], "--equal-params chooses hidden_size"),
-    (["--parallel", "0"], "--parallel=0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-z", "depth=1,2", "-z", "hidden_size=3"], "zipped keys need as many values each"),
+        (["-s", "depth=1,2", "-s", "depth=3"], "depth is given twice"),
+        (["-s", "deep=1,2"], "swept key 'deep' is not a config key"),
+        (["-s", "depth"], "is not KEY=VALUE"),
+        (["-s", "depth=0,1"], "depth=0 must be a positive integer"),
+        (["--equal-params", "1e6", "-s", "hidden_size=3,4"], "--equal-params chooses hidden_size"),
+        (["--parallel", "0"], "--parallel=0 must be at least 1"),
+    ],
+)
 def test_bad_grids_fail_in_one_line(args, message, capsys):
     assert main(["run", "--name", "x", "--dry-run", *args, "torch", "with", "tiny"]) == 2
     err = capsys.readouterr().err
@@ -80,8 +99,23 @@ def test_reserved_keys_and_missing_database(tmp_path, capsys):
 
 
 def test_dry_run_lists_runs_and_counts_and_starts_nothing(tmp_path, capsys):
-    code = main(["run", "--name", "d", "--dry-run", "--sweep-dir", str(tmp_path / "sw"), "-s", "depth=1,2,4",
-                 "--equal-params", "2.4e6", "torch", "with", "dataset=ptb"])
+    code = main(
+        [
+            "run",
+            "--name",
+            "d",
+            "--dry-run",
+            "--sweep-dir",
+            str(tmp_path / "sw"),
+            "-s",
+            "depth=1,2,4",
+            "--equal-params",
+            "2.4e6",
+            "torch",
+            "with",
+            "dataset=ptb",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and not (tmp_path / "sw").exists()
     lines = [line.split() for line in out.splitlines()[1:]]
@@ -102,8 +136,9 @@ def test_state_of_pieces():
     assert state.state([{"status": "RUNNING", "heartbeat": fresh.replace(tzinfo=None)}], now=now)[1] == "skip"
     shown, action = state.state([{"status": "RUNNING", "heartbeat": old.isoformat()}], now=now)
     assert action == "resume" and shown == "RUNNING (silent 600 s)"
-    pieces = state.pieces_by_key([{"id": 7, "meta": {"sweep": {"key": "a"}}}, {"id": 3, "meta": {"sweep": {"key": "a"}}},
-                                  {"id": 5, "meta": {}}])
+    pieces = state.pieces_by_key(
+        [{"id": 7, "meta": {"sweep": {"key": "a"}}}, {"id": 3, "meta": {"sweep": {"key": "a"}}}, {"id": 5, "meta": {}}]
+    )
     assert list(pieces) == ["a"] and [p["id"] for p in pieces["a"]] == [3, 7]
 
 
@@ -123,14 +158,28 @@ def sweep_runs(server, db_name, name):
 
 def test_local_sweep_logs_runs_and_relaunch_skips_them(mongo_db, small_text, tmp_path):
     server, db_name = mongo_db
-    args = ["run", "--name", "grid", "-m", server.spec(db_name), "--sweep-dir", str(tmp_path), "--parallel", "2",
-            "-s", "depth=1,2", *tiny_run(small_text)]
+    args = [
+        "run",
+        "--name",
+        "grid",
+        "-m",
+        server.spec(db_name),
+        "--sweep-dir",
+        str(tmp_path),
+        "--parallel",
+        "2",
+        "-s",
+        "depth=1,2",
+        *tiny_run(small_text),
+    ]
     first = sweep_cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "2 runs, 2 to run (1 thread(s) each)" in first.stdout and "2 of 2 runs ended well" in first.stdout
     runs = sorted(sweep_runs(server, db_name, "grid"), key=lambda r: r["config"]["depth"])
     assert [(r["status"], r["meta"]["sweep"]["values"], r["config"]["depth"]) for r in runs] == [
-        ("COMPLETED", {"depth": 1}, 1), ("COMPLETED", {"depth": 2}, 2)]
+        ("COMPLETED", {"depth": 1}, 1),
+        ("COMPLETED", {"depth": 2}, 2),
+    ]
     for r in runs:
         assert r["meta"]["sweep"]["key"] == f"depth={r['config']['depth']}"
         assert r["config"]["save_dir"] == str(tmp_path / "grid" / f"depth={r['config']['depth']}")
@@ -158,12 +207,27 @@ def wait_for(path, text, timeout_s=240):
 def test_interrupted_sweep_resumes_exactly_on_relaunch(mongo_db, small_text, tmp_path):
     """SIGTERM to the sweep: its run checkpoints; the re-launch resumes it and ends as a twin never stopped."""
     server, db_name = mongo_db
-    common = ["-m", server.spec(db_name), "--sweep-dir", str(tmp_path), "--threads", "1", "-s", "seed=3",
-              *tiny_run(small_text, epochs=15)]
-    stopped, twin = (subprocess.Popen([sys.executable, "-W", "ignore", "-m", "rhn_core.sweep", "run", "--name", name,
-                                       *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=dict(os.environ, PYTHONPATH=REPO))
-                     for name in ("cut", "whole"))  # whole: the same run, never stopped
+    common = [
+        "-m",
+        server.spec(db_name),
+        "--sweep-dir",
+        str(tmp_path),
+        "--threads",
+        "1",
+        "-s",
+        "seed=3",
+        *tiny_run(small_text, epochs=15),
+    ]
+    stopped, twin = (
+        subprocess.Popen(
+            [sys.executable, "-W", "ignore", "-m", "rhn_core.sweep", "run", "--name", name, *common],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=REPO),
+        )
+        for name in ("cut", "whole")
+    )  # whole: the same run, never stopped
     try:
         wait_for(tmp_path / "cut" / "logs" / "seed=3.log", "Epoch: 3 Train")
     finally:

@@ -4,6 +4,7 @@ The property is checked where the decision is taken (``SweepJob`` at the start o
 claim, then what the database says) at every moment of a run's life, and end to end with two
 real launches of one sweep 2 s apart, into a file observer folder and into SecantusDB.
 """
+
 import datetime
 import json
 import os
@@ -37,14 +38,23 @@ def test_claim_is_exclusive_names_its_holder_and_dies_with_it(tmp_path):
     assert mine.acquire() and not Claim(str(tmp_path / "run")).acquire()  # a second open file loses too
     info = json.loads((tmp_path / "run" / CLAIM_FILE).read_text())
     assert info["pid"] == os.getpid() and Claim(str(tmp_path / "run")).holder().startswith(
-        f"launcher pid {os.getpid()} on ")
+        f"launcher pid {os.getpid()} on "
+    )
     mine.release()
     assert not Claim(str(tmp_path / "run")).held_elsewhere()
     # a holder killed without a word leaves no stale claim: the OS drops its lock
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rhn_core.sweep.claim import Claim; "
-                               f"assert Claim({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); "
-                               "time.sleep(300)"], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=REPO))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from rhn_core.sweep.claim import Claim; "
+            f"assert Claim({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); "
+            "time.sleep(300)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     try:
         assert holder.stdout.readline() == "held\n"
         assert Claim(str(tmp_path / "run")).held_elsewhere()
@@ -59,8 +69,16 @@ def write_piece(folder, run_id, key, status, heartbeat=None, start=None):
     """A run of sweep ``s`` as the file observer writes it; ``heartbeat`` and ``start`` in seconds ago."""
     d = folder / str(run_id)
     d.mkdir(parents=True)
-    (d / "run.json").write_text(json.dumps({"status": status, "heartbeat": ago(heartbeat), "start_time": ago(start),
-                                            "meta": {"sweep": {"name": "s", "key": key, "values": {}}}}))
+    (d / "run.json").write_text(
+        json.dumps(
+            {
+                "status": status,
+                "heartbeat": ago(heartbeat),
+                "start_time": ago(start),
+                "meta": {"sweep": {"name": "s", "key": key, "values": {}}},
+            }
+        )
+    )
 
 
 # What the database shows of run "k", the moment a second launch reaches it. "claimed": the launch that
@@ -125,8 +143,13 @@ def test_a_fresh_run_is_decided_from_its_heartbeat_or_its_start():
 
 # --- two real launches of one sweep, 2 s apart --------------------------------------------------------
 def launch(*args):
-    return subprocess.Popen([sys.executable, "-W", "ignore", "-m", "rhn_core.sweep", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    return subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-m", "rhn_core.sweep", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
 
 
 @pytest.mark.slow  # over 10 s each: two real launches of a 4-run sweep
@@ -137,9 +160,30 @@ def test_a_sweep_launched_twice_runs_each_run_once(store, request, small_text, t
         where = ["-m", server.spec(db_name)]
     else:
         where = ["-F", str(tmp_path / "obs")]
-    args = ["run", "--name", "s1", *where, "--sweep-dir", str(tmp_path), "--parallel", "2", "--threads", "1",
-            "-s", "depth=1,2", "-s", "seed=1:3", "torch", "with", "tiny", "dataset=chars", f"data_path={small_text}",
-            "batch_size=16", "num_steps=10", "max_max_epoch=3"]
+    args = [
+        "run",
+        "--name",
+        "s1",
+        *where,
+        "--sweep-dir",
+        str(tmp_path),
+        "--parallel",
+        "2",
+        "--threads",
+        "1",
+        "-s",
+        "depth=1,2",
+        "-s",
+        "seed=1:3",
+        "torch",
+        "with",
+        "tiny",
+        "dataset=chars",
+        f"data_path={small_text}",
+        "batch_size=16",
+        "num_steps=10",
+        "max_max_epoch=3",
+    ]
     first = launch(*args)
     time.sleep(2)
     second = launch(*args)
@@ -156,28 +200,93 @@ def test_a_sweep_launched_twice_runs_each_run_once(store, request, small_text, t
     for key in keys:  # trained once: one run's output in its log
         log = (tmp_path / "s1" / "logs" / f"{key}.log").read_text()
         assert log.count("Full Test Perplexity") == 1 and log.count("Epoch: 3 Train") == 1, log
-    status = subprocess.run([sys.executable, "-W", "ignore", "-m", "rhn_core.sweep", "status", "--name", "s1",
-                             *where, "--sweep-dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=REPO))
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-m",
+            "rhn_core.sweep",
+            "status",
+            "--name",
+            "s1",
+            *where,
+            "--sweep-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     rows = [line.split() for line in status.stdout.splitlines() if line.startswith("depth=")]
     assert [(r[0], r[2], r[3]) for r in rows] == [(k, "COMPLETED", "1") for k in keys], status.stdout
-    report = subprocess.run([sys.executable, "-W", "ignore", "-m", "rhn_core.tracking.report", "--no-plot",
-                             "--sweep", "s1", *(["--mongo", where[1]] if store == "mongo" else ["--dir", where[1]])],
-                            capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-m",
+            "rhn_core.tracking.report",
+            "--no-plot",
+            "--sweep",
+            "s1",
+            *(["--mongo", where[1]] if store == "mongo" else ["--dir", where[1]]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     assert report.returncode == 0 and "sweep s1: 4 runs (4 pieces)" in report.stdout, report.stdout + report.stderr
 
 
 # --- smaller things of the command -----------------------------------------------------------------------
 def test_run_options_may_follow_the_entry_point():
-    args = cli.parse_args(["run", "--name", "s", "-F", "obs", "-s", "depth=1,2", "torch", "with", "demo",
-                           "max_max_epoch=3", "--dry-run", "--parallel", "2", "-s", "seed=1:3", "--wait"])
+    args = cli.parse_args(
+        [
+            "run",
+            "--name",
+            "s",
+            "-F",
+            "obs",
+            "-s",
+            "depth=1,2",
+            "torch",
+            "with",
+            "demo",
+            "max_max_epoch=3",
+            "--dry-run",
+            "--parallel",
+            "2",
+            "-s",
+            "seed=1:3",
+            "--wait",
+        ]
+    )
     assert (args.dry_run, args.wait, args.parallel, args.sweep) == (True, True, 2, ["depth=1,2", "seed=1:3"])
     assert (args.entry, args.fixed, args.name) == ("torch", ["with", "demo", "max_max_epoch=3"], "s")
 
 
 def test_dry_run_and_wait_last_on_the_command_line(tmp_path, capsys):
-    assert cli.main(["run", "--name", "d", "--sweep-dir", str(tmp_path), "-s", "depth=1,2", "torch", "with",
-                     "tiny", "--dry-run"]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                "--name",
+                "d",
+                "--sweep-dir",
+                str(tmp_path),
+                "-s",
+                "depth=1,2",
+                "torch",
+                "with",
+                "tiny",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("sweep d: 2 runs of torch with tiny\n") and not (tmp_path / "d").exists()
     assert cli.main(["run", "--name", "d", "torch", "with", "tiny", "--bogus"]) == 2
@@ -186,6 +295,7 @@ def test_dry_run_and_wait_last_on_the_command_line(tmp_path, capsys):
 
 class Starter:
     """A job that only announces its start, all of them at once (a barrier), as two runs starting together."""
+
     log_path = "-"
 
     def __init__(self, key, barrier):
@@ -229,8 +339,11 @@ def test_runs_starting_together_print_one_line_each(monkeypatch):
 
 
 def test_status_shows_the_best_valid_figure_of_a_stopped_run():
-    piece = {"status": "INTERRUPTED", "config": {"dataset": "ptb"},
-             "info": {"epoch_nr": 2, "logs": {"valid_perplexity": [float("inf"), 300.5, 250.25]}}}
+    piece = {
+        "status": "INTERRUPTED",
+        "config": {"dataset": "ptb"},
+        "info": {"epoch_nr": 2, "logs": {"valid_perplexity": [float("inf"), 300.5, 250.25]}},
+    }
     [row] = cli.rows({}, {"k": [piece]}, state.STALE_S)
     assert (row["state"], row["epoch"], row["best"]) == ("INTERRUPTED", 2, "250.25 ppl")
     char = dict(piece, config={"dataset": "chars"})

@@ -2,6 +2,7 @@
 a job array, a re-launch that skips what finished, a cancelled job, and a requeue after the pre-timeout
 signal (submitit's ``job._interrupt()``) that continues the run where it stopped, a requeue within seconds of
 the save after ``scancel --signal=USR2``, and a job that finds its run claimed by another launcher."""
+
 import os
 import re
 import subprocess
@@ -31,9 +32,23 @@ def by_key(server, db_name, name):
 
 def test_job_array_then_relaunch_skips_finished(slurm, mongo_db, small_text, tmp_path):
     server, db_name = mongo_db
-    args = ["run", "--name", "array", "--executor", "slurm", "--wait", "-m", server.spec(db_name),
-            "--sweep-dir", str(tmp_path), "--slurm-time", "10", "-s", "depth=1,2",
-            *tiny_run(small_text)]
+    args = [
+        "run",
+        "--name",
+        "array",
+        "--executor",
+        "slurm",
+        "--wait",
+        "-m",
+        server.spec(db_name),
+        "--sweep-dir",
+        str(tmp_path),
+        "--slurm-time",
+        "10",
+        "-s",
+        "depth=1,2",
+        *tiny_run(small_text),
+    ]
     first = sweep_cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr + slurm.logs()
     ids = job_ids(first.stdout)
@@ -49,9 +64,26 @@ def test_job_array_then_relaunch_skips_finished(slurm, mongo_db, small_text, tmp
 
 def test_cancel_requeue_and_resume(slurm, mongo_db, small_text, tmp_path):
     server, db_name = mongo_db
+
     def args(*extra):
-        return ["run", "--name", "pre", "--executor", "slurm", "-m", server.spec(db_name), "--sweep-dir",
-                str(tmp_path), "--slurm-time", "10", *extra, "-s", "seed=1,2", *tiny_run(small_text, epochs=15)]
+        return [
+            "run",
+            "--name",
+            "pre",
+            "--executor",
+            "slurm",
+            "-m",
+            server.spec(db_name),
+            "--sweep-dir",
+            str(tmp_path),
+            "--slurm-time",
+            "10",
+            *extra,
+            "-s",
+            "seed=1,2",
+            *tiny_run(small_text, epochs=15),
+        ]
+
     launched = sweep_cli(*args())
     assert launched.returncode == 0, launched.stdout + launched.stderr
     ids = job_ids(launched.stdout)
@@ -75,8 +107,10 @@ def test_cancel_requeue_and_resume(slurm, mongo_db, small_text, tmp_path):
     log = (tmp_path / "pre" / "logs" / "seed=1.log").read_text()
     resumed = re.search(r"Resuming from \S+: epoch (\d+), step (\d+)", log)
     assert resumed and int(resumed[1]) >= 2  # continued where it stopped, not from the start
-    assert first["info"]["logs"]["valid_perplexity"] == \
-        second["info"]["logs"]["valid_perplexity"][:len(first["info"]["logs"]["valid_perplexity"])]
+    assert (
+        first["info"]["logs"]["valid_perplexity"]
+        == second["info"]["logs"]["valid_perplexity"][: len(first["info"]["logs"]["valid_perplexity"])]
+    )
     assert [p["status"] for p in pieces["seed=2"]] == ["INTERRUPTED"]  # scancel's SIGTERM: it checkpointed
     # The re-launch resumes the cancelled run and leaves the finished one alone.
     again = sweep_cli(*args("--wait"))
@@ -90,8 +124,22 @@ def test_pre_timeout_signal_requeues_as_soon_as_the_run_has_saved(slurm, mongo_d
     """``scancel --signal=USR2`` (Slurm's pre-timeout signal): the run saves, and the job is requeued within
     seconds of the save, not at the end of the wait for the run (the job is killed at the time limit)."""
     server, db_name = mongo_db
-    launched = sweep_cli("run", "--name", "usr2", "--executor", "slurm", "-m", server.spec(db_name), "--sweep-dir",
-                         str(tmp_path), "--slurm-time", "10", "-s", "seed=1", *tiny_run(small_text, epochs=200))
+    launched = sweep_cli(
+        "run",
+        "--name",
+        "usr2",
+        "--executor",
+        "slurm",
+        "-m",
+        server.spec(db_name),
+        "--sweep-dir",
+        str(tmp_path),
+        "--slurm-time",
+        "10",
+        "-s",
+        "seed=1",
+        *tiny_run(small_text, epochs=200),
+    )
     assert launched.returncode == 0, launched.stdout + launched.stderr
     [job_id] = job_ids(launched.stdout).values()
     log = tmp_path / "usr2" / "logs" / "seed=1.log"
@@ -100,8 +148,9 @@ def test_pre_timeout_signal_requeues_as_soon_as_the_run_has_saved(slurm, mongo_d
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
         requeued, deadline = None, time.time() + 200
         while requeued is None and time.time() < deadline:
-            shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
-                                   timeout=30).stdout
+            shown = subprocess.run(
+                ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30
+            ).stdout
             if re.search(r"\bRestarts=[1-9]", shown):
                 requeued = time.time()
             else:
@@ -119,9 +168,24 @@ def test_a_job_whose_run_is_claimed_meanwhile_leaves_it(slurm, mongo_db, small_t
     """The Slurm job decides when it starts, under the run's claim: a run another launcher claimed after the
     submission (here the test, while the job waits for --begin) is left to it, with a line saying who has it."""
     server, db_name = mongo_db
-    launched = sweep_cli("run", "--name", "later", "--executor", "slurm", "-m", server.spec(db_name), "--sweep-dir",
-                         str(tmp_path), "--slurm-time", "10", "--slurm-option", "begin=now+8", "-s", "seed=1",
-                         *tiny_run(small_text))
+    launched = sweep_cli(
+        "run",
+        "--name",
+        "later",
+        "--executor",
+        "slurm",
+        "-m",
+        server.spec(db_name),
+        "--sweep-dir",
+        str(tmp_path),
+        "--slurm-time",
+        "10",
+        "--slurm-option",
+        "begin=now+8",
+        "-s",
+        "seed=1",
+        *tiny_run(small_text),
+    )
     assert launched.returncode == 0, launched.stdout + launched.stderr
     [job_id] = job_ids(launched.stdout).values()
     mine = Claim(str(tmp_path / "later" / "seed=1"))

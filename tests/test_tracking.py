@@ -4,6 +4,7 @@ The server is SecantusDB started by the suite (``mongo``/``private_mongo``
 fixtures), or the one ``RHN_TEST_MONGO_URL`` names. Tests that stop and
 restart the server always use a SecantusDB of their own.
 """
+
 import io
 import json
 import os
@@ -27,15 +28,33 @@ from rhn_core.tracking.mongo import redact  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.mongo, pytest.mark.subprocess]
 
 ARTIFACTS = {"best.npz", "last.npz", "learning_curve.png"}
-METRICS = {"train_perplexity", "valid_perplexity", "test_perplexity", "train_bits", "valid_bits", "test_bits",
-           "learning_rate", "epoch_seconds", "chars_per_second", "full_best_valid_perplexity",
-           "full_test_perplexity"}
+METRICS = {
+    "train_perplexity",
+    "valid_perplexity",
+    "test_perplexity",
+    "train_bits",
+    "valid_bits",
+    "test_bits",
+    "learning_rate",
+    "epoch_seconds",
+    "chars_per_second",
+    "full_best_valid_perplexity",
+    "full_test_perplexity",
+}
 
 
 def tiny(small_text, save_dir, epochs=2, *extra):
     """Config updates of a character-level run that takes a fraction of a second per epoch."""
-    return ["tiny", "dataset=chars", f"data_path={small_text}", "batch_size=16", "num_steps=10",
-            f"max_max_epoch={epochs}", f"save_dir={save_dir}", *extra]
+    return [
+        "tiny",
+        "dataset=chars",
+        f"data_path={small_text}",
+        "batch_size=16",
+        "num_steps=10",
+        f"max_max_epoch={epochs}",
+        f"save_dir={save_dir}",
+        *extra,
+    ]
 
 
 def cli(*args, backend="torch"):
@@ -64,8 +83,13 @@ def check_complete_run(db, run_id, epochs, save_dir=None):
     assert run["config"]["max_max_epoch"] == epochs and run["host"]["hostname"]
     info = run["info"]
     assert info["epoch_nr"] == epochs and info["nr_parameters"] > 0
-    for key in ("best_val_epoch", "best_valid_perplexity", "full_best_valid_perplexity", "full_test_perplexity",
-                "full_test_bits"):
+    for key in (
+        "best_val_epoch",
+        "best_valid_perplexity",
+        "full_best_valid_perplexity",
+        "full_test_perplexity",
+        "full_test_bits",
+    ):
         assert isinstance(info[key], (int, float)), key
     metrics = {m["name"]: m for m in db.metrics.find({"run_id": run_id})}
     assert set(metrics) == METRICS
@@ -90,8 +114,18 @@ def check_complete_run(db, run_id, epochs, save_dir=None):
 @pytest.mark.parametrize("backend", backend_params())
 def test_run_is_stored_in_mongodb(mongo_db, small_text, tmp_path, backend):
     server, name = mongo_db
-    named, updates = ["tiny"], dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10,
-                                    max_max_epoch=2, save_dir=str(tmp_path), **native_updates(backend))
+    named, updates = (
+        ["tiny"],
+        dict(
+            dataset="chars",
+            data_path=small_text,
+            batch_size=16,
+            num_steps=10,
+            max_max_epoch=2,
+            save_dir=str(tmp_path),
+            **native_updates(backend),
+        ),
+    )
     run = run_experiment("main", named, backend=backend, options={"--mongo_db": server.spec(name)}, **updates)
     db = database(server, name)
     doc = check_complete_run(db, run._id, 2, save_dir=tmp_path)
@@ -121,9 +155,19 @@ def test_long_run_document_stays_small(mongo_db, small_text, tmp_path):
     db = database(server, name)
     sizes = {}
     for epochs in (2, 42):
-        run = run_experiment("main", ["tiny"], options={"--mongo_db": server.spec(name)}, progress=True,
-                             dataset="chars", data_path=small_text, batch_size=16, num_steps=10, hidden_size=8,
-                             max_max_epoch=epochs, save_dir=str(tmp_path / str(epochs)))
+        run = run_experiment(
+            "main",
+            ["tiny"],
+            options={"--mongo_db": server.spec(name)},
+            progress=True,
+            dataset="chars",
+            data_path=small_text,
+            batch_size=16,
+            num_steps=10,
+            hidden_size=8,
+            max_max_epoch=epochs,
+            save_dir=str(tmp_path / str(epochs)),
+        )
         doc = db.runs.find_one({"_id": run._id})
         assert doc["status"] == "COMPLETED" and "it/s" not in doc["captured_out"]
         assert "\r" not in doc["captured_out"] and "\x1b[" not in doc["captured_out"]
@@ -136,20 +180,30 @@ def test_long_run_document_stays_small(mongo_db, small_text, tmp_path):
 def test_unreachable_server_fails_fast_in_one_line(small_text, tmp_path):
     port = free_port()  # nothing listens there
     start = time.time()
-    result = run_cli("-m", f"mongodb://rhnuser:s3cret@127.0.0.1:{port}/rhn?authSource=admin", "with",
-                     *tiny(small_text, tmp_path))
+    result = run_cli(
+        "-m", f"mongodb://rhnuser:s3cret@127.0.0.1:{port}/rhn?authSource=admin", "with", *tiny(small_text, tmp_path)
+    )
     assert result.returncode != 0 and time.time() - start < 60
     assert "Traceback" not in result.stderr and "s3cret" not in result.stdout + result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("RHNError: cannot reach MongoDB at mongodb://rhnuser:***@127.0.0.1") and "--mongo_fallback" in last
+    assert (
+        last.startswith("RHNError: cannot reach MongoDB at mongodb://rhnuser:***@127.0.0.1")
+        and "--mongo_fallback" in last
+    )
     assert not (tmp_path / "last.npz").exists()  # no training without its record
 
 
 def test_unreachable_with_fallback_keeps_run_on_disk_then_upload(private_mongo, small_text, tmp_path):
     private_mongo.stop()
     name = unique_db()
-    result = run_cli("-m", private_mongo.spec(name), "--mongo_fallback", str(tmp_path / "kept"), "with",
-                     *tiny(small_text, tmp_path / "ckpt"))
+    result = run_cli(
+        "-m",
+        private_mongo.spec(name),
+        "--mongo_fallback",
+        str(tmp_path / "kept"),
+        "with",
+        *tiny(small_text, tmp_path / "ckpt"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "this run is kept in" in result.stderr
     assert "or add --mongo_fallback" not in result.stderr  # it was given: the warning does not ask for it
@@ -176,19 +230,26 @@ def _wait_for(predicate, timeout_s, what):
 def _start_long_run(server, name, small_text, save_dir, epochs, *extra):
     # serverSelectionTimeoutMS in the URL: the retries of a lost server are quicker than the 5 s default
     url = f"{server.url}/{name}?serverSelectionTimeoutMS=1000"
-    proc = subprocess.Popen(cli("-m", url, "-b", "0.5", *extra, "with",
-                                *tiny(small_text, save_dir, epochs, "hidden_size=48", "threads=1")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli("-m", url, "-b", "0.5", *extra, "with", *tiny(small_text, save_dir, epochs, "hidden_size=48", "threads=1")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     db = database(server, name)
-    _wait_for(lambda: db.metrics.find_one({"name": "valid_perplexity", "steps.0": 1}) is not None, 120,
-              "the first epoch in MongoDB")
+    _wait_for(
+        lambda: db.metrics.find_one({"name": "valid_perplexity", "steps.0": 1}) is not None,
+        120,
+        "the first epoch in MongoDB",
+    )
     return proc
 
 
 def test_server_lost_mid_run_and_back(private_mongo, small_text, tmp_path):
     name, epochs = unique_db(), 30
-    proc = _start_long_run(private_mongo, name, small_text, tmp_path / "ckpt", epochs,
-                           "--mongo_fallback", str(tmp_path / "kept"))
+    proc = _start_long_run(
+        private_mongo, name, small_text, tmp_path / "ckpt", epochs, "--mongo_fallback", str(tmp_path / "kept")
+    )
     private_mongo.stop()
     time.sleep(3)
     assert proc.poll() is None, "the run ended before the server came back: make it longer"
@@ -202,8 +263,9 @@ def test_server_lost_mid_run_and_back(private_mongo, small_text, tmp_path):
 
 def test_server_lost_until_the_end_keeps_run_then_upload(private_mongo, small_text, tmp_path):
     name, epochs = unique_db(), 6
-    proc = _start_long_run(private_mongo, name, small_text, tmp_path / "ckpt", epochs,
-                           "--mongo_fallback", str(tmp_path / "kept"))
+    proc = _start_long_run(
+        private_mongo, name, small_text, tmp_path / "ckpt", epochs, "--mongo_fallback", str(tmp_path / "kept")
+    )
     private_mongo.stop()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]  # training was not killed
@@ -232,8 +294,7 @@ def _kept_metrics(folder):
         return {}
 
 
-def test_run_killed_during_an_outage_keeps_every_epoch_on_disk_and_uploads_whole(private_mongo, small_text,
-                                                                                  tmp_path):
+def test_run_killed_during_an_outage_keeps_every_epoch_on_disk_and_uploads_whole(private_mongo, small_text, tmp_path):
     """While MongoDB is away the run is kept on disk as it goes, not only when it ends: a run killed
     (SIGKILL: no end event, no last write) during the outage leaves a kept copy with every epoch it had
     finished, up to ones trained after the server went away, and that copy completes the run in MongoDB."""
@@ -244,8 +305,11 @@ def test_run_killed_during_an_outage_keeps_every_epoch_on_disk_and_uploads_whole
         target = _epochs_trained(ckpt / "last.npz") + 3  # at least two epochs wholly trained during the outage
         _wait_for(lambda: _epochs_trained(ckpt / "last.npz") >= target, 180, f"epoch {target} trained")
         # ...and kept on disk while the run lives (a heartbeat and a failed write behind training)
-        _wait_for(lambda: len(_kept_metrics(kept).get("valid_perplexity", {}).get("steps", [])) >= target, 60,
-                  f"epoch {target} in the kept copy {kept}")
+        _wait_for(
+            lambda: len(_kept_metrics(kept).get("valid_perplexity", {}).get("steps", [])) >= target,
+            60,
+            f"epoch {target} in the kept copy {kept}",
+        )
         assert proc.poll() is None, "the run ended by itself: it must be killed during the outage"
     finally:
         proc.kill()  # SIGKILL
@@ -285,9 +349,15 @@ def test_run_killed_during_an_outage_keeps_every_epoch_on_disk_and_uploads_whole
 
 def test_two_concurrent_runs_land_complete(mongo_db, small_text, tmp_path):
     server, name = mongo_db
-    procs = [subprocess.Popen(cli("-m", server.spec(name), "with", *tiny(small_text, tmp_path / str(i), 3,
-                                                                           f"seed={i}")),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            cli("-m", server.spec(name), "with", *tiny(small_text, tmp_path / str(i), 3, f"seed={i}")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (1, 2)
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
@@ -303,16 +373,17 @@ def test_resume_from_a_run_in_mongodb(mongo_db, small_text, tmp_path):
     server, name = mongo_db
     options = {"--mongo_db": server.spec(name)}
     common = dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10, dtype="float64", seed=3)
-    first = run_experiment("main", ["tiny"], options=options, max_max_epoch=1, save_dir=str(tmp_path / "a"),
-                           **common)
+    first = run_experiment("main", ["tiny"], options=options, max_max_epoch=1, save_dir=str(tmp_path / "a"), **common)
     # elsewhere: a fresh folder, the database named in resume= (or implied by -m with resume=#ID)
     for resume, folder in ((f"{server.spec(name)}#{first._id}", "b"), (f"#{first._id}", "c")):
-        resumed = run_experiment("main", ["tiny"], options=options, max_max_epoch=2,
-                                 save_dir=str(tmp_path / folder), resume=resume, **common)
+        resumed = run_experiment(
+            "main", ["tiny"], options=options, max_max_epoch=2, save_dir=str(tmp_path / folder), resume=resume, **common
+        )
         assert resumed.info["epoch_nr"] == 2 and (tmp_path / folder / "fetched" / "best.npz").is_file()
     straight = run_experiment("main", ["tiny"], max_max_epoch=2, save_dir=str(tmp_path / "d"), **common)
-    assert resumed.info["logs"]["valid_perplexity"] == pytest.approx(straight.info["logs"]["valid_perplexity"],
-                                                                     rel=1e-9)
+    assert resumed.info["logs"]["valid_perplexity"] == pytest.approx(
+        straight.info["logs"]["valid_perplexity"], rel=1e-9
+    )
     db = database(server, name)
     doc = db.runs.find_one({"_id": resumed._id})
     assert doc["status"] == "COMPLETED" and doc["config"]["resume"] == f"#{first._id}"
@@ -322,9 +393,11 @@ def test_resume_from_a_run_in_mongodb(mongo_db, small_text, tmp_path):
 def test_resume_errors_are_one_line(mongo_db, small_text, tmp_path):
     server, name = mongo_db
     base = tiny(small_text, tmp_path)
-    for resume, message in ((f"{server.spec(name)}#7", "no run 7 in database"),
-                            ("#3", "there is no -m"),
-                            ("mongodb://u:pw@127.0.0.1:1/x#3", "must not hold a password")):
+    for resume, message in (
+        (f"{server.spec(name)}#7", "no run 7 in database"),
+        ("#3", "there is no -m"),
+        ("mongodb://u:pw@127.0.0.1:1/x#3", "must not hold a password"),
+    ):
         result = run_cli("with", *base, f"resume={resume}")
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert message in result.stderr.strip().splitlines()[-1], result.stderr[-1000:]
@@ -361,13 +434,16 @@ def test_bad_addresses_are_one_line_errors(small_text, tmp_path):
         assert message in result.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("backend, command, where, args", [
-    ("torch", "main", "resume", ["resume=mongodb://rhnuser:{pw}@127.0.0.1:27017/rhn#1"]),
-    ("tf", "main", "data_path", ["data_path=https://rhnuser:{pw}@example.com/alice.txt"]),
-    ("torch", "main", "save_dir", ["save_dir=mongodb://rhnuser:{pw}@127.0.0.1/x"]),
-    ("torch", "evaluate", "load_model", ["{config_file}"]),  # a config file given as a named config
-    ("torch", "main", "--comment", ["--comment", "see mongodb://rhnuser:{pw}@127.0.0.1/x"]),
-])
+@pytest.mark.parametrize(
+    "backend, command, where, args",
+    [
+        ("torch", "main", "resume", ["resume=mongodb://rhnuser:{pw}@127.0.0.1:27017/rhn#1"]),
+        ("tf", "main", "data_path", ["data_path=https://rhnuser:{pw}@example.com/alice.txt"]),
+        ("torch", "main", "save_dir", ["save_dir=mongodb://rhnuser:{pw}@127.0.0.1/x"]),
+        ("torch", "evaluate", "load_model", ["{config_file}"]),  # a config file given as a named config
+        ("torch", "main", "--comment", ["--comment", "see mongodb://rhnuser:{pw}@127.0.0.1/x"]),
+    ],
+)
 def test_no_password_reaches_an_observer(mongo_db, small_text, tmp_path, backend, command, where, args):
     """Any value holding user:password@ is refused before the run exists: nothing reaches -m or -F."""
     server, name = mongo_db
@@ -377,8 +453,19 @@ def test_no_password_reaches_an_observer(mongo_db, small_text, tmp_path, backend
     args = [a.format(pw=pw, config_file=config_file) for a in args]
     options, updates = (args, []) if args[0].startswith("--") else ([], args)
     command_args = [] if command == "main" else [command]
-    result = run_cli(*command_args, "-m", server.spec(name), "-F", str(tmp_path / "obs"), *options, "with",
-                     *tiny(small_text, tmp_path / "ckpt"), *updates, backend=backend, cwd=tmp_path)
+    result = run_cli(
+        *command_args,
+        "-m",
+        server.spec(name),
+        "-F",
+        str(tmp_path / "obs"),
+        *options,
+        "with",
+        *tiny(small_text, tmp_path / "ckpt"),
+        *updates,
+        backend=backend,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"RHNError: {where}")
     assert "password" in result.stderr.strip().splitlines()[-1]

@@ -8,6 +8,7 @@ from the code. tests/test_docs.py fails when the page is not current.
     python tools/config_docs.py            # rewrite the generated part of docs/configuration.md
     python tools/config_docs.py --check    # exit 1 if it is stale
 """
+
 import argparse
 import inspect
 import io
@@ -53,7 +54,9 @@ def cell(text):
 
 
 def value(v):
-    if isinstance(v, str) and v.startswith(REPO + os.sep):  # a file shipped in the package: where it is in the repository
+    if isinstance(v, str) and v.startswith(
+        REPO + os.sep
+    ):  # a file shipped in the package: where it is in the repository
         v = os.path.relpath(v, REPO)
     return f"`{v!r}`"
 
@@ -65,6 +68,7 @@ def named_changes(scope):
         comments = dict(reversed(re.findall(r"^\s+(\w+)=[^\n#]*#\s*(.*)$", source, re.MULTILINE)))
         return [(k, v, comments.get(k, "")) for k, v in scope.items()]
     from sacred.config.config_scope import ConfigScope
+
     comments, _ = scope_comments(scope)
     values = ConfigScope(scope)()
     return [(k, values[k], comments.get(k, "")) for k in values]
@@ -72,20 +76,40 @@ def named_changes(scope):
 
 def render():
     from sacred.config.config_scope import ConfigScope
+
     defaults = dict(ConfigScope(hyperparams.hyperparameters)())
     comments, added = scope_comments(hyperparams.hyperparameters)
     out = [BEGIN, "", "### Keys of the original", "", "| key | default | meaning |", "| --- | --- | --- |"]
     original = [k for k in defaults if k not in added]
     port = [k for k in defaults if k in added]
     out += [f"| `{k}` | {value(defaults[k])} | {cell(comments.get(k, ''))} |" for k in original]
-    out += ["| `seed` | random | Sacred's seed: NumPy's masks, the initial weights and the sample draws all follow it |"]
-    out += ["", "### Keys added by this port", "",
-            "Their defaults keep the original behaviour.", "", "| key | default | meaning |", "| --- | --- | --- |"]
+    out += [
+        "| `seed` | random | Sacred's seed: NumPy's masks, the initial weights and the sample draws all follow it |"
+    ]
+    out += [
+        "",
+        "### Keys added by this port",
+        "",
+        "Their defaults keep the original behaviour.",
+        "",
+        "| key | default | meaning |",
+        "| --- | --- | --- |",
+    ]
     out += [f"| `{k}` | {value(defaults[k])} | {cell(comments.get(k, ''))} |" for k in port]
-    out += ["", "### Named configs", "",
-            "`with NAME` applies a named config; keys given after it override it. Each changes only these keys:", ""]
+    out += [
+        "",
+        "### Named configs",
+        "",
+        "`with NAME` applies a named config; keys given after it override it. Each changes only these keys:",
+        "",
+    ]
     for name, scope in hyperparams.NAMED_CONFIGS.items():
-        out += [f"**`{name}`**: {cell((scope.__doc__ or '').strip())}", "", "| key | value | why |", "| --- | --- | --- |"]
+        out += [
+            f"**`{name}`**: {cell((scope.__doc__ or '').strip())}",
+            "",
+            "| key | value | why |",
+            "| --- | --- | --- |",
+        ]
         out += [f"| `{k}` | {value(v)} | {cell(c)} |" for k, v, c in named_changes(scope)]
         out += [""]
     out += [END]

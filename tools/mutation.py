@@ -27,6 +27,7 @@ a function is unchanged. The table then gives the kill rate of the sample with i
 standard error, sqrt(p (1 - p) / N). Mutants of the sample that already have a result are not
 tested again (an interrupted run resumes), unless --retry asks for the survivors.
 """
+
 import argparse
 import fnmatch
 import hashlib
@@ -40,42 +41,76 @@ from collections import Counter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
-    "params": ("rhn_core/params.py", ["tests/test_params.py", "tests/test_config_keys.py", "tests/test_backends.py",
-                                      "-k", "not tf"]),
-    "masks": ("rhn_core/masks.py", ["tests/test_masks.py", "tests/test_reference.py", "tests/test_config_keys.py",
-                                    "tests/test_loop.py"]),
-    "reference": ("rhn_core/reference.py", ["tests/test_reference.py", "tests/test_backends.py", "tests/test_loop.py",
-                                            "-k", "not tf"]),
-    "readers": ("rhn_core/data/readers.py", ["tests/test_readers.py", "tests/test_config_keys.py", "tests/test_loop.py",
-                                             "tests/test_prepare.py::test_prepared_cache_is_memory_mapped_and_equals_"
-                                             "the_original_mapping",
-                                             "tests/test_prepare.py::test_raw_zip_in_data_path_is_read_directly",
-                                             "tests/test_prepare.py::test_damaged_sources_are_refused_and_nothing_is_"
-                                             "written",
-                                             "tests/test_bad_inputs.py::test_empty_file",
-                                             "tests/test_bad_inputs.py::test_truncated_compressed_file",
-                                             "tests/test_bad_inputs.py::test_truncated_plain_ptb_is_caught_by_its_"
-                                             "vocabulary",
-                                             "tests/test_bad_inputs.py::test_data_too_short_for_the_batch_shape",
-                                             "tests/test_bad_inputs.py::test_char_data_with_the_wrong_number_of_symbols"]),
-    "torch_rhn": ("rhn_core/backends/torch_rhn.py", ["tests/test_backends.py", "tests/test_loop.py",
-                                                     "tests/test_config_keys.py::test_device_places_the_model",
-                                                     "-k", "not tf"]),
-    "loop": ("rhn_core/loop.py", ["tests/test_loop.py", "tests/test_config_keys.py",
-                                  "tests/test_experiment.py::test_interrupted_and_resumed_run_ends_with_the_same_weights",
-                                  "tests/test_experiment.py::test_evaluate_scores_a_checkpoint_like_the_training_run",
-                                  "tests/test_experiment.py::test_metrics_are_logged_per_epoch",
-                                  "tests/test_experiment.py::test_full_evaluation_equals_the_t1_pass",
-                                  "tests/test_bad_inputs.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint",
-                                  "tests/test_bad_inputs.py::test_resume_inside_an_epoch_needs_the_same_batch_shape",
-                                  "tests/test_bad_inputs.py::test_resume_from_a_best_checkpoint_is_refused"]),
+    "params": (
+        "rhn_core/params.py",
+        ["tests/test_params.py", "tests/test_config_keys.py", "tests/test_backends.py", "-k", "not tf"],
+    ),
+    "masks": (
+        "rhn_core/masks.py",
+        ["tests/test_masks.py", "tests/test_reference.py", "tests/test_config_keys.py", "tests/test_loop.py"],
+    ),
+    "reference": (
+        "rhn_core/reference.py",
+        ["tests/test_reference.py", "tests/test_backends.py", "tests/test_loop.py", "-k", "not tf"],
+    ),
+    "readers": (
+        "rhn_core/data/readers.py",
+        [
+            "tests/test_readers.py",
+            "tests/test_config_keys.py",
+            "tests/test_loop.py",
+            "tests/test_prepare.py::test_prepared_cache_is_memory_mapped_and_equals_the_original_mapping",
+            "tests/test_prepare.py::test_raw_zip_in_data_path_is_read_directly",
+            "tests/test_prepare.py::test_damaged_sources_are_refused_and_nothing_is_written",
+            "tests/test_bad_inputs.py::test_empty_file",
+            "tests/test_bad_inputs.py::test_truncated_compressed_file",
+            "tests/test_bad_inputs.py::test_truncated_plain_ptb_is_caught_by_its_vocabulary",
+            "tests/test_bad_inputs.py::test_data_too_short_for_the_batch_shape",
+            "tests/test_bad_inputs.py::test_char_data_with_the_wrong_number_of_symbols",
+        ],
+    ),
+    "torch_rhn": (
+        "rhn_core/backends/torch_rhn.py",
+        [
+            "tests/test_backends.py",
+            "tests/test_loop.py",
+            "tests/test_config_keys.py::test_device_places_the_model",
+            "-k",
+            "not tf",
+        ],
+    ),
+    "loop": (
+        "rhn_core/loop.py",
+        [
+            "tests/test_loop.py",
+            "tests/test_config_keys.py",
+            "tests/test_experiment.py::test_interrupted_and_resumed_run_ends_with_the_same_weights",
+            "tests/test_experiment.py::test_evaluate_scores_a_checkpoint_like_the_training_run",
+            "tests/test_experiment.py::test_metrics_are_logged_per_epoch",
+            "tests/test_experiment.py::test_full_evaluation_equals_the_t1_pass",
+            "tests/test_bad_inputs.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint",
+            "tests/test_bad_inputs.py::test_resume_inside_an_epoch_needs_the_same_batch_shape",
+            "tests/test_bad_inputs.py::test_resume_from_a_best_checkpoint_is_refused",
+        ],
+    ),
     "tf_rhn": ("rhn_core/backends/tf_rhn.py", ["tests/test_backends.py", "-k", "tf"]),
 }
 # Only these functions of a module are mutated (globs on mutmut's mutant names), where the whole
 # module would take hours: in the loop, the training and evaluation passes and their numbers
 # (not the logging, plots, signal handling or command wrappers).
-FOCUS = {"loop": ["*Trainerǁtrain_epoch__*", "*Trainerǁ_epoch__*", "*Trainerǁ_flush__*", "*Evaluatorǁ_run__*",
-                  "*Evaluatorǁbatched__*", "*Evaluatorǁfull__*", "*x_perplexity__*", "*x_bits__*", "*x_corpus_and_spec__*"]}
+FOCUS = {
+    "loop": [
+        "*Trainerǁtrain_epoch__*",
+        "*Trainerǁ_epoch__*",
+        "*Trainerǁ_flush__*",
+        "*Evaluatorǁ_run__*",
+        "*Evaluatorǁbatched__*",
+        "*Evaluatorǁfull__*",
+        "*x_perplexity__*",
+        "*x_bits__*",
+        "*x_corpus_and_spec__*",
+    ]
+}
 # Lines never mutated: the wording of messages and progress bars (the bad-input tests check the
 # messages; mutating every word of them would double the run for no information on the numbers).
 # Modules whose mutants start from mutmut's fork server (a process that has only collected the
@@ -132,8 +167,9 @@ def work_dir(root, module):
 def prepare(source_repo, folder, module):
     """Copy the working tree (tracked and untracked, not ignored files) and write the mutmut config."""
     source, selection = MODULES[module]
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=source_repo, check=True,
-                           capture_output=True, text=True).stdout.split("\n")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=source_repo, check=True, capture_output=True, text=True
+    ).stdout.split("\n")
     os.makedirs(folder, exist_ok=True)
     for name in filter(None, files):
         src, dst = os.path.join(source_repo, name), os.path.join(folder, name)
@@ -142,17 +178,30 @@ def prepare(source_repo, folder, module):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         shutil.copy2(src, dst)
     # tests that do not exist in this tree (an older revision) are left out of the selection
-    selection = [a for a in selection
-                 if not a.startswith("tests/") or os.path.isfile(os.path.join(folder, a.split("::")[0]))]
+    selection = [
+        a for a in selection if not a.startswith("tests/") or os.path.isfile(os.path.join(folder, a.split("::")[0]))
+    ]
     with open(os.path.join(folder, "mutation_plugin.py"), "w") as f:
         f.write(PLUGIN)
     lines = ["[mutmut]", "source_paths = rhn_core", f"only_mutate = {source}", "do_not_mutate_patterns ="]
     if module in FORK_SERVER:
         lines.insert(1, "process_isolation = forkserver")
     lines += [f"    {p}" for p in NOT_MUTATED]
-    lines += ["also_copy =", "    mutation_plugin.py", "    data", "    rhn_train_torch.py", "    rhn_train_tf.py",
-              "pytest_add_cli_args =", "    -p", "    mutation_plugin", "    -p", "    no:cacheprovider",
-              "    -W", "    ignore", "pytest_add_cli_args_test_selection ="]
+    lines += [
+        "also_copy =",
+        "    mutation_plugin.py",
+        "    data",
+        "    rhn_train_torch.py",
+        "    rhn_train_tf.py",
+        "pytest_add_cli_args =",
+        "    -p",
+        "    mutation_plugin",
+        "    -p",
+        "    no:cacheprovider",
+        "    -W",
+        "    ignore",
+        "pytest_add_cli_args_test_selection =",
+    ]
     lines += [f"    {a}" for a in selection]
     with open(os.path.join(folder, "setup.cfg"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -165,9 +214,11 @@ def run(folder, max_children, shared_data, mutants=()):
     return subprocess.run(mutmut, cwd=folder, env=env).returncode
 
 
-GENERATE = ("import os, mutmut.__main__ as m; m.set_mutant_under_test('mutant_generation'); "
-            "os.makedirs('mutants', exist_ok=True); m.copy_src_dir(); m.copy_also_copy_files(); "
-            "m.setup_source_paths(); m.create_mutants(1)")
+GENERATE = (
+    "import os, mutmut.__main__ as m; m.set_mutant_under_test('mutant_generation'); "
+    "os.makedirs('mutants', exist_ok=True); m.copy_src_dir(); m.copy_also_copy_files(); "
+    "m.setup_source_paths(); m.create_mutants(1)"
+)
 
 
 def generate(folder):
@@ -186,14 +237,18 @@ def sample(names, size, seed):
 def results(folder, module):
     """{mutant name: status} from mutmut's meta file of the module."""
     from mutmut.stats import status_by_exit_code
+
     meta = os.path.join(folder, "mutants", MODULES[module][0] + ".meta")
     if not os.path.isfile(meta):
         return {}
     with open(meta) as f:
         codes = json.load(f)["exit_code_by_key"]
     focus = FOCUS.get(module)
-    return {name: status_by_exit_code[code] for name, code in codes.items()
-            if not focus or any(fnmatch.fnmatch(name, f) for f in focus)}
+    return {
+        name: status_by_exit_code[code]
+        for name, code in codes.items()
+        if not focus or any(fnmatch.fnmatch(name, f) for f in focus)
+    }
 
 
 def selected(folder, module, size, seed):
@@ -207,8 +262,10 @@ def selected(folder, module, size, seed):
 
 def report(root, modules, show_survivors, size=None, seed=0):
     """The table: all mutants, or the sample (then "of" is how many mutants the module has)."""
-    print(f"{'module':<12}{'mutants':>9}{'of' if size else '':>7}{'killed':>8}{'timeout':>9}{'survived':>10}"
-          f"{'no tests':>10}{'other':>7}{'kill rate':>11}{'± s.e.' if size else '':>9}")
+    print(
+        f"{'module':<12}{'mutants':>9}{'of' if size else '':>7}{'killed':>8}{'timeout':>9}{'survived':>10}"
+        f"{'no tests':>10}{'other':>7}{'kill rate':>11}{'± s.e.' if size else '':>9}"
+    )
     rows = [("all", Counter())]
     for module in modules:
         statuses = selected(work_dir(root, module), module, size, seed)
@@ -223,15 +280,18 @@ def report(root, modules, show_survivors, size=None, seed=0):
         p = killed / n if n else None
         rate = f"{100 * p:.1f} %" if n else "-"
         se = f"{100 * math.sqrt(p * (1 - p) / n):.1f} %" if size and n else ""
-        print(f"{module:<12}{n:>9}{c['of'] if size else '':>7}{c['killed']:>8}{c['timeout']:>9}{c['survived']:>10}"
-              f"{c['no tests']:>10}{other:>7}{rate:>11}{se:>9}")
+        print(
+            f"{module:<12}{n:>9}{c['of'] if size else '':>7}{c['killed']:>8}{c['timeout']:>9}{c['survived']:>10}"
+            f"{c['no tests']:>10}{other:>7}{rate:>11}{se:>9}"
+        )
     if show_survivors:
         for module in modules:
             statuses = selected(work_dir(root, module), module, size, seed)
             alive = [m for m, s in statuses.items() if s not in KILLED]
             if alive:
-                print(f"\n{module}: not killed (see one with: cd {work_dir(root, module)} && "
-                      f"python -m mutmut show NAME)")
+                print(
+                    f"\n{module}: not killed (see one with: cd {work_dir(root, module)} && python -m mutmut show NAME)"
+                )
                 for name in sorted(alive):
                     print(f"  {name}")
 
@@ -241,21 +301,38 @@ def main(argv=None):
     parser.add_argument("modules", nargs="*", help=f"some of: {', '.join(MODULES)} (default: all)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
     parser.add_argument("--work", default=os.path.join(REPO, ".mutation"), help="work folders (default .mutation/)")
-    parser.add_argument("--repo", default=REPO, help="the tree to mutate (default: this one; e.g. an older "
-                                                       "revision checked out with git worktree, for a baseline)")
-    parser.add_argument("--shared-data", default=os.environ.get("RHN_SHARED_DATA",
-                                                                 os.path.join(REPO, "data")),
-                        help="folder of ptb.*.txt.xz for the real-PTB tests (default: RHN_SHARED_DATA, else data/)")
+    parser.add_argument(
+        "--repo",
+        default=REPO,
+        help="the tree to mutate (default: this one; e.g. an older "
+        "revision checked out with git worktree, for a baseline)",
+    )
+    parser.add_argument(
+        "--shared-data",
+        default=os.environ.get("RHN_SHARED_DATA", os.path.join(REPO, "data")),
+        help="folder of ptb.*.txt.xz for the real-PTB tests (default: RHN_SHARED_DATA, else data/)",
+    )
     parser.add_argument("--report", action="store_true", help="only print the table of the last runs")
-    parser.add_argument("--retry", action="store_true", help="test again the mutants the last run did not kill "
-                                                            "(mutmut keeps a result until the mutated code changes)")
+    parser.add_argument(
+        "--retry",
+        action="store_true",
+        help="test again the mutants the last run did not kill (mutmut keeps a result until the mutated code changes)",
+    )
     parser.add_argument("--survivors", action="store_true", help="list the mutants not killed")
     parser.add_argument("--list", action="store_true", help="list the modules and their test selection")
-    parser.add_argument("--sample", type=int, metavar="N", help="test only N random mutants per module "
-                                                               "(the same names in every tree, see --seed)")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="test only N random mutants per module (the same names in every tree, see --seed)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the seed of --sample (default 0)")
-    parser.add_argument("--only", nargs="+", metavar="GLOB", help="(re)test only the mutants whose names match "
-                                                                  "(mutmut's names, * and [] as in fnmatch)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="GLOB",
+        help="(re)test only the mutants whose names match (mutmut's names, * and [] as in fnmatch)",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:

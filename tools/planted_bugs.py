@@ -10,6 +10,7 @@ tree is copied (tracked and untracked, not ignored files) into a temporary folde
 made there, and the listed tests run against that copy; a bug is caught when at least one
 test fails. Not part of CI (it is a check of the tests, like tools/mutation.py).
 """
+
 import argparse
 import os
 import shutil
@@ -19,26 +20,41 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUGS = {  # number: (what, file, the exact text, its planted replacement, pytest arguments)
-    1: ("the training loop starts every minibatch from a zero state (no TBPTT carry)", "rhn_core/loop.py",
+    1: (
+        "the training loop starts every minibatch from a zero state (no TBPTT carry)",
+        "rhn_core/loop.py",
         "shard_masks(masks, mine), state, lr)",
         "shard_masks(masks, mine), self.backend.zero_state(mine.stop - mine.start), lr)",
-        ["tests/test_loop.py"]),
-    2: ("the mask sampler ignores tied_noise", "rhn_core/masks.py",
-        '("drop_x", "drop_i", "drop_h", "drop_o", "tied_noise")', '("drop_x", "drop_i", "drop_h", "drop_o")',
-        ["tests/test_masks.py", "tests/test_config_keys.py", "-k", "sampler or tied_noise"]),
-    3: ("init_other_bias from the config never reaches the parameters", "rhn_core/params.py",
-        ',\n                     init_other_bias=cfg.get("init_other_bias", "uniform"))', ")",
-        ["tests/test_config_keys.py", "tests/test_params.py", "-k", "bias"]),
-    4: ("TF's target_log_probs ignores the dropout masks", "rhn_core/backends/tf_rhn.py",
+        ["tests/test_loop.py"],
+    ),
+    2: (
+        "the mask sampler ignores tied_noise",
+        "rhn_core/masks.py",
+        '("drop_x", "drop_i", "drop_h", "drop_o", "tied_noise")',
+        '("drop_x", "drop_i", "drop_h", "drop_o")',
+        ["tests/test_masks.py", "tests/test_config_keys.py", "-k", "sampler or tied_noise"],
+    ),
+    3: (
+        "init_other_bias from the config never reaches the parameters",
+        "rhn_core/params.py",
+        'init_other_bias=cfg.get("init_other_bias", "uniform"),\n',
+        "",
+        ["tests/test_config_keys.py", "tests/test_params.py", "-k", "bias"],
+    ),
+    4: (
+        "TF's target_log_probs ignores the dropout masks",
+        "rhn_core/backends/tf_rhn.py",
         "logits, state = self.model(x, state, masks)\n        return -tf.nn",
         "logits, state = self.model(x, state)\n        return -tf.nn",
-        ["tests/test_backends.py", "-k", "target_log_probs"]),
+        ["tests/test_backends.py", "-k", "target_log_probs"],
+    ),
 }
 
 
 def copy_tree(dst):
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\n")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.split("\n")
     for name in filter(None, files):
         src = os.path.join(REPO, name)
         if os.path.isfile(src):
@@ -51,8 +67,10 @@ def plant(tree, number):
     with open(os.path.join(tree, path)) as f:
         source = f.read()
     if source.count(old) != 1:
-        sys.exit(f"bug {number}: the line to plant is no longer once in {path} ({old.splitlines()[0]!r}): "
-                 f"update BUGS in tools/planted_bugs.py")
+        sys.exit(
+            f"bug {number}: the line to plant is no longer once in {path} ({old.splitlines()[0]!r}): "
+            f"update BUGS in tools/planted_bugs.py"
+        )
     with open(os.path.join(tree, path), "w") as f:
         f.write(source.replace(old, new))
 
@@ -76,8 +94,13 @@ def main(argv=None):
             plant(tree, number)
             env = dict(os.environ, PYTHONPATH=tree)
             env.setdefault("RHN_SHARED_DATA", os.path.join(REPO, "data"))
-            result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-                                    cwd=tree, env=env, capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                cwd=tree,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
         lines = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
         print("\n".join(["  " + line for line in lines] + ["  " + result.stdout.strip().splitlines()[-1]]))
         caught[number] = result.returncode == 1 and bool(lines)

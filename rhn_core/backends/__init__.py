@@ -7,6 +7,7 @@ below. Everything else reads this registry: the entry points and Sacred's record
 detection of data-parallel jobs (``rhn_core.distributed.world``) and the tests. This module imports
 nothing of the package, so any part of it may read the registry.
 """
+
 import importlib
 import importlib.util
 import os
@@ -26,10 +27,17 @@ class Registered:
 
 
 BACKENDS = {
-    "torch": Registered("rhn_core.backends.torch_rhn", ("rhn_train_torch",), "torch", ("torch",),
-                        launcher="torch.distributed"),
-    "tf": Registered("rhn_core.backends.tf_rhn", ("rhn_train_tf",), "tensorflow",
-                     ("tensorflow", "tensorflow-cpu", "keras"), launcher="tf.distribute", replicas=True),
+    "torch": Registered(
+        "rhn_core.backends.torch_rhn", ("rhn_train_torch",), "torch", ("torch",), launcher="torch.distributed"
+    ),
+    "tf": Registered(
+        "rhn_core.backends.tf_rhn",
+        ("rhn_train_tf",),
+        "tensorflow",
+        ("tensorflow", "tensorflow-cpu", "keras"),
+        launcher="tf.distribute",
+        replicas=True,
+    ),
     "numpy": Registered("rhn_core.backends.numpy_rhn", ("rhn_core", "numpy"), "numpy", ("numpy",)),
 }
 

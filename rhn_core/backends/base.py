@@ -13,6 +13,7 @@ travels as ``options``, one mapping the backend checks itself against its ``OPTI
 (``check_options``): an option it does not know, or a value it does not support, is one
 line saying what to use instead, and the shared loop knows none of them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,8 +90,7 @@ class Backend(Protocol):
     def state_from_numpy(self, arrays: Sequence[np.ndarray]) -> State:
         """The state of L NumPy arrays B x H."""
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, masks: Masks, state: State,
-                   lr: float) -> Tuple[Scalar, State]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, masks: Masks, state: State, lr: float) -> Tuple[Scalar, State]:
         """One SGD step on J = C + weight decay, clipped to max_grad_norm (global norm): (J, final state)."""
 
     def eval_step(self, x: np.ndarray, y: np.ndarray, state: State) -> Tuple[Scalar, State]:
@@ -99,12 +99,12 @@ class Backend(Protocol):
     def gradients(self, x: np.ndarray, y: np.ndarray, masks: Masks, state: State) -> Tuple[float, dict]:
         """J and dJ/dtheta as a canonical dict, without updating (for tests)."""
 
-    def log_probs(self, x: np.ndarray, state: State,
-                  masks: Optional[Masks] = None) -> Tuple[np.ndarray, list]:
+    def log_probs(self, x: np.ndarray, state: State, masks: Optional[Masks] = None) -> Tuple[np.ndarray, list]:
         """Log-probabilities B x T x V (NumPy) and the final state as NumPy arrays (sampling)."""
 
-    def target_log_probs(self, x: np.ndarray, y: np.ndarray, state: State,
-                         masks: Optional[Masks] = None) -> Tuple[np.ndarray, State]:
+    def target_log_probs(
+        self, x: np.ndarray, y: np.ndarray, state: State, masks: Optional[Masks] = None
+    ) -> Tuple[np.ndarray, State]:
         """log p(y) at every position, B x T float64 NumPy, with ``masks`` applied (MC evaluation)."""
 
     def to_numpy(self, values: Sequence[Scalar]) -> np.ndarray:
@@ -114,10 +114,20 @@ class Backend(Protocol):
 class BackendFactory(Protocol):
     """The constructor of a backend module's ``Backend`` class."""
 
-    def __call__(self, spec: ModelSpec, params: Mapping[str, np.ndarray], weight_decay: float = 0.0,
-                 max_grad_norm: float = 10.0, device: str = "auto", dtype: str = "float32", *,
-                 threads: int = 0, world: Optional[World] = None, timeout: float = 600,
-                 options: Optional[Mapping[str, Any]] = None) -> Backend:
+    def __call__(
+        self,
+        spec: ModelSpec,
+        params: Mapping[str, np.ndarray],
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 10.0,
+        device: str = "auto",
+        dtype: str = "float32",
+        *,
+        threads: int = 0,
+        world: Optional[World] = None,
+        timeout: float = 600,
+        options: Optional[Mapping[str, Any]] = None,
+    ) -> Backend:
         """A backend holding ``params``; with ``world`` of several processes it joins their group (a
         collective, waiting at most ``timeout`` seconds). ``device``: auto, cpu, cuda or cuda:N;
         ``threads``: CPU threads (0: what the process may use); ``options``: see ``check_options``."""

@@ -6,6 +6,7 @@ bfloat16 dot-product instructions (AVX512_BF16, or the AMX tiles with AMX-BF16);
 oneDNN emulates them and the step gets slower, so the run is refused instead.
 Framework-free: both backends (and the tests, which replace ``cpu_flags``) use it.
 """
+
 from ..errors import RHNError
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names of the instructions
@@ -31,5 +32,7 @@ def has_bf16_products():
 def require_bf16_products(backend):
     """RHNError (one line: what to do) unless bf16 products are fast on this CPU."""
     if not has_bf16_products():
-        raise RHNError(f"precision=bf16 with {backend} on CPU needs bfloat16 instructions (AVX512_BF16 or AMX-BF16), "
-                       "which this CPU lacks: bf16 would be slower than float32 here; use precision=float32")
+        raise RHNError(
+            f"precision=bf16 with {backend} on CPU needs bfloat16 instructions (AVX512_BF16 or AMX-BF16), "
+            "which this CPU lacks: bf16 would be slower than float32 here; use precision=float32"
+        )

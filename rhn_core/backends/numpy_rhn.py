@@ -8,6 +8,7 @@ example of a backend (one file and one line of ``rhn_core.backends.BACKENDS``).
 
 Its state is the reference's: a list of L NumPy arrays B x H; its scalars are floats.
 """
+
 import numpy as np
 
 from .. import reference
@@ -27,14 +28,29 @@ class Backend:
     """The contract the core loop drives (``rhn_core.backends.base``), computed by ``rhn_core.reference``."""
 
     name = "numpy"
-    OPTIONS = {"rhn_impl": Option("auto", ("auto", "reference")),  # the reference is its only implementation
-               "cuda_graphs": Option(True),  # nothing to capture: no CUDA
-               "precision": Option("float32", ("float32",), "NumPy computes every product in float64: "
-                                                            "use precision=float32 (the default)"),
-               "replicas": Option(1, (1,), "the numpy backend runs one process on the CPU: use replicas=1")}
+    OPTIONS = {
+        "rhn_impl": Option("auto", ("auto", "reference")),  # the reference is its only implementation
+        "cuda_graphs": Option(True),  # nothing to capture: no CUDA
+        "precision": Option(
+            "float32", ("float32",), "NumPy computes every product in float64: use precision=float32 (the default)"
+        ),
+        "replicas": Option(1, (1,), "the numpy backend runs one process on the CPU: use replicas=1"),
+    }
 
-    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32", *,
-                 threads=0, world=None, timeout=600, options=None):
+    def __init__(
+        self,
+        spec,
+        params,
+        weight_decay=0.0,
+        max_grad_norm=10.0,
+        device="auto",
+        dtype="float32",
+        *,
+        threads=0,
+        world=None,
+        timeout=600,
+        options=None,
+    ):
         check_options(self.name, self.OPTIONS, options)
         if dtype != "float64":
             raise RHNError(f"dtype={dtype}: the numpy backend computes in float64 only: use dtype=float64")
@@ -75,7 +91,8 @@ class Backend:
     def train_step(self, x, y, masks, state, lr):
         """One SGD step on J, clipped to max_grad_norm (global norm)."""
         objective, final, grads = reference.objective_and_gradients(
-            self.params, self.spec, x, y, state, masks or NO_MASKS, self.weight_decay)
+            self.params, self.spec, x, y, state, masks or NO_MASKS, self.weight_decay
+        )
         self.params = reference.clipped_sgd_step(self.params, grads, lr, self.max_grad_norm)
         return objective, final
 
@@ -85,7 +102,8 @@ class Backend:
 
     def gradients(self, x, y, masks, state):
         objective, _, grads = reference.objective_and_gradients(
-            self.params, self.spec, x, y, state, masks or NO_MASKS, self.weight_decay)
+            self.params, self.spec, x, y, state, masks or NO_MASKS, self.weight_decay
+        )
         return float(objective), grads
 
     def log_probs(self, x, state, masks=None):

@@ -7,6 +7,7 @@ replicas, the replicas' gradients are averaged with the strategy's all-reduce, a
 clipping and the update happen once, on the average. The loop's collectives
 (``rhn_core.distributed.comm``) go through the same strategy between processes.
 """
+
 import numpy as np
 
 from ..distributed import LocalComm
@@ -34,8 +35,10 @@ def _devices(replicas, device):
     kind = "GPU" if device.startswith("/GPU") else "CPU"
     found = tf.config.list_logical_devices(kind)
     if len(found) < replicas:
-        raise RHNError(f"replicas={replicas} needs {replicas} {kind} devices, TensorFlow sees {len(found)}: "
-                       f"use replicas={max(len(found), 1)} or a machine with more")
+        raise RHNError(
+            f"replicas={replicas} needs {replicas} {kind} devices, TensorFlow sees {len(found)}: "
+            f"use replicas={max(len(found), 1)} or a machine with more"
+        )
     return [d.name for d in found[:replicas]]
 
 
@@ -46,8 +49,10 @@ def make_strategy(world, replicas, device, timeout):
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except (RuntimeError, ValueError) as e:
-            raise RHNError(f"worker {world.rank} of {world.size} could not join TF_CONFIG's cluster "
-                           f"({str(e).splitlines()[0]}): start every worker with its own TF_CONFIG task")
+            raise RHNError(
+                f"worker {world.rank} of {world.size} could not join TF_CONFIG's cluster "
+                f"({str(e).splitlines()[0]}): start every worker with its own TF_CONFIG task"
+            )
         return strategy, strategy.num_replicas_in_sync // world.size
     if replicas > 1:
         return tf.distribute.MirroredStrategy(_devices(replicas, device)), replicas
@@ -70,15 +75,18 @@ class StrategyComm:
 
     def _per_replica(self, value_of_replica):
         return self.strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(value_of_replica(ctx.replica_id_in_sync_group % self.local)))
+            lambda ctx: tf.constant(value_of_replica(ctx.replica_id_in_sync_group % self.local))
+        )
 
     def _do(self, collective, *args):
         try:
             return collective(*args).numpy()
         except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.InternalError) as e:
-            raise RHNError(f"worker {self.world.rank} of {self.world.size}: another worker stopped answering "
-                           f"({str(e).splitlines()[0][:300]}); it died, was killed or waited over dist_timeout="
-                           f"{self.timeout} s: see its output, then resume from the run's last.npz")
+            raise RHNError(
+                f"worker {self.world.rank} of {self.world.size}: another worker stopped answering "
+                f"({str(e).splitlines()[0][:300]}); it died, was killed or waited over dist_timeout="
+                f"{self.timeout} s: see its output, then resume from the run's last.npz"
+            )
 
     def sum(self, array):
         array = np.asarray(array, dtype=np.float64)

@@ -10,6 +10,7 @@ TensorFlow uses (``TF_ENABLE_ONEDNN_OPTS=0`` would) is to hold descriptor 2 duri
 pass on every line that is not such a notice. ``TF_CPP_MIN_LOG_LEVEL=0`` in the environment shows
 everything, as TensorFlow documents.
 """
+
 import os
 import re
 import sys
@@ -60,6 +61,7 @@ def import_tensorflow():
     level = min_log_level()
     if level <= 0:
         import tensorflow
+
         return tensorflow
     sys.stderr.flush()
     saved = os.dup(2)

@@ -12,6 +12,7 @@ recurrence (``recurrence``; the cell alone uses TensorFlow's autodiff).
 takes bfloat16 inputs (``low``) and gives a float32 result (oneDNN accumulates in float32 and
 rounds its result to bfloat16 once); variables, state, gates, loss and update stay float32.
 """
+
 import os
 
 import numpy as np
@@ -31,8 +32,10 @@ from .cpu_bf16 import require_bf16_products
 from .tf_dist import connect, make_strategy, split_cpu
 
 if keras.backend.backend() != "tensorflow":
-    raise ImportError(f"the TF backend needs Keras on TensorFlow, not {keras.backend.backend()!r}: "
-                      f"unset KERAS_BACKEND or set it to tensorflow")
+    raise ImportError(
+        f"the TF backend needs Keras on TensorFlow, not {keras.backend.backend()!r}: "
+        f"unset KERAS_BACKEND or set it to tensorflow"
+    )
 
 
 def _split(mh, H):
@@ -57,16 +60,20 @@ def masked_product(s, mh, R_k, H, low=None):
 def masked_product_grad(d, mh, R_k, H, low=None):
     """Gradient of ``masked_product`` with respect to s, given d = dJ/d(its output)."""
     if _split(mh, H):
-        return (matmul(d[:, :H], R_k[:, :H], low, transpose_b=True) * mh[:, :H] +
-                matmul(d[:, H:], R_k[:, H:], low, transpose_b=True) * mh[:, H:])
+        return (
+            matmul(d[:, :H], R_k[:, :H], low, transpose_b=True) * mh[:, :H]
+            + matmul(d[:, H:], R_k[:, H:], low, transpose_b=True) * mh[:, H:]
+        )
     g = matmul(d, R_k, low, transpose_b=True)
     return g if mh is None else g * mh
 
 
 def weight_grad(S_k, D_k, mh, H, low=None):
     """dJ/dR_k from the states entering micro-layer k (T x B x H) and their d (T x B x 2H)."""
+
     def product(a, d):
         return matmul(tf.reshape(a, [-1, H]), tf.reshape(d, [-1, d.shape[-1]]), low, transpose_a=True)
+
     if _split(mh, H):
         return tf.concat([product(S_k * mh[:, :H], D_k[..., :H]), product(S_k * mh[:, H:], D_k[..., H:])], 1)
     return product(S_k if mh is None else S_k * mh, D_k)
@@ -112,8 +119,9 @@ def recurrence(px, s0, mh, R, b, low=None):
             return t + 1, s, S, A, outputs.write(t, s)
 
         arrays = [tf.TensorArray(px.dtype, size=n) for n in (N, N, T)]
-        _, s, S, A, outputs = tf.while_loop(lambda t, *_: t < T, step, (0, s0, *arrays),
-                                            maximum_iterations=T)  # XLA (jit_compile) needs the bound
+        _, s, S, A, outputs = tf.while_loop(
+            lambda t, *_: t < T, step, (0, s0, *arrays), maximum_iterations=T
+        )  # XLA (jit_compile) needs the bound
         S, A = S.stack(), A.stack()
 
         def grad(d_out, d_final):
@@ -133,8 +141,9 @@ def recurrence(px, s0, mh, R, b, low=None):
                     ds = masked_product_grad(d, mh, Rs[k], H, low) + ds * carry[i]
                 return t - 1, ds, d_pre
 
-            _, ds, d_pre = tf.while_loop(lambda t, *_: t >= 0, back,
-                                         (T - 1, d_final, tf.TensorArray(px.dtype, size=N)), maximum_iterations=T)
+            _, ds, d_pre = tf.while_loop(
+                lambda t, *_: t >= 0, back, (T - 1, d_final, tf.TensorArray(px.dtype, size=N)), maximum_iterations=T
+            )
             d_pre = tf.reshape(d_pre.stack(), [T, D, -1, 2 * H])
             S_k = tf.reshape(S, [T, D, -1, H])
             dR = tf.stack([weight_grad(S_k[:, k], d_pre[:, k], mh, H, low) for k in range(D)])
@@ -183,8 +192,13 @@ class RHNCell(keras.layers.Layer):
         return s, [s]
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "depth": self.depth,
-                "init_scale": self.init_scale, "init_bias": self.init_bias}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "depth": self.depth,
+            "init_scale": self.init_scale,
+            "init_bias": self.init_bias,
+        }
 
 
 @keras.saving.register_keras_serializable(package="rhn")
@@ -198,13 +212,21 @@ class RHN(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_size, self.depth, self.num_layers = hidden_size, depth, num_layers
         self.init_scale, self.init_bias = init_scale, init_bias
-        self.cells = [RHNCell(hidden_size, depth, init_scale, init_bias, dtype=self.dtype_policy, name=f"cell{l}")
-                      for l in range(num_layers)]
+        self.cells = [
+            RHNCell(hidden_size, depth, init_scale, init_bias, dtype=self.dtype_policy, name=f"cell{l}")
+            for l in range(num_layers)
+        ]
         self.low = None  # the products' input dtype (tf.bfloat16: precision=bf16); None: the variables'
 
     def get_config(self):
-        return {**super().get_config(), "hidden_size": self.hidden_size, "depth": self.depth,
-                "num_layers": self.num_layers, "init_scale": self.init_scale, "init_bias": self.init_bias}
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "depth": self.depth,
+            "num_layers": self.num_layers,
+            "init_scale": self.init_scale,
+            "init_bias": self.init_bias,
+        }
 
     def build(self, input_shape):
         for l, cell in enumerate(self.cells):
@@ -221,8 +243,13 @@ class RHN(keras.layers.Layer):
             # and T have separate masks, i.e. a mask twice the input width).
             n_in, H = inputs.shape[-1], self.hidden_size
             if mi is not None and mi.shape[-1] == 2 * n_in:
-                px = tf.concat([matmul(inputs * mi[:, None, :n_in], cell.W[:, :H], self.low),
-                                matmul(inputs * mi[:, None, n_in:], cell.W[:, H:], self.low)], -1)
+                px = tf.concat(
+                    [
+                        matmul(inputs * mi[:, None, :n_in], cell.W[:, :H], self.low),
+                        matmul(inputs * mi[:, None, n_in:], cell.W[:, H:], self.low),
+                    ],
+                    -1,
+                )
             else:
                 px = matmul(inputs if mi is None else inputs * mi[:, None, :], cell.W, self.low)
             inputs, s = recurrence(px + cell.b[0], state[l], mh, cell.R, cell.b, self.low)
@@ -236,14 +263,20 @@ class RHNLanguageModel(keras.layers.Layer):
     def __init__(self, spec, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec
-        self.rhn = RHN(spec.hidden_size, spec.depth, spec.num_layers, spec.init_scale, spec.init_bias,
-                       dtype=self.dtype_policy, name="rhn")
+        self.rhn = RHN(
+            spec.hidden_size,
+            spec.depth,
+            spec.num_layers,
+            spec.init_scale,
+            spec.init_bias,
+            dtype=self.dtype_policy,
+            name="rhn",
+        )
 
     def build(self, input_shape=None):
         V, H, zeros = self.spec.vocab_size, self.spec.hidden_size, keras.initializers.Zeros()
         self.embedding = self.add_weight(shape=(V, self.spec.in_size), initializer=zeros, name="embedding")
-        self.softmax_w = None if self.spec.tied else self.add_weight(shape=(H, V), initializer=zeros,
-                                                                      name="softmax_w")
+        self.softmax_w = None if self.spec.tied else self.add_weight(shape=(H, V), initializer=zeros, name="softmax_w")
         self.softmax_b = self.add_weight(shape=(V,), initializer=zeros, name="softmax_b")
         self.rhn.build((None, None, self.spec.in_size))
 
@@ -273,7 +306,7 @@ class RHNLanguageModel(keras.layers.Layer):
 def fused_name(path):
     """Variable path -> fused-layout name: '.../rhn/cell1/W' -> 'W1', '.../embedding' -> 'embedding'."""
     parent, leaf = path.split("/")[-2:]
-    return leaf + parent[len("cell"):] if parent.startswith("cell") else leaf
+    return leaf + parent[len("cell") :] if parent.startswith("cell") else leaf
 
 
 def pick_device(device):
@@ -291,8 +324,10 @@ def check_bf16_cpu():
     default on x86 Linux) on a CPU with bfloat16 instructions."""
     require_bf16_products("tf")
     if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() in ("0", "false", "False"):
-        raise RHNError("precision=bf16 with tf runs its products in oneDNN, which TF_ENABLE_ONEDNN_OPTS=0 turns off: "
-                       "unset it or use precision=float32")
+        raise RHNError(
+            "precision=bf16 with tf runs its products in oneDNN, which TF_ENABLE_ONEDNN_OPTS=0 turns off: "
+            "unset it or use precision=float32"
+        )
 
 
 class Backend:
@@ -300,14 +335,32 @@ class Backend:
 
     name = "tf"
     # rhn_impl and cuda_graphs choose torch's fast paths; here XLA compiles the whole step (jit_compile).
-    OPTIONS = {"rhn_impl": Option("auto", ("auto", "reference"), "onednn and triton are the torch backend's: "
-                                                                   "use rhn_impl=auto or reference with tf"),
-               "cuda_graphs": Option(True),
-               "precision": Option("float32", ("float32", "tf32", "bf16")),
-               "replicas": Option(1), "jit_compile": Option(True, (True, False))}
+    OPTIONS = {
+        "rhn_impl": Option(
+            "auto",
+            ("auto", "reference"),
+            "onednn and triton are the torch backend's: use rhn_impl=auto or reference with tf",
+        ),
+        "cuda_graphs": Option(True),
+        "precision": Option("float32", ("float32", "tf32", "bf16")),
+        "replicas": Option(1),
+        "jit_compile": Option(True, (True, False)),
+    }
 
-    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32", *,
-                 threads=0, world=None, timeout=600, options=None):
+    def __init__(
+        self,
+        spec,
+        params,
+        weight_decay=0.0,
+        max_grad_norm=10.0,
+        device="auto",
+        dtype="float32",
+        *,
+        threads=0,
+        world=None,
+        timeout=600,
+        options=None,
+    ):
         options, world = check_options(self.name, self.OPTIONS, options), world or World()
         precision, replicas, jit_compile = options["precision"], options["replicas"], options["jit_compile"]
         split_cpu(replicas, device)  # first: only possible before TensorFlow's runtime starts
@@ -329,8 +382,9 @@ class Backend:
         if self.device.startswith("/GPU") and not tf.config.list_logical_devices("GPU"):
             raise RuntimeError("no GPU visible to TensorFlow")
         if bf16 and self.device.startswith("/GPU"):
-            raise RHNError("precision=bf16 with tf runs on CPU: use precision=float32 or tf32 on a GPU, "
-                           "or the torch backend")
+            raise RHNError(
+                "precision=bf16 with tf runs on CPU: use precision=float32 or tf32 on a GPU, or the torch backend"
+            )
         with self.strategy.scope() if self.strategy else tf.device(self.device):
             self.model = RHNLanguageModel(spec, dtype=dtype)
             self.model.build()
@@ -397,10 +451,10 @@ class Backend:
         ctx = tf.distribute.get_replica_context()
         b = x.shape[0] // self.local_replicas
         first = (ctx.replica_id_in_sync_group % self.local_replicas) * b
-        take = lambda a: None if a is None else a[first:first + b]
+        take = lambda a: None if a is None else a[first : first + b]
         many = lambda seq: None if seq is None else [take(a) for a in seq]
         mine = Masks(take(masks.x), many(masks.i), many(masks.h), take(masks.o))
-        objective, grads, state = self._objective_and_grads(take(x), take(y), mine, state[:, first:first + b])
+        objective, grads, state = self._objective_and_grads(take(x), take(y), mine, state[:, first : first + b])
         objective, *grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [objective, *grads])
         return objective, grads, state
 

@@ -7,6 +7,7 @@ checkpoints, the best weights) are small and host-side, so they run on a gloo gr
 (the default group itself on CPU). Every collective has the job's timeout: a rank that
 dies or hangs ends the others with a one-line error instead of a hang.
 """
+
 import datetime
 
 import numpy as np
@@ -31,13 +32,16 @@ class TorchComm:
         wait = datetime.timedelta(seconds=timeout)
         try:
             if not dist.is_initialized():
-                dist.init_process_group(backend, init_method="env://", rank=world.rank, world_size=world.size,
-                                        timeout=wait)
+                dist.init_process_group(
+                    backend, init_method="env://", rank=world.rank, world_size=world.size, timeout=wait
+                )
             self.control = dist.new_group(backend="gloo", timeout=wait) if backend == "nccl" else None
         except (RuntimeError, ValueError) as e:
-            raise RHNError(f"rank {world.rank} of {world.size} could not join the others within {timeout} s "
-                           f"({_first_line(e)}): start every rank with the same torchrun/srun command "
-                           f"(MASTER_ADDR and MASTER_PORT must reach rank 0)")
+            raise RHNError(
+                f"rank {world.rank} of {world.size} could not join the others within {timeout} s "
+                f"({_first_line(e)}): start every rank with the same torchrun/srun command "
+                f"(MASTER_ADDR and MASTER_PORT must reach rank 0)"
+            )
         self._pending = None
 
     def _do(self, collective, *args, **kwargs):
@@ -45,9 +49,11 @@ class TorchComm:
         try:
             return collective(*args, **kwargs)
         except RuntimeError as e:
-            raise RHNError(f"rank {self.world.rank} of {self.world.size}: another rank stopped answering "
-                           f"({_first_line(e)}); it died, was killed or waited over dist_timeout="
-                           f"{self.timeout} s: see its output, then resume from the run's last.npz")
+            raise RHNError(
+                f"rank {self.world.rank} of {self.world.size}: another rank stopped answering "
+                f"({_first_line(e)}); it died, was killed or waited over dist_timeout="
+                f"{self.timeout} s: see its output, then resume from the run's last.npz"
+            )
 
     # --- the training step's gradient average (default group: NCCL or gloo) ---------
     def average(self, loss, grads):
@@ -89,8 +95,7 @@ class TorchComm:
             decided, self._pending = bool(t.item()), None
         if not decided:
             t = torch.tensor([int(bool(flag))], dtype=torch.int32)
-            self._pending = (self._do(dist.all_reduce, t, op=dist.ReduceOp.MAX, group=self.control,
-                                      async_op=True), t)
+            self._pending = (self._do(dist.all_reduce, t, op=dist.ReduceOp.MAX, group=self.control, async_op=True), t)
         return decided
 
     def close(self):

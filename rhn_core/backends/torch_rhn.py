@@ -7,6 +7,7 @@ at once, outside the time loop), and one recurrent matrix per micro-layer for H
 and T together (``R``: D x H x 2H, ``b``: D x 2H). ``get_params`` / ``set_params``
 translate to and from the canonical names of ``rhn_core.params``.
 """
+
 import ctypes
 import sys
 
@@ -74,8 +75,13 @@ class RHN(nn.Module):
             # (two when H and T have separate masks, i.e. a mask twice the input width).
             W, b0, n_in, project = self.W[l], self.b[l][0], input.shape[-1], self.steps.project
             if mi is not None and mi.shape[-1] == 2 * n_in:
-                px = torch.cat([project(input * mi[:, None, :n_in], W[:, :H], b0[:H]),
-                                project(input * mi[:, None, n_in:], W[:, H:], b0[H:])], dim=-1)
+                px = torch.cat(
+                    [
+                        project(input * mi[:, None, :n_in], W[:, :H], b0[:H]),
+                        project(input * mi[:, None, n_in:], W[:, H:], b0[H:]),
+                    ],
+                    dim=-1,
+                )
             else:
                 px = project(input if mi is None else input * mi[:, None, :], W, b0)
             if torch.is_autocast_enabled(px.device.type):  # bf16 autocast: the recurrence stays float32
@@ -207,12 +213,32 @@ class Backend:
     """The contract the core loop drives (``rhn_core.backends.base``)."""
 
     name = "torch"
-    OPTIONS = {"rhn_impl": Option("auto"), "cuda_graphs": Option(True), "precision": Option("float32"),
-               "replicas": Option(1, (1,), "torch runs one device per process: start one process per device, "
-                                           "torchrun --nproc_per_node=N rhn_train_torch.py ...")}
+    OPTIONS = {
+        "rhn_impl": Option("auto"),
+        "cuda_graphs": Option(True),
+        "precision": Option("float32"),
+        "replicas": Option(
+            1,
+            (1,),
+            "torch runs one device per process: start one process per device, "
+            "torchrun --nproc_per_node=N rhn_train_torch.py ...",
+        ),
+    }
 
-    def __init__(self, spec, params, weight_decay=0.0, max_grad_norm=10.0, device="auto", dtype="float32", *,
-                 threads=0, world=None, timeout=600, options=None):
+    def __init__(
+        self,
+        spec,
+        params,
+        weight_decay=0.0,
+        max_grad_norm=10.0,
+        device="auto",
+        dtype="float32",
+        *,
+        threads=0,
+        world=None,
+        timeout=600,
+        options=None,
+    ):
         options, world = check_options(self.name, self.OPTIONS, options), world or World()
         rhn_impl, cuda_graphs, precision = options["rhn_impl"], options["cuda_graphs"], options["precision"]
         self.spec, self.weight_decay, self.max_grad_norm = spec, weight_decay, max_grad_norm
@@ -262,8 +288,9 @@ class Backend:
 
     # --- state and data -------------------------------------------------------
     def zero_state(self, batch_size):
-        return torch.zeros(self.spec.num_layers, batch_size, self.spec.hidden_size,
-                           dtype=self.dtype, device=self.device)
+        return torch.zeros(
+            self.spec.num_layers, batch_size, self.spec.hidden_size, dtype=self.dtype, device=self.device
+        )
 
     def state_to_numpy(self, state):
         return list(state.detach().cpu().numpy())
@@ -280,8 +307,12 @@ class Backend:
             return None
         as_t = lambda a: torch.as_tensor(a, dtype=self.dtype).to(self.device, non_blocking=True)
         many = lambda seq: None if seq is None else [as_t(a) for a in seq]
-        return type(masks)(None if masks.x is None else as_t(masks.x), many(masks.i), many(masks.h),
-                           None if masks.o is None else as_t(masks.o))
+        return type(masks)(
+            None if masks.x is None else as_t(masks.x),
+            many(masks.i),
+            many(masks.h),
+            None if masks.o is None else as_t(masks.o),
+        )
 
     def to_numpy(self, values):
         """Stack device scalars and read them back in one transfer."""
@@ -333,8 +364,12 @@ class Backend:
         key = (kind, tree, tuple(None if t is None else t.shape for t in flat))
         step = self._static_steps.get(key)
         if step is None:
-            step = self._static_steps[key] = StaticStep(lambda *leaves: body(*pytree.tree_unflatten(leaves, tree)),
-                                                        flat, capture=self.step_mode == "graph", keep=self.params)
+            step = self._static_steps[key] = StaticStep(
+                lambda *leaves: body(*pytree.tree_unflatten(leaves, tree)),
+                flat,
+                capture=self.step_mode == "graph",
+                keep=self.params,
+            )
         return step(flat)
 
     def train_step(self, x, y, masks, state, lr):

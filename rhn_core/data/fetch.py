@@ -7,6 +7,7 @@ touches. PTB becomes the three plain ``ptb.*.txt`` files. Every file is verified
 against the published size and checksum before anything is written, and written to
 a temporary name first, then renamed: a data folder never holds half a file.
 """
+
 import hashlib
 import os
 import re
@@ -22,14 +23,25 @@ from .readers import COMPRESSED, byte_ids, find_file, prepared_paths, read_bytes
 
 # Published sizes and checksums (docs/data.md lists them).
 CORPORA = {
-    "enwik8": dict(url="http://mattmahoney.net/dc/enwik8.zip", size=100_000_000, classes=205,
-                   sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8"),
-    "text8": dict(url="http://mattmahoney.net/dc/text8.zip", size=100_000_000, classes=27,
-                  sha256="6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"),
+    "enwik8": dict(
+        url="http://mattmahoney.net/dc/enwik8.zip",
+        size=100_000_000,
+        classes=205,
+        sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8",
+    ),
+    "text8": dict(
+        url="http://mattmahoney.net/dc/text8.zip",
+        size=100_000_000,
+        classes=27,
+        sha256="6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7",
+    ),
 }
 PTB_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
-PTB_MD5 = {"train": "f26c4b92c5fdc7b3f8c7cdcb991d8420", "valid": "aa0affc06ff7c36e977d7cd49e3839bf",
-           "test": "8b80168b89c18661a38ef683c0dc3721"}
+PTB_MD5 = {
+    "train": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
+    "valid": "aa0affc06ff7c36e977d7cd49e3839bf",
+    "test": "8b80168b89c18661a38ef683c0dc3721",
+}
 CHUNK = 1 << 22
 
 
@@ -39,8 +51,13 @@ def download(url, folder, progress=True):
     try:
         with urllib.request.urlopen(url, timeout=30) as response, atomic_file(target) as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with progress_bar(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(url)}",
-                              disable=not progress) as bar:
+            with progress_bar(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=f"downloading {os.path.basename(url)}",
+                disable=not progress,
+            ) as bar:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     out.write(block)
                     bar.update(len(block))
@@ -64,12 +81,16 @@ def read_source(source, name):
 def verify(data, name, expected):
     """Size and sha256 against the published values; a clear error naming the mismatch."""
     if len(data) != expected["size"]:
-        raise RHNError(f"{name} has {len(data):,} bytes, the published file has {expected['size']:,}: "
-                       f"truncated or a different file; fetch {name}.zip again")
+        raise RHNError(
+            f"{name} has {len(data):,} bytes, the published file has {expected['size']:,}: "
+            f"truncated or a different file; fetch {name}.zip again"
+        )
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected["sha256"]:
-        raise RHNError(f"{name} sha256 is {digest}, the published one is {expected['sha256']}: "
-                       f"the file is corrupt or not {name}; fetch {name}.zip again")
+        raise RHNError(
+            f"{name} sha256 is {digest}, the published one is {expected['sha256']}: "
+            f"the file is corrupt or not {name}; fetch {name}.zip again"
+        )
 
 
 def save_npy_atomically(path, array):
@@ -94,8 +115,10 @@ def prepare_byte_corpus(name, data_dir, source=None, expected=None, progress=Tru
     return ids_path, len(ids), len(values)
 
 
-PTB_SOURCES = ("simple-examples.tgz, a folder holding ptb.train.txt, ptb.valid.txt, ptb.test.txt "
-               "(plain, .xz or .gz, as a run reads them), or one of those files")
+PTB_SOURCES = (
+    "simple-examples.tgz, a folder holding ptb.train.txt, ptb.valid.txt, ptb.test.txt "
+    "(plain, .xz or .gz, as a run reads them), or one of those files"
+)
 PTB_FILE = re.compile(r"^ptb\.(train|valid|test)\.txt(" + "|".join(re.escape(e) for e in COMPRESSED) + ")?$")
 
 
@@ -107,9 +130,10 @@ def ptb_files(source):
     if os.path.isfile(source) and PTB_FILE.match(os.path.basename(source)):
         source = os.path.dirname(os.path.abspath(source))
     if os.path.isdir(source):
-        return {split: read_bytes(find_file(os.path.join(source, f"ptb.{split}.txt"), "PTB file",
-                                            f"give {PTB_SOURCES}"))
-                for split in PTB_MD5}
+        return {
+            split: read_bytes(find_file(os.path.join(source, f"ptb.{split}.txt"), "PTB file", f"give {PTB_SOURCES}"))
+            for split in PTB_MD5
+        }
     try:
         with tarfile.open(source) as tar:
             members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
@@ -130,8 +154,7 @@ def prepare_ptb(data_dir, source=None, progress=True):
     for split, data in files.items():
         digest = hashlib.md5(data).hexdigest()
         if digest != PTB_MD5[split]:
-            raise RHNError(f"ptb.{split}.txt md5 is {digest}, Mikolov's is {PTB_MD5[split]}: "
-                           f"not the standard PTB file")
+            raise RHNError(f"ptb.{split}.txt md5 is {digest}, Mikolov's is {PTB_MD5[split]}: not the standard PTB file")
     written = []
     for split, data in files.items():
         written.append(os.path.join(data_dir, f"ptb.{split}.txt"))

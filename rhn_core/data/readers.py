@@ -16,6 +16,7 @@ columns [i*T, (i+1)*T) as inputs and the same columns shifted by one as targets:
 Consecutive minibatches continue every row, which is why the hidden state is
 carried from one minibatch to the next.
 """
+
 import collections
 import gzip
 import hashlib
@@ -30,14 +31,17 @@ from ..errors import RHNError
 
 COMPRESSED = (".xz", ".gz")
 EOS = "<eos>"  # appended to every line of a PTB file
-PTB_HELP = ("set data_path=DIR, a folder with ptb.train.txt, ptb.valid.txt, ptb.test.txt (plain, .xz or .gz: "
-            "no preparation needed), or run python data/prepare.py ptb to download and verify Mikolov's "
-            "simple-examples.tgz into data/")
+PTB_HELP = (
+    "set data_path=DIR, a folder with ptb.train.txt, ptb.valid.txt, ptb.test.txt (plain, .xz or .gz: "
+    "no preparation needed), or run python data/prepare.py ptb to download and verify Mikolov's "
+    "simple-examples.tgz into data/"
+)
 
 
 @dataclass
 class Corpus:
     """Three id streams and what their ids mean."""
+
     train: np.ndarray
     valid: np.ndarray
     test: np.ndarray
@@ -95,8 +99,10 @@ def read_ptb(data_path):
     Words of valid/test missing from the training vocabulary are dropped as the original did
     (Mikolov's files have none: rare words are already <unk>); ``Corpus.dropped`` counts them.
     """
-    paths = [find_file(os.path.join(data_path, f"ptb.{split}.txt"), "PTB file", PTB_HELP)
-             for split in ("train", "valid", "test")]
+    paths = [
+        find_file(os.path.join(data_path, f"ptb.{split}.txt"), "PTB file", PTB_HELP)
+        for split in ("train", "valid", "test")
+    ]
     train_words = ptb_words(paths[0])
     vocab = build_vocab(train_words)
     ids, dropped = [words_to_ids(train_words, vocab)], {}
@@ -106,8 +112,10 @@ def read_ptb(data_path):
         dropped[split] = (len(words) - len(ids[-1]), len(words))
         real = [w for w in words if w != EOS]  # <eos> ends every line of any file: it proves nothing
         if real and not any(w in vocab for w in real):
-            raise RHNError(f"none of the {len(real)} words of {path} occurs in {paths[0]}: the {split} file "
-                           f"is not from the same corpus as the training file; check data_path")
+            raise RHNError(
+                f"none of the {len(real)} words of {path} occurs in {paths[0]}: the {split} file "
+                f"is not from the same corpus as the training file; check data_path"
+            )
     return Corpus(*ids, len(vocab), "word", sorted(vocab, key=vocab.get), dropped)
 
 
@@ -117,7 +125,7 @@ def fingerprint(corpus):
     for ids in (corpus.train, corpus.valid, corpus.test):
         digest.update(f" {len(ids)} ".encode())  # the id dtype is fixed per dataset (int32 words, uint8 bytes)
         for i in range(0, len(ids), 1 << 24):  # in chunks: a memory-mapped enwik8 stays on disk
-            digest.update(np.ascontiguousarray(ids[i:i + (1 << 24)]).tobytes())
+            digest.update(np.ascontiguousarray(ids[i : i + (1 << 24)]).tobytes())
     return digest.hexdigest()
 
 
@@ -127,12 +135,12 @@ def byte_ids(data):
     data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
     # In chunks: bincount and fancy indexing make int64 copies (800 MB for enwik8 at once).
     chunks = range(0, len(data), 1 << 22)
-    counts = sum(np.bincount(data[i:i + (1 << 22)], minlength=256) for i in chunks)
+    counts = sum(np.bincount(data[i : i + (1 << 22)], minlength=256) for i in chunks)
     present = np.asarray(counts) > 0
     table = (np.cumsum(present) - 1).astype(np.uint8)  # byte value -> rank
     ids = np.empty(len(data), dtype=np.uint8)
     for i in chunks:
-        ids[i:i + (1 << 22)] = table[data[i:i + (1 << 22)]]
+        ids[i : i + (1 << 22)] = table[data[i : i + (1 << 22)]]
     return ids, np.flatnonzero(present).astype(np.uint8)
 
 
@@ -140,10 +148,12 @@ def split_byte_corpus(ids, values, num_test_symbols, path):
     """The original split by position: all but the last 2 x num_test_symbols for training."""
     n = len(ids) - 2 * num_test_symbols
     if n <= 0:
-        raise RHNError(f"{path} has {len(ids)} symbols, fewer than valid + test "
-                       f"(2 x num_test_symbols={num_test_symbols}); the file is truncated "
-                       f"or num_test_symbols is too large")
-    return Corpus(ids[:n], ids[n:n + num_test_symbols], ids[n + num_test_symbols:], len(values), "char", values)
+        raise RHNError(
+            f"{path} has {len(ids)} symbols, fewer than valid + test "
+            f"(2 x num_test_symbols={num_test_symbols}); the file is truncated "
+            f"or num_test_symbols is too large"
+        )
+    return Corpus(ids[:n], ids[n : n + num_test_symbols], ids[n + num_test_symbols :], len(values), "char", values)
 
 
 def read_zip_member(zip_path, name):
@@ -151,8 +161,10 @@ def read_zip_member(zip_path, name):
     try:
         with zipfile.ZipFile(zip_path) as z:
             if name not in z.namelist():
-                raise RHNError(f"{zip_path} has no member {name!r} (it has {', '.join(z.namelist()[:5])}): "
-                               f"is it {name}.zip from mattmahoney.net/dc?")
+                raise RHNError(
+                    f"{zip_path} has no member {name!r} (it has {', '.join(z.namelist()[:5])}): "
+                    f"is it {name}.zip from mattmahoney.net/dc?"
+                )
             return z.read(name)
     except (zipfile.BadZipFile, EOFError, OSError) as e:
         raise RHNError(f"cannot read {zip_path}: not a complete zip archive ({e}); fetch it again")
@@ -175,7 +187,9 @@ def read_byte_corpus(data_path, name, num_test_symbols, hint):
             raise RHNError(f"cannot read prepared {ids_path} ({e}): run python data/prepare.py {name} again")
         return split_byte_corpus(ids, values, num_test_symbols, ids_path)
     zip_path = os.path.join(data_path, f"{name}.zip")
-    if os.path.isfile(zip_path) and not any(os.path.isfile(os.path.join(data_path, name) + e) for e in ("",) + COMPRESSED):
+    if os.path.isfile(zip_path) and not any(
+        os.path.isfile(os.path.join(data_path, name) + e) for e in ("",) + COMPRESSED
+    ):
         data = read_zip_member(zip_path, name)
     else:
         path = find_file(os.path.join(data_path, name), "data file", hint)
@@ -189,7 +203,7 @@ def read_chars(path):
     ids, values = byte_ids(read_bytes(find_file(path, "text file", "set data_path=FILE")))
     n_eval = len(ids) // 20
     n = len(ids) - 2 * n_eval
-    return Corpus(ids[:n], ids[n:n + n_eval], ids[n + n_eval:], len(values), "char", values)
+    return Corpus(ids[:n], ids[n : n + n_eval], ids[n + n_eval :], len(values), "char", values)
 
 
 def load_corpus(cfg):
@@ -198,17 +212,21 @@ def load_corpus(cfg):
     if dataset == "ptb":
         corpus = read_ptb(data_path)
     elif dataset in ("enwik8", "text8"):
-        hint = (f"run python data/prepare.py {dataset} (or put {dataset}.zip from mattmahoney.net/dc "
-                f"into {data_path}), or set data_path=DIR")
+        hint = (
+            f"run python data/prepare.py {dataset} (or put {dataset}.zip from mattmahoney.net/dc "
+            f"into {data_path}), or set data_path=DIR"
+        )
         corpus = read_byte_corpus(data_path, dataset, cfg["num_test_symbols"], hint)
     elif dataset == "chars":
         corpus = read_chars(data_path)
     else:
         raise RHNError(f"unknown dataset {dataset!r}: use ptb, enwik8, text8 or chars")
     if cfg["vocab_size"] and corpus.vocab_size != cfg["vocab_size"]:
-        raise RHNError(f"{dataset} data in {data_path} has {corpus.vocab_size} distinct "
-                       f"{corpus.unit}s but vocab_size={cfg['vocab_size']}: the file is truncated "
-                       f"or not the expected corpus (or set vocab_size={corpus.vocab_size})")
+        raise RHNError(
+            f"{dataset} data in {data_path} has {corpus.vocab_size} distinct "
+            f"{corpus.unit}s but vocab_size={cfg['vocab_size']}: the file is truncated "
+            f"or not the expected corpus (or set vocab_size={corpus.vocab_size})"
+        )
     return corpus
 
 
@@ -216,7 +234,7 @@ def batch_rows(ids, batch_size):
     """B x (N // B) array: the stream cut into ``batch_size`` contiguous rows."""
     batch_len = len(ids) // batch_size
     # A view when ids is a (memory-mapped) array: 90 M uint8 ids stay 90 MB, not 720.
-    return np.asarray(ids[:batch_size * batch_len]).reshape(batch_size, batch_len)
+    return np.asarray(ids[: batch_size * batch_len]).reshape(batch_size, batch_len)
 
 
 def epoch_size(rows, num_steps):
@@ -228,14 +246,16 @@ def check_batchable(ids, batch_size, num_steps, split):
     """A clear error when a split is too short for even one B x T minibatch."""
     if epoch_size(batch_rows(ids, batch_size), num_steps) < 1:
         need = batch_size * (num_steps + 1)
-        raise RHNError(f"the {split} split has {len(ids)} tokens, too short for batch_size={batch_size} "
-                       f"x num_steps={num_steps} (needs >= {need}); lower batch_size or num_steps")
+        raise RHNError(
+            f"the {split} split has {len(ids)} tokens, too short for batch_size={batch_size} "
+            f"x num_steps={num_steps} (needs >= {need}); lower batch_size or num_steps"
+        )
 
 
 def minibatch(rows, i, num_steps):
     """Inputs and targets (each B x T) of minibatch ``i``."""
     start = i * num_steps
-    return rows[:, start:start + num_steps], rows[:, start + 1:start + num_steps + 1]
+    return rows[:, start : start + num_steps], rows[:, start + 1 : start + num_steps + 1]
 
 
 def stream_windows(ids, num_steps):
@@ -247,4 +267,4 @@ def stream_windows(ids, num_steps):
     row = np.asarray(ids)[None, :]
     for start in range(0, row.shape[1] - 1, num_steps):
         stop = min(start + num_steps, row.shape[1] - 1)
-        yield row[:, start:stop], row[:, start + 1:stop + 1]
+        yield row[:, start:stop], row[:, start + 1 : stop + 1]

@@ -12,6 +12,7 @@ slices a global minibatch and its masks; ``comm`` is the interface of the
 collectives the loop needs (``LocalComm`` for one process; the backends implement
 it with ``torch.distributed`` and ``tf.distribute``).
 """
+
 from .comm import LocalComm
 from .shard import shard_masks
 from .world import World, check_batch, detect

@@ -13,6 +13,7 @@ alone; ``torch.distributed`` / ``tf.distribute`` otherwise)::
 
 The gradient average itself lives inside each backend's training step.
 """
+
 from .world import World
 
 

@@ -4,6 +4,7 @@ Masks are drawn for the global batch, so every rank draws the same numbers from
 the run's seed as one process would; each then keeps its rows. Every mask array
 has the batch as its first axis.
 """
+
 from ..masks import Masks
 
 

@@ -5,6 +5,7 @@ torch: ``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT);
 job step (the batch script itself has SLURM_NTASKS but is one process, so the step's
 count is what counts). TensorFlow: ``TF_CONFIG`` names the cluster and this task.
 """
+
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from ..errors import RHNError
 @dataclass(frozen=True)
 class World:
     """This process's place in the job: rank 0 of 1 when it runs alone."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -44,13 +46,16 @@ def _first_slurm_host(environ):
     """The step's first host (rank 0's), from Slurm's compressed node list."""
     nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "")
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
-                             timeout=30, check=True).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         out = []
     if not out:
-        raise RHNError(f"cannot find rank 0's host in SLURM node list {nodes!r}: "
-                       f"export MASTER_ADDR=<first node's host name> before srun")
+        raise RHNError(
+            f"cannot find rank 0's host in SLURM node list {nodes!r}: "
+            f"export MASTER_ADDR=<first node's host name> before srun"
+        )
     return out[0]
 
 
@@ -58,11 +63,19 @@ def _torch_world(environ):
     if environ.get("RHN_RANKS_FROM") == "srun":  # filled in below by an earlier call: srun started this job
         environ = {k: v for k, v in environ.items() if k not in ("WORLD_SIZE", "RANK")}
     if "WORLD_SIZE" in environ and "RANK" in environ:
-        return World(_int(environ, "RANK"), _int(environ, "WORLD_SIZE"),
-                     _int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else 0, "torchrun")
+        return World(
+            _int(environ, "RANK"),
+            _int(environ, "WORLD_SIZE"),
+            _int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else 0,
+            "torchrun",
+        )
     if "SLURM_STEP_NUM_TASKS" in environ and "SLURM_PROCID" in environ:
-        world = World(_int(environ, "SLURM_PROCID"), _int(environ, "SLURM_STEP_NUM_TASKS"),
-                      _int(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else 0, "srun")
+        world = World(
+            _int(environ, "SLURM_PROCID"),
+            _int(environ, "SLURM_STEP_NUM_TASKS"),
+            _int(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else 0,
+            "srun",
+        )
         if world.size > 1:  # torch.distributed's env:// rendezvous reads these
             if "MASTER_ADDR" not in environ:
                 environ["MASTER_ADDR"] = _first_slurm_host(environ)
@@ -87,8 +100,10 @@ def _tf_world(environ):
         tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(cluster.get(kind, [])))]
         rank = tasks.index((task["type"], int(task["index"])))
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise RHNError("TF_CONFIG is not a tf.distribute cluster: give JSON such as "
-                       '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}')
+        raise RHNError(
+            "TF_CONFIG is not a tf.distribute cluster: give JSON such as "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+        )
     return World(rank, len(tasks), 0, "TF_CONFIG")
 
 
@@ -112,11 +127,20 @@ def check_batch(world, batch_size, replicas=1, backend_name="tf"):
     parts = world.size * replicas
     if parts == 1:
         return
-    what = (f"{world.size} processes" if replicas == 1 else
-            f"{replicas} replicas" if world.size == 1 else f"{world.size} processes x {replicas} replicas")
+    what = (
+        f"{world.size} processes"
+        if replicas == 1
+        else f"{replicas} replicas"
+        if world.size == 1
+        else f"{world.size} processes x {replicas} replicas"
+    )
     if parts > batch_size:
-        raise RHNError(f"batch_size={batch_size} is smaller than the {parts} parts it is split into "
-                       f"({what}): use at most {batch_size} or a larger batch_size")
+        raise RHNError(
+            f"batch_size={batch_size} is smaller than the {parts} parts it is split into "
+            f"({what}): use at most {batch_size} or a larger batch_size"
+        )
     if batch_size % parts:
-        raise RHNError(f"batch_size={batch_size} does not split evenly over {what}: use a batch_size "
-                       f"divisible by {parts} (each part trains batch_size / {parts} rows)")
+        raise RHNError(
+            f"batch_size={batch_size} does not split evenly over {what}: use a batch_size "
+            f"divisible by {parts} (each part trains batch_size / {parts} rows)"
+        )

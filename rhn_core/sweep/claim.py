@@ -9,6 +9,7 @@ held while the run trains even if its launcher dies; the operating system releas
 when the last of them ends (a killed process never leaves a stale claim). The file
 holds a line about its holder (process, host, Slurm job, since when) for that message.
 """
+
 import datetime
 import fcntl
 import json
@@ -22,10 +23,17 @@ CLAIM_FILE = "sweep.claim"
 def holder_info():
     """What the claim says about its holder: this process, its host and Slurm job, the time."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job and "SLURM_ARRAY_TASK_ID" in os.environ \
+    job = (
+        f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if job and "SLURM_ARRAY_TASK_ID" in os.environ
         else os.environ.get("SLURM_JOB_ID")
-    return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": job,
-            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    )
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "slurm_job": job,
+        "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def describe(info):

@@ -13,6 +13,7 @@ both start a run: the one that finds the run claimed skips it. Options may also 
 the entry point (``... torch with demo --dry-run``). Problems
 end in one ``error: ...`` line on stderr and exit status 2.
 """
+
 import argparse
 import json
 import os
@@ -35,8 +36,13 @@ def add_common(p):
     p.add_argument("-m", "--mongo_db", metavar="ADDR", help="MongoDB address, as -m of the entry points")
     p.add_argument("-F", "--file_storage", metavar="DIR", help="a file observer folder, as -F of the entry points")
     p.add_argument("--sweep-dir", default="sweeps", help="run folders and logs go to SWEEP_DIR/NAME (default sweeps)")
-    p.add_argument("--stale-after", type=float, default=state.STALE_S, metavar="S",
-                   help=f"a RUNNING run silent this long is taken as dead and resumed (default {state.STALE_S})")
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=state.STALE_S,
+        metavar="S",
+        help=f"a RUNNING run silent this long is taken as dead and resumed (default {state.STALE_S})",
+    )
 
 
 def parse_args(argv):
@@ -44,30 +50,61 @@ def parse_args(argv):
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     r = sub.add_parser("run", help="launch (or re-launch) a sweep")
     add_common(r)
-    r.add_argument("-s", "--sweep", action="append", default=[], metavar="KEY=VALUES",
-                   help="a swept key: 1,2,4 or a:b[:c] (range); several -s give their product")
-    r.add_argument("-z", "--zip", action="append", default=[], metavar="KEY=VALUES",
-                   help="keys swept together (the i-th values of each in one run); as one axis of the product")
-    r.add_argument("--equal-params", type=float, metavar="N",
-                   help="each run's hidden_size is the one whose parameter count is closest to N")
+    r.add_argument(
+        "-s",
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=VALUES",
+        help="a swept key: 1,2,4 or a:b[:c] (range); several -s give their product",
+    )
+    r.add_argument(
+        "-z",
+        "--zip",
+        action="append",
+        default=[],
+        metavar="KEY=VALUES",
+        help="keys swept together (the i-th values of each in one run); as one axis of the product",
+    )
+    r.add_argument(
+        "--equal-params",
+        type=float,
+        metavar="N",
+        help="each run's hidden_size is the one whose parameter count is closest to N",
+    )
     r.add_argument("--dry-run", action="store_true", help="print the runs and their parameter counts; start nothing")
     r.add_argument("--executor", choices=("local", "slurm"), default="local")
     r.add_argument("--parallel", type=int, default=1, metavar="N", help="local: runs at a time (default 1)")
-    r.add_argument("--threads", type=int, metavar="T",
-                   help="threads per run (default: local, the CPU cores / --parallel; slurm, --slurm-cpus)")
+    r.add_argument(
+        "--threads",
+        type=int,
+        metavar="T",
+        help="threads per run (default: local, the CPU cores / --parallel; slurm, --slurm-cpus)",
+    )
     r.add_argument("--slurm-partition", metavar="P")
     r.add_argument("--slurm-time", type=int, default=60, metavar="MIN", help="time limit of each job (minutes)")
     r.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="CPUs per job")
     r.add_argument("--slurm-mem", metavar="MEM", help="memory per job, e.g. 8G")
     r.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per job")
-    r.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other sbatch option, e.g. account=proj, qos=low (repeatable)")
+    r.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. account=proj, qos=low (repeatable)",
+    )
     r.add_argument("--slurm-parallel", type=int, metavar="K", help="at most K jobs of the array at once")
-    r.add_argument("--slurm-signal-delay", type=int, default=90, metavar="S",
-                   help="the pre-timeout signal comes S seconds before the time limit (default 90)")
+    r.add_argument(
+        "--slurm-signal-delay",
+        type=int,
+        default=90,
+        metavar="S",
+        help="the pre-timeout signal comes S seconds before the time limit (default 90)",
+    )
     r.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their states")
-    r.add_argument("entry", help=f"a backend ({', '.join(BACKENDS)}) or the path of an entry point "
-                                  "(rhn_train_torch.py)")
+    r.add_argument(
+        "entry", help=f"a backend ({', '.join(BACKENDS)}) or the path of an entry point (rhn_train_torch.py)"
+    )
     r.add_argument("fixed", nargs=argparse.REMAINDER, help="[with] NAMED_CONFIG... KEY=VALUE... for every run")
     st = sub.add_parser("status", help="each run of a sweep: state, epoch, best valid figure")
     add_common(st)
@@ -102,8 +139,9 @@ def plan_path(args):
 
 
 def book_of(args):
-    return state.Book(args.name, args.mongo_db, args.file_storage and os.path.abspath(args.file_storage),
-                      args.stale_after)
+    return state.Book(
+        args.name, args.mongo_db, args.file_storage and os.path.abspath(args.file_storage), args.stale_after
+    )
 
 
 def rows(planned, groups, stale_s):
@@ -114,23 +152,39 @@ def rows(planned, groups, stale_s):
         pieces = groups.get(key, [])
         shown, action = state.state(pieces, stale_s)
         last = pieces[-1] if pieces else {"info": {}, "config": {}}
-        table.append({"key": key, "state": shown, "action": action, "pieces": pieces,
-                      "params": (planned.get(key) or {}).get("nr_parameters", last["info"].get("nr_parameters")),
-                      "epoch": last["info"].get("epoch_nr"), "best": quality(last, "best_valid") if pieces else "-",
-                      "id": last.get("id")})
+        table.append(
+            {
+                "key": key,
+                "state": shown,
+                "action": action,
+                "pieces": pieces,
+                "params": (planned.get(key) or {}).get("nr_parameters", last["info"].get("nr_parameters")),
+                "epoch": last["info"].get("epoch_nr"),
+                "best": quality(last, "best_valid") if pieces else "-",
+                "id": last.get("id"),
+            }
+        )
     return table
 
 
 def print_table(table, extra=()):
-    cols = [("run", "key", False), ("params", "params", True), ("state", "state", False),
-            ("pieces", "pieces", True), ("epoch", "epoch", True), ("best valid", "best", True),
-            ("last id", "id", True), *extra]
+    cols = [
+        ("run", "key", False),
+        ("params", "params", True),
+        ("state", "state", False),
+        ("pieces", "pieces", True),
+        ("epoch", "epoch", True),
+        ("best valid", "best", True),
+        ("last id", "id", True),
+        *extra,
+    ]
 
     def cell(row, field):
         value = row.get(field)
         if field == "pieces":
             return str(len(value))
         return fmt(value, "," if field == "params" else "")
+
     cells = [[c[0] for c in cols]] + [[cell(r, c[1]) for c in cols] for r in table]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     for row in cells:
@@ -153,8 +207,10 @@ def status(args):
         source.close()
     planned = load_plan(args)
     if not groups and not planned:
-        raise RHNError(f"no run of sweep {args.name!r} in {source.label} and no plan in {plan_path(args)}: "
-                       f"check --name and the address")
+        raise RHNError(
+            f"no run of sweep {args.name!r} in {source.label} and no plan in {plan_path(args)}: "
+            f"check --name and the address"
+        )
     print(f"sweep {args.name} in {source.label}")
     table = rows(planned, groups, args.stale_after)
     print_table(table)
@@ -182,10 +238,17 @@ def run_argv(args, named, fixed, run):
 def write_plan(args, named, fixed, runs):
     folder = os.path.join(args.sweep_dir, args.name)
     os.makedirs(os.path.join(folder, "logs"), exist_ok=True)
-    plan = {"name": args.name, "entry": args.entry, "named_configs": named, "fixed": fixed,
-            "sweep": args.sweep, "zip": args.zip, "equal_params": args.equal_params,
-            "database": redact(args.mongo_db) if args.mongo_db else args.file_storage,
-            "runs": [{"key": r.key, "values": r.values, "nr_parameters": r.nr_parameters} for r in runs]}
+    plan = {
+        "name": args.name,
+        "entry": args.entry,
+        "named_configs": named,
+        "fixed": fixed,
+        "sweep": args.sweep,
+        "zip": args.zip,
+        "equal_params": args.equal_params,
+        "database": redact(args.mongo_db) if args.mongo_db else args.file_storage,
+        "runs": [{"key": r.key, "values": r.values, "nr_parameters": r.nr_parameters} for r in runs],
+    }
     tmp = f"{plan_path(args)}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(plan, f, indent=2, default=str)
@@ -214,8 +277,9 @@ def launch(args):
     planned = {r.key: {"nr_parameters": r.nr_parameters} for r in runs}
     table = [row for row in rows(planned, groups, args.stale_after) if row["key"] in planned]
     folder = os.path.abspath(os.path.join(args.sweep_dir, args.name))
-    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.parallel) if args.executor == "local"
-                               else args.slurm_cpus)
+    threads = args.threads or (
+        max(1, (os.cpu_count() or 1) // args.parallel) if args.executor == "local" else args.slurm_cpus
+    )
     jobs = []
     for run, row in zip(runs, table):
         save_dir = os.path.join(folder, run.folder)
@@ -224,9 +288,17 @@ def launch(args):
         if row["action"] != "skip" and Claim(save_dir).held_elsewhere():
             row["action"], row["todo"] = "skip", f"skip (another launch runs it: {Claim(save_dir).holder()})"
         if row["action"] != "skip":
-            jobs.append(SweepJob(run.key, run_argv(args, named, fixed, run), save_dir,
-                                 os.path.join(folder, "logs", f"{run.folder}.log"), threads, book,
-                                 stop_wait_s=max(10, args.slurm_signal_delay - 15)))
+            jobs.append(
+                SweepJob(
+                    run.key,
+                    run_argv(args, named, fixed, run),
+                    save_dir,
+                    os.path.join(folder, "logs", f"{run.folder}.log"),
+                    threads,
+                    book,
+                    stop_wait_s=max(10, args.slurm_signal_delay - 15),
+                )
+            )
     print(f"sweep {args.name}: {len(runs)} runs, {len(jobs)} to run ({threads} thread(s) each); folders in {folder}")
     print_table(table, extra=[("to do", "todo", False)])
     if not jobs:
@@ -254,32 +326,45 @@ def run_local(args, jobs):
         with lock:
             done.append(job)
             n = len(done)
-        status = "finished" if outcome == "finished" else \
-            f"stopped with status {result['returncode']} (log: {job.log_path})"
+        status = (
+            "finished" if outcome == "finished" else f"stopped with status {result['returncode']} (log: {job.log_path})"
+        )
         say(f"[{n}/{total}] {job.key} {status} after {result['seconds']:.0f} s")
+
     results = LocalExecutor(args.parallel).run(jobs, report)
     counts = {o: sum(r["outcome"] == o for r in results) for o in ("finished", "failed", "skipped", "not started")}
     ended = counts["finished"]
-    print(f"sweep {args.name}: {ended} of {total} runs ended well in {time.time() - start:.0f} s"
-          + (f"; {counts['skipped']} skipped (finished or run by another launch)" if counts["skipped"] else "")
-          + (f"; {counts['failed']} stopped or failed" if counts["failed"] else "")
-          + (f"; {counts['not started']} not started" if counts["not started"] else "")
-          + ("; launch again to resume them" if counts["failed"] or counts["not started"] else ""))
+    print(
+        f"sweep {args.name}: {ended} of {total} runs ended well in {time.time() - start:.0f} s"
+        + (f"; {counts['skipped']} skipped (finished or run by another launch)" if counts["skipped"] else "")
+        + (f"; {counts['failed']} stopped or failed" if counts["failed"] else "")
+        + (f"; {counts['not started']} not started" if counts["not started"] else "")
+        + ("; launch again to resume them" if counts["failed"] or counts["not started"] else "")
+    )
     return 0 if ended + counts["skipped"] == total else 1
 
 
 def run_slurm(args, jobs, folder):
-    executor = SlurmExecutor(os.path.join(folder, "slurm", "%j"), partition=args.slurm_partition,
-                             time_min=args.slurm_time, cpus=args.slurm_cpus, mem=args.slurm_mem,
-                             gpus=args.slurm_gpus, options=args.slurm_option,
-                             array_parallelism=args.slurm_parallel, signal_delay_s=args.slurm_signal_delay)
+    executor = SlurmExecutor(
+        os.path.join(folder, "slurm", "%j"),
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        cpus=args.slurm_cpus,
+        mem=args.slurm_mem,
+        gpus=args.slurm_gpus,
+        options=args.slurm_option,
+        array_parallelism=args.slurm_parallel,
+        signal_delay_s=args.slurm_signal_delay,
+    )
     handles = executor.submit(jobs)
     for job, handle in zip(jobs, handles):
         print(f"submitted {job.key}: Slurm job {handle.job_id}")
     if args.wait:
         executor.wait(handles, lambda handle, st: print(f"Slurm job {handle.job_id}: {st}", flush=True))
-        print(f"the runs' states: rhn-sweep status --name {args.name} "
-              f"{'-m ' + redact(args.mongo_db) if args.mongo_db else '-F ' + args.file_storage}")
+        print(
+            f"the runs' states: rhn-sweep status --name {args.name} "
+            f"{'-m ' + redact(args.mongo_db) if args.mongo_db else '-F ' + args.file_storage}"
+        )
 
 
 def main(argv=None):

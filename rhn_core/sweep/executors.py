@@ -5,6 +5,7 @@ on Ctrl-C or SIGTERM, asks each running child once to checkpoint and stop (a sec
 signal kills them). ``slurm`` submits one job array; Slurm's pre-timeout signal makes
 submitit checkpoint and requeue a job (``SweepJob.checkpoint``).
 """
+
 import concurrent.futures
 import shutil
 import signal
@@ -28,8 +29,11 @@ class LocalExecutor:
         with self._lock:
             running = list(self._running)
         if self._signals == 1:
-            print(f"\n{signal.Signals(signum).name}: each running run saves a checkpoint and stops "
-                  f"({len(running)} running; again to kill them); launch the sweep again to resume", flush=True)
+            print(
+                f"\n{signal.Signals(signum).name}: each running run saves a checkpoint and stops "
+                f"({len(running)} running; again to kill them); launch the sweep again to resume",
+                flush=True,
+            )
             for job in running:
                 job.stop(signal.SIGTERM)
         else:
@@ -39,6 +43,7 @@ class LocalExecutor:
     def _one(self, job, report):
         def announce(line):
             report(job, line)
+
         if self.stopping.is_set():
             result = job.leave("not started", "the sweep was asked to stop", time.time(), announce)
         else:
@@ -71,8 +76,19 @@ class LocalExecutor:
 class SlurmExecutor:
     """One Slurm job array (submitit) with the resources of every run."""
 
-    def __init__(self, folder, partition=None, time_min=60, cpus=1, mem=None, gpus=0, options=(),
-                 array_parallelism=None, signal_delay_s=90, max_requeues=3):
+    def __init__(
+        self,
+        folder,
+        partition=None,
+        time_min=60,
+        cpus=1,
+        mem=None,
+        gpus=0,
+        options=(),
+        array_parallelism=None,
+        signal_delay_s=90,
+        max_requeues=3,
+    ):
         try:
             import submitit
         except ImportError:
@@ -86,8 +102,7 @@ class SlurmExecutor:
             if not sep or not key:
                 raise RHNError(f"--slurm-option {option!r} is not KEY=VALUE: write e.g. account=myproj or qos=low")
             extra[key.lstrip("-").replace("-", "_")] = value
-        params = dict(time=time_min, cpus_per_task=cpus, signal_delay_s=signal_delay_s,
-                      additional_parameters=extra)
+        params = dict(time=time_min, cpus_per_task=cpus, signal_delay_s=signal_delay_s, additional_parameters=extra)
         if partition:
             params["partition"] = partition
         if mem:

@@ -8,6 +8,7 @@ Values are read as Sacred reads ``KEY=VALUE`` after ``with`` (a Python literal, 
 string). Every run has a key such as ``depth=2,seed=1`` (its swept values, sorted by
 name): its folder, its log and its identity in the database all use it.
 """
+
 import ast
 import itertools
 import re
@@ -54,6 +55,7 @@ def parse_values(text, key):
 @dataclass
 class Run:
     """One run of the sweep: what it sets on top of the fixed updates."""
+
     values: dict  # the swept keys' values (and hidden_size under --equal-params)
     config: dict = field(default_factory=dict)  # the resolved config, for counts and checks
 
@@ -76,6 +78,7 @@ def vocab_size(cfg):
     if cfg["vocab_size"]:
         return cfg["vocab_size"]
     from ..data import readers
+
     return readers.load_corpus(cfg).vocab_size
 
 
@@ -118,8 +121,9 @@ def expand(named, fixed, product=(), zipped=(), equal_params=None):
             columns.append((key, parse_values(value, key)))
         lengths = {len(v) for _, v in columns}
         if len(lengths) > 1:
-            raise RHNError("zipped keys need as many values each: " +
-                           ", ".join(f"{k} has {len(v)}" for k, v in columns))
+            raise RHNError(
+                "zipped keys need as many values each: " + ", ".join(f"{k} has {len(v)}" for k, v in columns)
+            )
         axes.append([dict(zip([k for k, _ in columns], row)) for row in zip(*[v for _, v in columns])])
     if equal_params is not None and "hidden_size" in seen:
         raise RHNError("--equal-params chooses hidden_size for each run: do not also set or sweep hidden_size")

@@ -7,6 +7,7 @@ row: how many there are, their states, how many have a ``--y`` figure (n), its m
 and its standard deviation (the sample one, n - 1; none for a single run). The plot shows the mean
 against ``--x`` with a bar of one standard deviation.
 """
+
 import json
 import statistics
 
@@ -41,12 +42,18 @@ def summary(setting, runs, args):
         states[str(r["status"])] = states.get(str(r["status"]), 0) + 1
     first = runs[0]
     params = [p for p in (lookup(r["info"], "nr_parameters") for r in runs) if number(p) is not None]
-    return {"setting": dict((k, json.loads(v)) for k, v in setting), "runs": len(runs), "n": len(ys),
-            "states": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
-            "params": round(statistics.mean(params)) if params else None,
-            "mean": statistics.mean(ys) if ys else None, "std": statistics.stdev(ys) if len(ys) > 1 else None,
-            "x": lookup(first["config"], args.x), "group": _hashable(lookup(first["config"], args.group)),
-            "pieces": sum(r["pieces"] for r in runs)}
+    return {
+        "setting": dict((k, json.loads(v)) for k, v in setting),
+        "runs": len(runs),
+        "n": len(ys),
+        "states": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
+        "params": round(statistics.mean(params)) if params else None,
+        "mean": statistics.mean(ys) if ys else None,
+        "std": statistics.stdev(ys) if len(ys) > 1 else None,
+        "x": lookup(first["config"], args.x),
+        "group": _hashable(lookup(first["config"], args.group)),
+        "pieces": sum(r["pieces"] for r in runs),
+    }
 
 
 def _hashable(value):
@@ -58,25 +65,41 @@ def report_sweep(source, args, statuses):
     runs = [r for r in runs if not statuses or str(r["status"]).upper() in statuses]
     if not runs:
         wanted = f" with status {', '.join(sorted(statuses))}" if statuses else ""
-        raise RHNError(f"no run of sweep {args.sweep!r}{wanted} in {source.label}: check --sweep (rhn-sweep "
-                       f"status lists a sweep's runs) or drop --status")
+        raise RHNError(
+            f"no run of sweep {args.sweep!r}{wanted} in {source.label}: check --sweep (rhn-sweep "
+            f"status lists a sweep's runs) or drop --status"
+        )
     over = set(args.over or ["seed"])
     ylabel = resolve_y(source, runs, args.y)
     rows = [summary(setting, group, args) for setting, group in groups_of(runs, over).items()]
     keys = sorted({k for row in rows for k in row["setting"]})
     rows.sort(key=lambda r: (order(r["group"]), order(r["x"]), [order(r["setting"].get(k)) for k in keys]))
     cols = [(k, lambda r, k=k: fmt(r["setting"].get(k)), True) for k in keys]
-    cols += [("runs", lambda r: str(r["runs"]), True), ("states", lambda r: r["states"], False),
-             ("params", lambda r: fmt(r["params"], ","), True), ("n", lambda r: str(r["n"]), True),
-             (f"mean {ylabel}", lambda r: fmt(r["mean"], ".3f"), True), ("std", lambda r: fmt(r["std"], ".3f"), True)]
-    print(f"sweep {args.sweep}: {len(runs)} runs ({sum(r['pieces'] for r in rows)} pieces) from {source.label}; "
-          f"mean and std over {', '.join(sorted(over))}")
+    cols += [
+        ("runs", lambda r: str(r["runs"]), True),
+        ("states", lambda r: r["states"], False),
+        ("params", lambda r: fmt(r["params"], ","), True),
+        ("n", lambda r: str(r["n"]), True),
+        (f"mean {ylabel}", lambda r: fmt(r["mean"], ".3f"), True),
+        ("std", lambda r: fmt(r["std"], ".3f"), True),
+    ]
+    print(
+        f"sweep {args.sweep}: {len(runs)} runs ({sum(r['pieces'] for r in rows)} pieces) from {source.label}; "
+        f"mean and std over {', '.join(sorted(over))}"
+    )
     print("\n".join(table(cols, rows)))
     if args.no_plot:
         return
-    points = [{"id": i, "x": r["x"], "y": r["mean"], "std": r["std"] or 0.0, "group": r["group"]}
-              for i, r in enumerate(rows) if r["x"] is not None and number(r["mean"]) is not None]
+    points = [
+        {"id": i, "x": r["x"], "y": r["mean"], "std": r["std"] or 0.0, "group": r["group"]}
+        for i, r in enumerate(rows)
+        if r["x"] is not None and number(r["mean"]) is not None
+    ]
     if not points:
         raise RHNError(f"no group has both {args.x} and {ylabel} to plot: pick other --x/--y or use --no-plot")
-    write_plot(points, args, f"sweep {args.sweep}: {ylabel} vs {args.x} (mean, bar: std over "
-               f"{', '.join(sorted(over))})", ylabel)
+    write_plot(
+        points,
+        args,
+        f"sweep {args.sweep}: {ylabel} vs {args.x} (mean, bar: std over {', '.join(sorted(over))})",
+        ylabel,
+    )

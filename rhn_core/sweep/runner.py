@@ -13,6 +13,7 @@ Preemption: submitit calls ``checkpoint`` when Slurm sends the pre-timeout signa
 finishing the step and writing ``last.npz``), waited for, and the same job is handed
 back to submitit to requeue; its next piece resumes from that checkpoint.
 """
+
 import os
 import signal
 import subprocess
@@ -36,8 +37,9 @@ def entry_command(entry):
     if entry in BACKENDS:
         return [sys.executable, "-m", *BACKENDS[entry].entry]
     if not os.path.isfile(entry):
-        raise RHNError(f"entry point {entry!r} not found: give a backend ({', '.join(BACKENDS)}) "
-                       f"or the path of rhn_train_torch.py")
+        raise RHNError(
+            f"entry point {entry!r} not found: give a backend ({', '.join(BACKENDS)}) or the path of rhn_train_torch.py"
+        )
     return [sys.executable, os.path.abspath(entry)]
 
 
@@ -66,8 +68,13 @@ class SweepJob:
         return self.argv + [f"save_dir={self.save_dir}"] + ([f"resume={resume}"] if resume else [])
 
     def result(self, outcome, start, returncode=None, reason=""):
-        return {"key": self.key, "outcome": outcome, "returncode": returncode,
-                "seconds": round(time.time() - start, 1), "reason": reason}
+        return {
+            "key": self.key,
+            "outcome": outcome,
+            "returncode": returncode,
+            "seconds": round(time.time() - start, 1),
+            "reason": reason,
+        }
 
     def leave(self, outcome, reason, start, announce):
         """The result of a run not started here ("skipped", "not started"), told in one line."""
@@ -106,8 +113,9 @@ class SweepJob:
                 log.flush()
                 # Own session: a Ctrl-C in the sweep's terminal reaches the sweep, which stops each run once.
                 # The run inherits the claim: it stays held while the run trains, whatever becomes of us.
-                self._child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                               start_new_session=True, pass_fds=(claim.fd,))
+                self._child = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, pass_fds=(claim.fd,)
+                )
                 rc = self._child.wait()
             self._child = None
             if rc != 0 and on_slurm and self._terminated:
@@ -140,6 +148,7 @@ class SweepJob:
     def checkpoint(self, *args, **kwargs):
         """submitit's pre-timeout / preemption hook: checkpoint the child, then requeue this job."""
         import submitit
+
         child = self._child
         if self.stop() and not exited(child.pid, self.stop_wait_s):
             child.kill()

@@ -18,6 +18,7 @@ The decision is taken when a run is about to start (``Book.decide``), by the lau
 that holds the run's claim (``claim``): the database then tells what the run's
 earlier pieces left, and a fresh RUNNING piece one that another machine is running.
 """
+
 import datetime
 import os
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ def resume_source(pieces, save_dir):
 class Book:
     """Where a sweep keeps its bookkeeping (MongoDB or a file observer folder); picklable, so a Slurm job
     reads it too when its run starts."""
+
     name: str
     mongo: str = None
     file_storage: str = None
@@ -99,6 +101,7 @@ class Book:
 
     def source(self):
         from ..tracking.sources import DirSource, MongoSource
+
         if self.mongo:
             return MongoSource(self.mongo)
         if self.file_storage:

@@ -7,6 +7,7 @@ when any of them holds a URL with ``user:password@`` (whatever the key:
 ``resume``, ``load_model``, ``data_path``, ``save_dir``...). The one place a
 password may be given is ``-m``, whose value is redacted before it is stored.
 """
+
 import re
 
 from ..errors import RHNError
@@ -16,8 +17,10 @@ from ..errors import RHNError
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^\s@:/]*):([^\s@]*)@")
 
 
-RESUME_ADVICE = ("resume= must not hold a password (the config is stored with the run): give the server with "
-                 "-m mongodb://user:password@... (redacted when stored) and write resume=#ID")
+RESUME_ADVICE = (
+    "resume= must not hold a password (the config is stored with the run): give the server with "
+    "-m mongodb://user:password@... (redacted when stored) and write resume=#ID"
+)
 
 
 def has_password(text):
@@ -47,12 +50,17 @@ def find_password(value, where):
 
 def check_run_inputs(config, meta_info):
     """Refuse (one line, before any observer starts) a config or command line holding a password."""
-    found = (find_password(config, "") or find_password(meta_info.get("options", {}), "")
-             or find_password(meta_info, "the run's meta information"))
+    found = (
+        find_password(config, "")
+        or find_password(meta_info.get("options", {}), "")
+        or find_password(meta_info, "the run's meta information")
+    )
     if not found:
         return
     where, text = found
     if where == "resume":
         raise RHNError(RESUME_ADVICE)
-    raise RHNError(f"{where} holds a password ({redact(text)}): the config and command line are printed and "
-                   f"stored with the run; remove it (a MongoDB password belongs only in -m, which is redacted)")
+    raise RHNError(
+        f"{where} holds a password ({redact(text)}): the config and command line are printed and "
+        f"stored with the run; remove it (a MongoDB password belongs only in -m, which is redacted)"
+    )

@@ -10,6 +10,7 @@ Sacred's default).
 Credentials stay in the ``MongoTarget`` that connects and nowhere else: every
 printable form of an address goes through ``redact`` (``tracking.credentials``).
 """
+
 import re
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ TIMEOUT_S = 5.0  # server selection and connect timeout: an absent server is rep
 _NAME = r"[_A-Za-z][0-9A-Za-z_\-]{0,63}"
 _SACRED_FORM = re.compile(
     rf"^(?:(?P<host>[0-9A-Za-z.\-]+):(?P<port>\d{{1,5}})(?::|$))?"
-    rf"(?P<db>{_NAME})?(?:\.(?P<collection>{_NAME}))?(?::(?P<overwrite>\d+))?(?:!(?P<priority>-?\d+))?$")
+    rf"(?P<db>{_NAME})?(?:\.(?P<collection>{_NAME}))?(?::(?P<overwrite>\d+))?(?:!(?P<priority>-?\d+))?$"
+)
 _RESUME = re.compile(r"^(?P<db>.*)#(?P<run_id>\d+)$")
 
 
@@ -57,6 +59,7 @@ def parse_target(spec):
     if re.match(r"^mongodb(\+srv)?://", spec, re.IGNORECASE):
         from pymongo.errors import InvalidURI, ConfigurationError
         from pymongo.uri_parser import parse_uri
+
         try:
             db = parse_uri(spec, validate=True, connect_timeout=TIMEOUT_S)["database"]
         except (InvalidURI, ConfigurationError, ValueError) as e:
@@ -64,14 +67,23 @@ def parse_target(spec):
         return MongoTarget(spec, db or DEFAULT_DB, spec=spec)
     m = _SACRED_FORM.match(spec)
     if not spec or not m or not (m["host"] or m["db"]):
-        raise RHNError(f"bad MongoDB address {redact(spec)!r}: use db, host:port, host:port:db or a "
-                       f"mongodb://[user:password@]host:port/db URL")
+        raise RHNError(
+            f"bad MongoDB address {redact(spec)!r}: use db, host:port, host:port:db or a "
+            f"mongodb://[user:password@]host:port/db URL"
+        )
     if m["overwrite"]:
-        raise RHNError(f"{spec}: overwriting run {m['overwrite']} is not supported; "
-                       f"drop ':{m['overwrite']}' (a resumed run is logged as a new run)")
+        raise RHNError(
+            f"{spec}: overwriting run {m['overwrite']} is not supported; "
+            f"drop ':{m['overwrite']}' (a resumed run is logged as a new run)"
+        )
     url = f"mongodb://{m['host']}:{m['port']}" if m["host"] else "mongodb://localhost:27017"
-    return MongoTarget(url, m["db"] or DEFAULT_DB, m["collection"] or "runs",
-                       int(m["priority"]) if m["priority"] else DEFAULT_PRIORITY, spec)
+    return MongoTarget(
+        url,
+        m["db"] or DEFAULT_DB,
+        m["collection"] or "runs",
+        int(m["priority"]) if m["priority"] else DEFAULT_PRIORITY,
+        spec,
+    )
 
 
 def parse_resume(value):
@@ -80,8 +92,9 @@ def parse_resume(value):
     return (m["db"], int(m["run_id"])) if m else None
 
 
-FALLBACK_ADVICE = ("; or add --mongo_fallback=DIR to keep the run on disk and upload it later with "
-                   "python -m rhn_core.tracking.upload")
+FALLBACK_ADVICE = (
+    "; or add --mongo_fallback=DIR to keep the run on disk and upload it later with python -m rhn_core.tracking.upload"
+)
 
 
 def connect(target, timeout_s=TIMEOUT_S, fallback_advice=False):
@@ -89,10 +102,12 @@ def connect(target, timeout_s=TIMEOUT_S, fallback_advice=False):
     ``fallback_advice``, a run's start without --mongo_fallback: the message names that option)."""
     import pymongo
     from pymongo.errors import OperationFailure, PyMongoError
+
     # Options written in the URL win over these defaults (pymongo lets keywords override the URL).
     options = {k.lower() for k in pymongo.uri_parser.parse_uri(target.url, validate=False)["options"]}
-    timeouts = {k: int(timeout_s * 1000) for k in ("serverSelectionTimeoutMS", "connectTimeoutMS")
-                if k.lower() not in options}
+    timeouts = {
+        k: int(timeout_s * 1000) for k in ("serverSelectionTimeoutMS", "connectTimeoutMS") if k.lower() not in options
+    }
     if "sockettimeoutms" not in options:
         timeouts["socketTimeoutMS"] = 60_000  # a hung server fails an operation instead of blocking forever
     client = None
@@ -105,12 +120,16 @@ def connect(target, timeout_s=TIMEOUT_S, fallback_advice=False):
     except OperationFailure as e:
         if client is not None:
             client.close()
-        raise RHNError(f"MongoDB at {target.display} refused access to database {target.db_name!r} "
-                       f"({redact(e.details.get('errmsg', e) if e.details else e)}): check the user, "
-                       f"password and authSource in the URL")
+        raise RHNError(
+            f"MongoDB at {target.display} refused access to database {target.db_name!r} "
+            f"({redact(e.details.get('errmsg', e) if e.details else e)}): check the user, "
+            f"password and authSource in the URL"
+        )
     except PyMongoError as e:
         if client is not None:
             client.close()
         reason = redact(re.split(r" \(configured timeouts|, Timeout:", str(e))[0])
-        raise RHNError(f"cannot reach MongoDB at {target.display} within {timeout_s:g} s ({reason}): "
-                       f"start the server or fix the address" + (FALLBACK_ADVICE if fallback_advice else ""))
+        raise RHNError(
+            f"cannot reach MongoDB at {target.display} within {timeout_s:g} s ({reason}): "
+            f"start the server or fix the address" + (FALLBACK_ADVICE if fallback_advice else "")
+        )

@@ -20,6 +20,7 @@ differs in how it writes:
 * An artifact added again under the same name (``last.npz`` every epoch)
   replaces the stored one instead of piling up copies.
 """
+
 import copy
 import hashlib
 import mimetypes
@@ -57,12 +58,14 @@ class RunStore:
 
     def __init__(self, target, database):
         import gridfs
+
         self.runs, self.metrics = database[target.runs_collection], database["metrics"]
         self.fs = gridfs.GridFS(database)
 
     def insert(self, entry):
         """Insert ``entry`` under the next free integer id (Sacred's numbering; safe with concurrent runs)."""
         from pymongo.errors import DuplicateKeyError
+
         while True:
             last = self.runs.find_one({}, {"_id": 1}, sort=[("_id", -1)])
             entry["_id"] = last["_id"] + 1 if last else 1
@@ -87,19 +90,27 @@ class RunStore:
 
     def put_artifact(self, run_id, name, path, content_type=None, metadata=None):
         with open(path, "rb") as f:
-            return self.fs.put(f, filename=f"artifact://{self.runs.name}/{run_id}/{name}",
-                               content_type=content_type, metadata=metadata)
+            return self.fs.put(
+                f, filename=f"artifact://{self.runs.name}/{run_id}/{name}", content_type=content_type, metadata=metadata
+            )
 
     def write_metric(self, run_id, metric_id, name, series):
-        self.metrics.replace_one({"_id": metric_id}, {
-            "_id": metric_id, "run_id": run_id, "name": name, "steps": list(series["steps"]),
-            "values": [float(v) if isinstance(v, (int, float)) else v for v in series["values"]],
-            "timestamps": list(series["timestamps"])}, upsert=True)
+        self.metrics.replace_one(
+            {"_id": metric_id},
+            {
+                "_id": metric_id,
+                "run_id": run_id,
+                "name": name,
+                "steps": list(series["steps"]),
+                "values": [float(v) if isinstance(v, (int, float)) else v for v in series["values"]],
+                "timestamps": list(series["timestamps"]),
+            },
+            upsert=True,
+        )
 
     def write_entry(self, run_id, entry):
         # $set rather than replace: fields other tools add to a run (Omniboard's tags, notes) survive.
-        self.runs.update_one({"_id": run_id}, {"$set": {k: v for k, v in entry.items() if k != "_id"}},
-                             upsert=True)
+        self.runs.update_one({"_id": run_id}, {"$set": {k: v for k, v in entry.items() if k != "_id"}}, upsert=True)
 
     def delete_files(self, file_ids):
         for file_id in file_ids:
@@ -141,20 +152,24 @@ class MongoRunObserver(RunObserver):
     # --- Sacred's events (caller's thread: memory only, except the start) --------
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         from ..errors import RHNError
+
         try:
             return self._start(ex_info, command, host_info, start_time, config, meta_info, _id)
         except RHNError as e:
             if not self.fallback_dir:
                 raise
-            _warn(f"{e}. --mongo_fallback: this run is kept in {self.fallback_dir} instead; store it later "
-                  f"with python -m rhn_core.tracking.upload {os.path.join(self.fallback_dir, '<run id>')} "
-                  f"-m {self.target.address}")
+            _warn(
+                f"{e}. --mongo_fallback: this run is kept in {self.fallback_dir} instead; store it later "
+                f"with python -m rhn_core.tracking.upload {os.path.join(self.fallback_dir, '<run id>')} "
+                f"-m {self.target.address}"
+            )
             self.fallback = FileObserver(self.fallback_dir)
             return self.fallback.started_event(ex_info, command, host_info, start_time, config, meta_info, _id)
 
     def _start(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         from pymongo.errors import PyMongoError
         from ..errors import RHNError
+
         self.client, database = connect(self.target, self.timeout_s, fallback_advice=not self.fallback_dir)
         try:
             return self._insert(ex_info, command, host_info, start_time, config, meta_info, _id, database)
@@ -167,11 +182,23 @@ class MongoRunObserver(RunObserver):
         self.store = RunStore(self.target, database)
         experiment = dict(ex_info)
         experiment["sources"] = self.store.save_sources(
-            [(name, os.path.join(ex_info["base_dir"], name)) for name, _ in ex_info["sources"]])
-        self.entry = {"experiment": experiment, "format": FORMAT, "command": command, "host": dict(host_info),
-                      "start_time": start_time, "config": flatten(config), "meta": meta_info,
-                      "status": "RUNNING", "resources": [], "artifacts": [], "captured_out": "", "info": {},
-                      "heartbeat": None}
+            [(name, os.path.join(ex_info["base_dir"], name)) for name, _ in ex_info["sources"]]
+        )
+        self.entry = {
+            "experiment": experiment,
+            "format": FORMAT,
+            "command": command,
+            "host": dict(host_info),
+            "start_time": start_time,
+            "config": flatten(config),
+            "meta": meta_info,
+            "status": "RUNNING",
+            "resources": [],
+            "artifacts": [],
+            "captured_out": "",
+            "info": {},
+            "heartbeat": None,
+        }
         if _id is not None:
             self.entry["_id"] = _id
             self.store.write_entry(_id, self.entry)
@@ -199,8 +226,13 @@ class MongoRunObserver(RunObserver):
             for name, new in metrics_by_name.items():
                 series = self.series.get(name)
                 if series is None:
-                    series = self.series[name] = {"id": ObjectId(), "steps": [], "values": [],
-                                                  "timestamps": [], "stored": 0}
+                    series = self.series[name] = {
+                        "id": ObjectId(),
+                        "steps": [],
+                        "values": [],
+                        "timestamps": [],
+                        "stored": 0,
+                    }
                     # Sacred's MongoObserver lists the metric documents in the run's info too.
                     info.setdefault("metrics", []).append({"name": name, "id": str(series["id"])})
                 for key in ("steps", "values", "timestamps"):
@@ -216,7 +248,11 @@ class MongoRunObserver(RunObserver):
             if artifact is None:
                 self.artifacts[name] = _Artifact(os.path.abspath(filename), content_type, metadata)
             else:  # the same name again: the newer file replaces the stored one
-                artifact.path, artifact.content_type, artifact.metadata = os.path.abspath(filename), content_type, metadata
+                artifact.path, artifact.content_type, artifact.metadata = (
+                    os.path.abspath(filename),
+                    content_type,
+                    metadata,
+                )
                 artifact.version += 1
         self._wake.set()
 
@@ -230,16 +266,30 @@ class MongoRunObserver(RunObserver):
         self._wake.set()
 
     def completed_event(self, stop_time, result):
-        self._end(self.fallback and self.fallback.completed_event, (stop_time, result),
-                  stop_time=stop_time, result=flatten(result), status="COMPLETED")
+        self._end(
+            self.fallback and self.fallback.completed_event,
+            (stop_time, result),
+            stop_time=stop_time,
+            result=flatten(result),
+            status="COMPLETED",
+        )
 
     def interrupted_event(self, interrupt_time, status):
-        self._end(self.fallback and self.fallback.interrupted_event, (interrupt_time, status),
-                  stop_time=interrupt_time, status=status)
+        self._end(
+            self.fallback and self.fallback.interrupted_event,
+            (interrupt_time, status),
+            stop_time=interrupt_time,
+            status=status,
+        )
 
     def failed_event(self, fail_time, fail_trace):
-        self._end(self.fallback and self.fallback.failed_event, (fail_time, fail_trace),
-                  stop_time=fail_time, status="FAILED", fail_trace=fail_trace)
+        self._end(
+            self.fallback and self.fallback.failed_event,
+            (fail_time, fail_trace),
+            stop_time=fail_time,
+            status="FAILED",
+            fail_trace=fail_trace,
+        )
 
     def _end(self, fallback_event, args, **fields):
         if fallback_event:
@@ -252,9 +302,11 @@ class MongoRunObserver(RunObserver):
         # One last write; if the server is away it costs one timeout and the run stays on disk.
         if not self._done.wait(FINAL_WAIT_S):
             self._spool()
-            _warn(f"MongoDB at {self.target.display} did not take the end of run {self.run_id} within "
-                  f"{FINAL_WAIT_S} s: the whole run is kept in {self._spooled}; store it later with "
-                  f"python -m rhn_core.tracking.upload {self._spooled} -m {self.target.address}")
+            _warn(
+                f"MongoDB at {self.target.display} did not take the end of run {self.run_id} within "
+                f"{FINAL_WAIT_S} s: the whole run is kept in {self._spooled}; store it later with "
+                f"python -m rhn_core.tracking.upload {self._spooled} -m {self.target.address}"
+            )
 
     def join(self):
         if self._writer is not None:
@@ -278,9 +330,11 @@ class MongoRunObserver(RunObserver):
                 self._spool()
             if finished:
                 if not self._online:
-                    _warn(f"MongoDB at {self.target.display} is still away at the end of run {self.run_id}: the "
-                          f"whole run is kept in {self._spooled}; when the server is back, store it with "
-                          f"python -m rhn_core.tracking.upload {self._spooled} -m {self.target.address}")
+                    _warn(
+                        f"MongoDB at {self.target.display} is still away at the end of run {self.run_id}: the "
+                        f"whole run is kept in {self._spooled}; when the server is back, store it with "
+                        f"python -m rhn_core.tracking.upload {self._spooled} -m {self.target.address}"
+                    )
                 self.client.close()
                 self._done.set()
                 return
@@ -288,28 +342,34 @@ class MongoRunObserver(RunObserver):
     def _snapshot(self):
         with self._lock:
             entry = copy.deepcopy(self.entry)
-            series = {n: {k: list(s[k]) for k in ("steps", "values", "timestamps")} | {"id": s["id"]}
-                      for n, s in self.series.items() if len(s["steps"]) != s["stored"]}
+            series = {
+                n: {k: list(s[k]) for k in ("steps", "values", "timestamps")} | {"id": s["id"]}
+                for n, s in self.series.items()
+                if len(s["steps"]) != s["stored"]
+            }
             artifacts = {n: (a, a.version) for n, a in self.artifacts.items() if a.version != a.stored_version}
         return entry, series, artifacts
 
     def _write(self):
         """Bring the database up to the current state; False if the server cannot be reached."""
         from pymongo.errors import PyMongoError
+
         entry, series, artifacts = self._snapshot()
         try:
             for name, (artifact, version) in artifacts.items():
                 try:
-                    file_id = self.store.put_artifact(self.run_id, name, artifact.path, artifact.content_type,
-                                                      artifact.metadata)
+                    file_id = self.store.put_artifact(
+                        self.run_id, name, artifact.path, artifact.content_type, artifact.metadata
+                    )
                 except OSError as e:  # the file went away: nothing to keep, and no reason to retry
                     _warn(f"artifact {name} not stored: {e}")
                     file_id = artifact.file_id
                 if artifact.file_id is not None and artifact.file_id != file_id:
                     self._replaced.append(artifact.file_id)
                 artifact.file_id, artifact.stored_version = file_id, version
-            entry["artifacts"] = [{"name": n, "file_id": a.file_id} for n, a in self.artifacts.items()
-                                  if a.file_id is not None]
+            entry["artifacts"] = [
+                {"name": n, "file_id": a.file_id} for n, a in self.artifacts.items() if a.file_id is not None
+            ]
             for name, s in series.items():
                 self.store.write_metric(self.run_id, s["id"], name, s)
                 self.series[name]["stored"] = len(s["steps"])
@@ -318,9 +378,11 @@ class MongoRunObserver(RunObserver):
             self._replaced = []
         except PyMongoError as e:
             if self._online:
-                _warn(f"MongoDB at {self.target.display} cannot be written ({type(e).__name__}); training "
-                      f"goes on, writes are retried at every heartbeat and the run is kept meanwhile in "
-                      f"{os.path.join(self.spool_root, f'mongo_{self.run_id}')}")
+                _warn(
+                    f"MongoDB at {self.target.display} cannot be written ({type(e).__name__}); training "
+                    f"goes on, writes are retried at every heartbeat and the run is kept meanwhile in "
+                    f"{os.path.join(self.spool_root, f'mongo_{self.run_id}')}"
+                )
             self._online = False
             return False
         if not self._online:
@@ -340,16 +402,25 @@ class MongoRunObserver(RunObserver):
             self._spooled_versions = {}
         entry["experiment"]["sources"] = [[n, str(i)] for n, i in entry["experiment"]["sources"]]
         try:
-            write_run_dir(folder, entry, metrics, artifacts,
-                          extra={"run_id": self.run_id, "database": self.target.db_name,
-                                 "address": self.target.display, "sources": entry["experiment"]["sources"]},
-                          copy=[n for n in artifacts if self._spooled_versions.get(n) != versions[n]])
+            write_run_dir(
+                folder,
+                entry,
+                metrics,
+                artifacts,
+                extra={
+                    "run_id": self.run_id,
+                    "database": self.target.db_name,
+                    "address": self.target.display,
+                    "sources": entry["experiment"]["sources"],
+                },
+                copy=[n for n in artifacts if self._spooled_versions.get(n) != versions[n]],
+            )
             self._spooled, self._spooled_versions = folder, versions
         except OSError as e:
             _warn(f"cannot keep run {self.run_id} in {folder} either: {e}")
 
     def _drop_spool(self):
         import shutil
+
         shutil.rmtree(self._spooled, ignore_errors=True)
         self._spooled = None
-

@@ -5,6 +5,7 @@
 from its ``last.npz`` artifact, so a job stopped on one machine goes on on
 another. The run's ``best.npz`` comes along: the final evaluation needs it.
 """
+
 import os
 import shutil
 
@@ -30,11 +31,14 @@ def _target_of(db_spec, run):
     if db_spec:
         return parse_target(db_spec)
     from .observer import MongoRunObserver
+
     for observer in getattr(run, "observers", []):
         if isinstance(observer, MongoRunObserver):
             return observer.target
-    raise RHNError("resume=#ID names a run of the database this run logs to, but there is no -m: "
-                   "add -m host:port:db or write resume=host:port:db#ID")
+    raise RHNError(
+        "resume=#ID names a run of the database this run logs to, but there is no -m: "
+        "add -m host:port:db or write resume=host:port:db#ID"
+    )
 
 
 def fetch(value, run, folder):
@@ -43,6 +47,7 @@ def fetch(value, run, folder):
     None when ``value`` is not a database reference (a plain path or empty).
     """
     import gridfs
+
     ref = parse_resume(value)
     if ref is None:
         return None
@@ -53,12 +58,16 @@ def fetch(value, run, folder):
         runs = database[target.runs_collection]
         doc = runs.find_one({"_id": ref[1]}, {"artifacts": 1, "status": 1})
         if doc is None:
-            raise RHNError(f"no run {ref[1]} in database {target.db_name} at {target.display}: "
-                           f"list the runs with python -m rhn_core.tracking.report --mongo {target.address}")
+            raise RHNError(
+                f"no run {ref[1]} in database {target.db_name} at {target.display}: "
+                f"list the runs with python -m rhn_core.tracking.report --mongo {target.address}"
+            )
         files = {a["name"]: a["file_id"] for a in doc.get("artifacts", [])}
         if "last.npz" not in files:
-            raise RHNError(f"run {ref[1]} ({doc.get('status')}) stored no last.npz to resume from "
-                           f"(it has: {', '.join(files) or 'no artifacts'})")
+            raise RHNError(
+                f"run {ref[1]} ({doc.get('status')}) stored no last.npz to resume from "
+                f"(it has: {', '.join(files) or 'no artifacts'})"
+            )
         os.makedirs(folder, exist_ok=True)
         fs = gridfs.GridFS(database)
         for name in ("last.npz", "best.npz"):

@@ -14,6 +14,7 @@ its minimum over epochs. The table shows perplexity for word-level PTB and bits 
 character for the character datasets, as the original README does. Problems end in
 one ``error: ...`` line on stderr and exit status 2.
 """
+
 import argparse
 import json
 import math
@@ -45,21 +46,28 @@ def quality(run, prefix):
 
 def y_shown(y, runs):
     """Whether the fixed columns already show ``y`` for every row (then no extra column)."""
-    bits_key = {"best_valid_perplexity": False, "full_test_perplexity": False,
-                "best_valid_bits": True, "full_test_bits": True}
-    return y in TABLE_INFO or (y in bits_key and all(
-        (r["config"].get("dataset") in CHAR_DATASETS) == bits_key[y] for r in runs))
+    bits_key = {
+        "best_valid_perplexity": False,
+        "full_test_perplexity": False,
+        "best_valid_bits": True,
+        "full_test_bits": True,
+    }
+    return y in TABLE_INFO or (
+        y in bits_key and all((r["config"].get("dataset") in CHAR_DATASETS) == bits_key[y] for r in runs)
+    )
 
 
 def columns(args, ylabel, runs):
     """(header, cell function, right-aligned) for each column of the table."""
     cols = [("id", lambda r: fmt(r["id"]), True), ("status", lambda r: fmt(r["status"]), False)]
     cols += [(k, lambda r, k=k: fmt(r["config"].get(k)), k != "dataset") for k in TABLE_CONFIG]
-    cols += [("epochs", lambda r: fmt(r["info"].get("epoch_nr")), True),
-             ("params", lambda r: fmt(r["info"].get("nr_parameters"), ","), True),
-             ("best epoch", lambda r: fmt(r["info"].get("best_val_epoch")), True),
-             ("best valid", lambda r: quality(r, "best_valid"), True),
-             ("full test", lambda r: quality(r, "full_test"), True)]
+    cols += [
+        ("epochs", lambda r: fmt(r["info"].get("epoch_nr")), True),
+        ("params", lambda r: fmt(r["info"].get("nr_parameters"), ","), True),
+        ("best epoch", lambda r: fmt(r["info"].get("best_val_epoch")), True),
+        ("best valid", lambda r: quality(r, "best_valid"), True),
+        ("full test", lambda r: quality(r, "full_test"), True),
+    ]
     for key, getter in ((args.group, lambda r: r["group"]), (args.x, lambda r: r["x"])):
         if key not in TABLE_CONFIG and key not in [c[0] for c in cols]:
             cols.append((key, (lambda g: lambda r: fmt(g(r)))(getter), True))
@@ -74,8 +82,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = Parser(prog="python -m rhn_core.tracking.report", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(
+        prog="python -m rhn_core.tracking.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mongo", metavar="SPEC", help="db, host:port:db or a mongodb:// URL")
     src.add_argument("--dir", metavar="DIR", help="a FileStorageObserver folder")
@@ -86,10 +97,19 @@ def parse_args(argv):
     p.add_argument("--plot", default="rhn_report.png", help="where to write the plot")
     p.add_argument("--no-plot", action="store_true", help="only print the table")
     p.add_argument("--logy", action="store_true", help="logarithmic y axis")
-    p.add_argument("--sweep", metavar="NAME", help="the runs of sweep NAME (rhn-sweep): one row per setting of "
-                   "its swept keys, the mean and std over the --over keys, error bars in the plot")
-    p.add_argument("--over", action="append", default=[], metavar="KEY",
-                   help="with --sweep: swept keys averaged over (default seed; repeatable)")
+    p.add_argument(
+        "--sweep",
+        metavar="NAME",
+        help="the runs of sweep NAME (rhn-sweep): one row per setting of "
+        "its swept keys, the mean and std over the --over keys, error bars in the plot",
+    )
+    p.add_argument(
+        "--over",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --sweep: swept keys averaged over (default seed; repeatable)",
+    )
     return p.parse_args(argv)
 
 
@@ -105,6 +125,7 @@ def report_from(source, args):
     statuses = {s.strip().upper() for arg in args.status for s in arg.split(",") if s.strip()}
     if getattr(args, "sweep", None):
         from ..sweep.report import report_sweep
+
         return report_sweep(source, args, statuses)
     runs = [r for r in source.runs() if not statuses or str(r["status"]).upper() in statuses]
     if not runs:
@@ -140,6 +161,7 @@ def run_command(parse, action, argv):
         return action(args) or 0
     except RHNError as e:
         from .mongo import redact
+
         print(f"error: {redact(e)}".replace("\n", " "), file=sys.stderr)
         return 2
 

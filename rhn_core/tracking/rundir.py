@@ -7,6 +7,7 @@ the run id it has in the database), and ``python -m rhn_core.tracking.upload`` r
 such folder back into MongoDB. Every file is replaced atomically, so a folder
 on disk is always readable, whenever the process stops.
 """
+
 import datetime
 import json
 import os
@@ -76,8 +77,10 @@ def _load(folder, name, default=None):
     if not os.path.isfile(path):
         if default is not None:
             return default
-        raise RHNError(f"{folder} is not a run folder of Sacred's file observer (no {name}): "
-                       f"give a folder such as runs/3 written by -F runs")
+        raise RHNError(
+            f"{folder} is not a run folder of Sacred's file observer (no {name}): "
+            f"give a folder such as runs/3 written by -F runs"
+        )
     try:
         with open(path) as f:
             return json.load(f)
@@ -104,7 +107,8 @@ def read_run_dir(folder):
     artifacts = {name: os.path.join(folder, name) for name in dict.fromkeys(run.get("artifacts", []))}
     missing = [n for n, p in artifacts.items() if not os.path.isfile(p)]
     if missing:
-        raise RHNError(f"{folder}: artifact file(s) {', '.join(missing)} are missing; restore them or "
-                       f"remove them from run.json's artifacts list")
+        raise RHNError(
+            f"{folder}: artifact file(s) {', '.join(missing)} are missing; restore them or "
+            f"remove them from run.json's artifacts list"
+        )
     return entry, metrics, artifacts, _load(folder, "mongo.json", {})
-

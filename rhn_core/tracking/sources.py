@@ -3,6 +3,7 @@
 Both give the same run records (status, config, info, meta, heartbeat, start time, artifacts) and
 metric series, for the report and for the sweep's bookkeeping (which must not import the report).
 """
+
 import json
 import os
 
@@ -34,11 +35,18 @@ class DirSource:
         runs = []
         for i in ids:
             run = self._json(i, "run.json")
-            runs.append({"id": int(i) if i.isdigit() else i, "status": run.get("status"),
-                         "config": self._json(i, "config.json"), "info": self._json(i, "info.json"),
-                         "meta": run.get("meta") or {}, "heartbeat": run.get("heartbeat"),
-                         "start_time": run.get("start_time"),
-                         "artifacts": {name: os.path.join(self.path, i, name) for name in run.get("artifacts", [])}})
+            runs.append(
+                {
+                    "id": int(i) if i.isdigit() else i,
+                    "status": run.get("status"),
+                    "config": self._json(i, "config.json"),
+                    "info": self._json(i, "info.json"),
+                    "meta": run.get("meta") or {},
+                    "heartbeat": run.get("heartbeat"),
+                    "start_time": run.get("start_time"),
+                    "artifacts": {name: os.path.join(self.path, i, name) for name in run.get("artifacts", [])},
+                }
+            )
         return [r for r in runs if sweep is None or lookup(r["meta"], "sweep.name") == sweep]
 
     def metric(self, name, ids):
@@ -53,6 +61,7 @@ class MongoSource:
 
     def __init__(self, spec):
         from .mongo import connect, parse_target
+
         target = parse_target(spec)
         self.label = f"{target.display} (database {target.db_name}, collection {target.runs_collection})"
         self.client, self.db = connect(target)
@@ -60,6 +69,7 @@ class MongoSource:
 
     def _read(self, collection, query, fields):
         from pymongo.errors import PyMongoError
+
         try:  # the projection keeps captured output and artifact lists on the server
             return list(self.db[collection].find(query, dict.fromkeys(fields, 1)))
         except PyMongoError as e:  # the server went away after the connection check
@@ -68,11 +78,19 @@ class MongoSource:
     def runs(self, sweep=None):
         query = {} if sweep is None else {"meta.sweep.name": sweep}
         fields = ("status", "config", "info", "meta", "heartbeat", "start_time", "artifacts.name")
-        return [{"id": d["_id"], "status": d.get("status"), "config": d.get("config") or {},
-                 "info": d.get("info") or {}, "meta": d.get("meta") or {}, "heartbeat": d.get("heartbeat"),
-                 "start_time": d.get("start_time"),
-                 "artifacts": {a["name"]: f"{self.address}#{d['_id']}" for a in d.get("artifacts") or []}}
-                for d in self._read(self.collection, query, fields)]
+        return [
+            {
+                "id": d["_id"],
+                "status": d.get("status"),
+                "config": d.get("config") or {},
+                "info": d.get("info") or {},
+                "meta": d.get("meta") or {},
+                "heartbeat": d.get("heartbeat"),
+                "start_time": d.get("start_time"),
+                "artifacts": {a["name"]: f"{self.address}#{d['_id']}" for a in d.get("artifacts") or []},
+            }
+            for d in self._read(self.collection, query, fields)
+        ]
 
     def metric(self, name, ids):
         docs = self._read("metrics", {"run_id": {"$in": list(ids)}, "name": name}, ("run_id", "values"))

@@ -1,5 +1,6 @@
 """The table and plot of a report, shared by the run report (``rhn_core.tracking.report``) and the
 sweep report (``rhn_core.sweep.report``): cells, sort order, the y quantity, the plot written atomically."""
+
 import math
 import os
 import tempfile
@@ -9,8 +10,15 @@ from ..errors import RHNError
 TABLE_INFO = {"epoch_nr", "nr_parameters", "best_val_epoch"}  # info keys with their own column
 # What the training loop stores in info: these name info keys even where no selected run has
 # them yet (FAILED runs), rather than being looked for among the metrics.
-INFO_KEYS = TABLE_INFO | {"best_valid_perplexity", "best_valid_bits", "full_best_valid_perplexity",
-                          "full_best_valid_bits", "full_test_perplexity", "full_test_bits", "run_dir"}
+INFO_KEYS = TABLE_INFO | {
+    "best_valid_perplexity",
+    "best_valid_bits",
+    "full_best_valid_perplexity",
+    "full_best_valid_bits",
+    "full_test_perplexity",
+    "full_test_bits",
+    "run_dir",
+}
 
 
 def lookup(mapping, key):
@@ -36,8 +44,10 @@ def resolve_y(source, runs, y):
     series = source.metric(y, [r["id"] for r in runs])
     if not any(series.values()):
         keys = sorted({k for r in runs for k in r["info"] if k != "logs"})
-        raise RHNError(f"no run has info key or metric {y!r}: pick --y from the metrics "
-                       f"(valid_perplexity, train_perplexity, ...) or info keys ({', '.join(keys) or 'none'})")
+        raise RHNError(
+            f"no run has info key or metric {y!r}: pick --y from the metrics "
+            f"(valid_perplexity, train_perplexity, ...) or info keys ({', '.join(keys) or 'none'})"
+        )
     for r in runs:
         values = [v for v in series.get(r["id"], []) if number(v) is not None]
         r["y"] = min(values) if values else None
@@ -57,8 +67,10 @@ def fmt(value, spec=""):
 def table(cols, runs):
     cells = [[c[0] for c in cols]] + [[c[1](r) for c in cols] for r in runs]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return ["  ".join(cell.rjust(w) if c[2] else cell.ljust(w) for cell, w, c in zip(row, widths, cols)).rstrip()
-            for row in cells]
+    return [
+        "  ".join(cell.rjust(w) if c[2] else cell.ljust(w) for cell, w, c in zip(row, widths, cols)).rstrip()
+        for row in cells
+    ]
 
 
 def order(value):
@@ -71,8 +83,10 @@ def order(value):
 def plot(points, args, ylabel, title):
     """Write the plot to ``args.plot`` via a temporary file, so readers never see half a PNG."""
     import matplotlib
+
     matplotlib.use("Agg")  # no display needed; must precede the pyplot import
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for group in sorted({r["group"] for r in points}, key=order):
         series = sorted((r for r in points if r["group"] == group), key=lambda r: (order(r["x"]), order(r["id"])))

@@ -9,6 +9,7 @@ to the folder's ``mongo.json`` so that uploading it again updates that run
 instead of adding a copy. ``-m`` may be left out for a kept folder whose
 address needed no password.
 """
+
 import argparse
 import os
 import sys
@@ -35,13 +36,15 @@ def _sources(entry, folder, extra):
 def upload(folder, target, database):
     """Write one run folder into ``database``; returns its run id."""
     from bson import ObjectId
+
     entry, metrics, artifacts, extra = read_run_dir(folder)
     store = RunStore(target, database)
     same_db = extra.get("database") == target.db_name and "run_id" in extra
     sources = _sources(entry, folder, extra if same_db else {})
     experiment = dict(entry.get("experiment", {}))
-    experiment["sources"] = (store.save_sources(sources) if sources is not None else
-                             [[n, ObjectId(i)] for n, i in extra["sources"]])
+    experiment["sources"] = (
+        store.save_sources(sources) if sources is not None else [[n, ObjectId(i)] for n, i in extra["sources"]]
+    )
     entry.update(experiment=experiment, format=FORMAT)
     entry.pop("_id", None)
     run_id = extra["run_id"] if same_db else store.insert({**entry, "status": "UPLOADING", "artifacts": []})
@@ -58,17 +61,30 @@ def upload(folder, target, database):
         entry["info"]["metrics"].append({"name": name, "id": str(metric_id)})
     store.write_entry(run_id, entry)
     store.delete_files(earlier)  # earlier copies of this run's artifacts
-    write_json(folder, "mongo.json", {"run_id": run_id, "database": target.db_name, "address": target.address,
-                                      "sources": [[n, str(i)] for n, i in experiment["sources"]]})
+    write_json(
+        folder,
+        "mongo.json",
+        {
+            "run_id": run_id,
+            "database": target.db_name,
+            "address": target.address,
+            "sources": [[n, str(i)] for n, i in experiment["sources"]],
+        },
+    )
     return run_id
 
 
 def main(argv=None):
     from pymongo.errors import PyMongoError
+
     parser = argparse.ArgumentParser(prog="python -m rhn_core.tracking.upload", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", metavar="DIR", help="run folders (Sacred file-observer layout)")
-    parser.add_argument("-m", "--mongo_db", metavar="ADDRESS",
-                        help="host:port:db or a mongodb:// URL (default: the address a kept folder records)")
+    parser.add_argument(
+        "-m",
+        "--mongo_db",
+        metavar="ADDRESS",
+        help="host:port:db or a mongodb:// URL (default: the address a kept folder records)",
+    )
     args = parser.parse_args(argv)
     try:
         for folder in args.folders:
@@ -86,8 +102,11 @@ def main(argv=None):
         print(f"error: {redact(e)}", file=sys.stderr)
         return 2
     except PyMongoError as e:
-        print(f"error: MongoDB failed during the upload ({redact(e)}); run the same command again: "
-              f"it completes the same run", file=sys.stderr)
+        print(
+            f"error: MongoDB failed during the upload ({redact(e)}); run the same command again: "
+            f"it completes the same run",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -14,6 +14,7 @@ every product with bfloat16 inputs, on CPUs with bfloat16 instructions (``cpu_bf
 
 Triton is optional: it is imported only when the triton path is chosen.
 """
+
 import importlib.util
 import os
 
@@ -42,8 +43,10 @@ def resolve_impl(impl, device_type, dtype=torch.float32, hidden_size=None, preci
         raise RHNError(f"rhn_impl={impl!r}: use one of {', '.join(IMPLS)}")
     if precision == "bf16" and device_type == "cpu" and impl != "triton":  # triton: its interpreter, for tests
         if impl == "reference":
-            raise RHNError("precision=bf16 on CPU runs every product in oneDNN: use rhn_impl=auto or onednn "
-                           "(or precision=float32 with rhn_impl=reference)")
+            raise RHNError(
+                "precision=bf16 on CPU runs every product in oneDNN: use rhn_impl=auto or onednn "
+                "(or precision=float32 with rhn_impl=reference)"
+            )
         require_bf16_products("torch")
         if not onednn.usable(device_type, dtype):
             raise RHNError("precision=bf16 on CPU needs a PyTorch built with oneDNN: use precision=float32")
@@ -54,14 +57,18 @@ def resolve_impl(impl, device_type, dtype=torch.float32, hidden_size=None, preci
         large = hidden_size is None or hidden_size >= onednn.MIN_HIDDEN_SIZE
         return "onednn" if large and onednn.usable(device_type, dtype) else "reference"
     if impl == "onednn" and not onednn.usable(device_type, dtype):
-        raise RHNError(f"rhn_impl=onednn runs float32 models on CPU (this is {str(dtype).replace('torch.', '')} "
-                       f"on {device_type}, or PyTorch lacks oneDNN); use rhn_impl=auto")
+        raise RHNError(
+            f"rhn_impl=onednn runs float32 models on CPU (this is {str(dtype).replace('torch.', '')} "
+            f"on {device_type}, or PyTorch lacks oneDNN); use rhn_impl=auto"
+        )
     if impl == "triton":
         if not triton_installed():
             raise RHNError("rhn_impl=triton needs the triton package (pip install triton); or use rhn_impl=auto")
         if device_type != "cuda" and not interpreting():
-            raise RHNError(f"rhn_impl=triton runs on CUDA (on {device_type} only under TRITON_INTERPRET=1, "
-                           "for tests); use rhn_impl=auto or device=cuda")
+            raise RHNError(
+                f"rhn_impl=triton runs on CUDA (on {device_type} only under TRITON_INTERPRET=1, "
+                "for tests); use rhn_impl=auto or device=cuda"
+            )
     return impl
 
 
@@ -69,8 +76,10 @@ def make_steps(impl, precision="float32"):
     """The micro-step implementation for a resolved ``impl`` and ``precision``."""
     if impl == "reference":
         from .eager import TorchSteps
+
         return TorchSteps()
     if impl == "onednn":
         return onednn.BF16Steps() if precision == "bf16" else onednn.OneDNNSteps()
     from .fused import TritonSteps
+
     return TritonSteps(tf32=precision == "tf32")

@@ -4,6 +4,7 @@ its hand-written backward loop and the model's products as plain PyTorch operati
 subclass it and replace only its products or its micro-steps, so that what they share
 is written once.
 """
+
 import torch
 
 
@@ -61,8 +62,9 @@ class TorchSteps:
                 i = t * D + k
                 torch.mul(Ps[i], ds.unsqueeze(1), out=Ds3[i])
                 if split:
-                    ds_in = (self.product(Ds[i][:, :H], RtH[k]) * mh[:, :H] +
-                             self.product(Ds[i][:, H:], RtT[k]) * mh[:, H:])
+                    ds_in = (
+                        self.product(Ds[i][:, :H], RtH[k]) * mh[:, :H] + self.product(Ds[i][:, H:], RtT[k]) * mh[:, H:]
+                    )
                 else:
                     ds_in = self.product(Ds[i], Rt[k])
                     if mh is not None:

@@ -3,6 +3,7 @@
 Same two methods as ``reference.TorchSteps``, so ``RHNRecurrence`` runs its loops and
 its weight-gradient GEMMs unchanged: only the per-micro-step work is one launch here.
 """
+
 import torch
 
 from .eager import TorchSteps
@@ -31,7 +32,8 @@ class TritonSteps(TorchSteps):
         for t in reversed(range(T)):
             for k in reversed(range(D)):
                 i = t * D + k
-                triton_steps.backward_step(ds, d_out[:, t] if k == D - 1 else None, As[i], Ss[i], mh, Rs[k],
-                                           Ds[i], spare, tf32=self.tf32)
+                triton_steps.backward_step(
+                    ds, d_out[:, t] if k == D - 1 else None, As[i], Ss[i], mh, Rs[k], Ds[i], spare, tf32=self.tf32
+                )
                 ds, spare = spare, ds
         return ds

@@ -10,6 +10,7 @@ static buffers that each call copies into, and its outputs are copied out.
 capture: on a CPU (where there are no graphs) the tests run the uncaptured path and
 check it against the plain step, bit for bit.
 """
+
 import torch
 
 

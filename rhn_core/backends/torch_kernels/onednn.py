@@ -22,6 +22,7 @@ outside the products stay float32, and the parameters too (cast once per step, n
 Its products go through the same oneDNN op as float32's: ``torch.mm`` on bfloat16 tensors
 (also oneDNN) measured the same within noise for a ptb_sota step (Intel Xeon with AMX-BF16).
 """
+
 import torch
 
 from .eager import TorchSteps

@@ -23,6 +23,7 @@ Masks: MASK = 0 none, 1 one B x H mask for H and T, 2 separate masks (B x 2H,
 Under TRITON_INTERPRET=1 these kernels run on CPU tensors (float64 included): the
 tests check them against the NumPy oracle that way.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -35,9 +36,26 @@ def _tanh(x):
 
 
 @triton.jit
-def _forward_kernel(s_ptr, m_ptr, r_ptr, bias_ptr, a_ptr, out_ptr, B, H, stride_s, stride_m, stride_bias,
-                    stride_a, stride_out, MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-                    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+def _forward_kernel(
+    s_ptr,
+    m_ptr,
+    r_ptr,
+    bias_ptr,
+    a_ptr,
+    out_ptr,
+    B,
+    H,
+    stride_s,
+    stride_m,
+    stride_bias,
+    stride_a,
+    stride_out,
+    MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rh = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     in_b, in_h = rb < B, rh < H
@@ -72,8 +90,9 @@ def _forward_kernel(s_ptr, m_ptr, r_ptr, bias_ptr, a_ptr, out_ptr, B, H, stride_
 
 
 @triton.jit
-def _d_pre(ds_ptr, dout_ptr, a_ptr, s_ptr, rb, rj, tile, H, stride_ds, stride_dout, stride_a, stride_s,
-           HAS_DOUT: tl.constexpr):
+def _d_pre(
+    ds_ptr, dout_ptr, a_ptr, s_ptr, rb, rj, tile, H, stride_ds, stride_dout, stride_a, stride_s, HAS_DOUT: tl.constexpr
+):
     """(ds, d_pre_H, d_pre_T, t) on the tile rows rb x columns rj."""
     ds = tl.load(ds_ptr + rb[:, None] * stride_ds + rj[None, :], mask=tile, other=0.0)
     if HAS_DOUT:
@@ -87,10 +106,31 @@ def _d_pre(ds_ptr, dout_ptr, a_ptr, s_ptr, rb, rj, tile, H, stride_ds, stride_do
 
 
 @triton.jit
-def _backward_kernel(ds_ptr, dout_ptr, a_ptr, s_ptr, m_ptr, r_ptr, dpre_ptr, dsin_ptr, B, H, stride_ds,
-                     stride_dout, stride_a, stride_s, stride_m, stride_dpre, stride_dsin, HAS_DOUT: tl.constexpr,
-                     MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+def _backward_kernel(
+    ds_ptr,
+    dout_ptr,
+    a_ptr,
+    s_ptr,
+    m_ptr,
+    r_ptr,
+    dpre_ptr,
+    dsin_ptr,
+    B,
+    H,
+    stride_ds,
+    stride_dout,
+    stride_a,
+    stride_s,
+    stride_m,
+    stride_dpre,
+    stride_dsin,
+    HAS_DOUT: tl.constexpr,
+    MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rc = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     in_b, in_c = rb < B, rc < H
@@ -99,8 +139,21 @@ def _backward_kernel(ds_ptr, dout_ptr, a_ptr, s_ptr, m_ptr, r_ptr, dpre_ptr, dsi
     for j0 in range(0, H, BLOCK_K):
         rj = j0 + tl.arange(0, BLOCK_K)
         in_j = rj < H
-        _, dh, dt, _ = _d_pre(ds_ptr, dout_ptr, a_ptr, s_ptr, rb, rj, in_b[:, None] & in_j[None, :], H, stride_ds,
-                              stride_dout, stride_a, stride_s, HAS_DOUT)
+        _, dh, dt, _ = _d_pre(
+            ds_ptr,
+            dout_ptr,
+            a_ptr,
+            s_ptr,
+            rb,
+            rj,
+            in_b[:, None] & in_j[None, :],
+            H,
+            stride_ds,
+            stride_dout,
+            stride_a,
+            stride_s,
+            HAS_DOUT,
+        )
         # R^T tiles: element [j, c] of R_H^T is R[c, j]
         w = in_j[:, None] & in_c[None, :]
         rt_h = tl.load(r_ptr + rc[None, :] * (2 * H) + rj[:, None], mask=w, other=0.0)
@@ -108,8 +161,9 @@ def _backward_kernel(ds_ptr, dout_ptr, a_ptr, s_ptr, m_ptr, r_ptr, dpre_ptr, dsi
         acc_h += tl.dot(dh, rt_h, input_precision=PRECISION)
         acc_t += tl.dot(dt, rt_t, input_precision=PRECISION)
     tile = in_b[:, None] & in_c[None, :]
-    ds, dh, dt, t = _d_pre(ds_ptr, dout_ptr, a_ptr, s_ptr, rb, rc, tile, H, stride_ds, stride_dout, stride_a,
-                           stride_s, HAS_DOUT)
+    ds, dh, dt, t = _d_pre(
+        ds_ptr, dout_ptr, a_ptr, s_ptr, rb, rc, tile, H, stride_ds, stride_dout, stride_a, stride_s, HAS_DOUT
+    )
     if MASK == 0:
         ds_in = acc_h + acc_t
     if MASK == 1:
@@ -151,10 +205,26 @@ def forward_step(s, mh, R_k, bias, a_out, s_out, tf32=False):
     stride_bias = bias.stride(0) if bias.dim() == 2 else 0
     block_b = _block_b(B)
     grid = (triton.cdiv(B, block_b), triton.cdiv(H, BLOCK_H))
-    _forward_kernel[grid](s, s if mh is None else mh, R_k, bias, a_out, s_out, B, H, s.stride(0),
-                          0 if mh is None else mh.stride(0), stride_bias, a_out.stride(0), s_out.stride(0),
-                          MASK=_mask_mode(mh, H), PRECISION=_precision(s.dtype, tf32), BLOCK_B=block_b,
-                          BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K)
+    _forward_kernel[grid](
+        s,
+        s if mh is None else mh,
+        R_k,
+        bias,
+        a_out,
+        s_out,
+        B,
+        H,
+        s.stride(0),
+        0 if mh is None else mh.stride(0),
+        stride_bias,
+        a_out.stride(0),
+        s_out.stride(0),
+        MASK=_mask_mode(mh, H),
+        PRECISION=_precision(s.dtype, tf32),
+        BLOCK_B=block_b,
+        BLOCK_H=BLOCK_H,
+        BLOCK_K=BLOCK_K,
+    )
 
 
 def backward_step(ds, d_out, a, s, mh, R_k, d_pre_out, ds_out, tf32=False):
@@ -163,8 +233,28 @@ def backward_step(ds, d_out, a, s, mh, R_k, d_pre_out, ds_out, tf32=False):
     B, H = ds.shape
     block_b = _block_b(B)
     grid = (triton.cdiv(B, block_b), triton.cdiv(H, BLOCK_H))
-    _backward_kernel[grid](ds, ds if d_out is None else d_out, a, s, ds if mh is None else mh, R_k, d_pre_out,
-                           ds_out, B, H, ds.stride(0), 0 if d_out is None else d_out.stride(0), a.stride(0),
-                           s.stride(0), 0 if mh is None else mh.stride(0), d_pre_out.stride(0), ds_out.stride(0),
-                           HAS_DOUT=d_out is not None, MASK=_mask_mode(mh, H), PRECISION=_precision(ds.dtype, tf32),
-                           BLOCK_B=block_b, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K)
+    _backward_kernel[grid](
+        ds,
+        ds if d_out is None else d_out,
+        a,
+        s,
+        ds if mh is None else mh,
+        R_k,
+        d_pre_out,
+        ds_out,
+        B,
+        H,
+        ds.stride(0),
+        0 if d_out is None else d_out.stride(0),
+        a.stride(0),
+        s.stride(0),
+        0 if mh is None else mh.stride(0),
+        d_pre_out.stride(0),
+        ds_out.stride(0),
+        HAS_DOUT=d_out is not None,
+        MASK=_mask_mode(mh, H),
+        PRECISION=_precision(ds.dtype, tf32),
+        BLOCK_B=block_b,
+        BLOCK_H=BLOCK_H,
+        BLOCK_K=BLOCK_K,
+    )
