@@ -42,6 +42,7 @@ from .output import guard_std_streams
 from .hyperparams import NAMED_CONFIGS, check_value, hyperparameters
 from .tracking.credentials import check_run_inputs
 from .tracking.mongo import parse_target
+from .tracking.remote import resolve as resolve_resume
 
 
 @cli_option("-M", "--mongo_fallback")
@@ -229,7 +230,11 @@ def make_experiment(backend_name, main_globals=None):
     def main(_config, _run):
         """Train, select the best epoch on validation, evaluate it on the full streams."""
         with chief_output(backend_name):
-            trainer = loop.Trainer(_config, backend_name, _run)  # bad config, data or checkpoint fail here
+            # resume=ADDRESS#ID or #ID (a run in MongoDB) is resolved here, before the loop: the loop gets
+            # only the download, which it calls once it holds its folder (the files land in <run_dir>/fetched)
+            fetch_resume = resolve_resume(_config["resume"], _run)
+            # bad config, data or checkpoint fail here
+            trainer = loop.Trainer(_config, backend_name, _run, fetch_resume)
             print_run_config(_run)  # as the original's main does first
             result = trainer.train()
             if _config["sample_at_end"]:  # the backend holds the best epoch's weights now

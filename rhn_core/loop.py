@@ -7,170 +7,42 @@ checkpoint on valid, the final B = 1 pass over valid and test with the best
 weights, metrics and ``_run.info``. Additions: resumable checkpoints
 (``last.npz``, also written on Ctrl-C), progress bars, and a stop with a clear
 message on a NaN/Inf loss. A backend is driven only through the interface
-of ``rhn_core.backends.base``.
+of ``rhn_core.backends.base``; what every command shares (data, backend, perplexity,
+Ctrl-C) is in ``rhn_core.runtime``, the checks of a resumed run in ``rhn_core.resume``.
+Nothing here knows about experiment tracking: the experiment hands in Sacred's run, and the
+download of a run stored in a database (``fetch_resume``).
 """
 
 import json
 import math
 import os
-import signal
-import threading
 import time
 import uuid
 
 import numpy as np
 
 from .data import readers
-from .tracking import remote
-from .backends import load_backend
-from .backends.base import OPTION_KEYS
 from .checkpoint import check_writable, load_checkpoint, read_state_entries, remove_stale_temporaries, save_checkpoint
-from .distributed import LocalComm, World, check_batch, detect, shard_masks
+from .distributed import LocalComm, detect, shard_masks
 from .errors import RHNError, TrainingInterrupted
-from .hyperparams import check_config, config_changes, lr_at
+from .hyperparams import check_config, lr_at
 from .masks import sampler
 from .plots import learning_curve
-from .params import check_params, count_params, describe, init_params, spec_from_config
+from .params import count_params, describe, init_params
 from .progress import progress_bar
-from .runlock import RunFolder, checkpoints_in, default_base, note_writer, shell_arg
-
-
-# Training-state entries a resumed run reads (with the logs); "hidden" is there only inside an epoch.
-RESUME_STATE = ("epoch", "step", "costs", "iters", "rng", "best_valid", "best_epoch", "batch_size", "num_steps")
-
-
-class _Stop(Exception):
-    """Ctrl-C was seen between two steps."""
-
-
-class Abort(KeyboardInterrupt):
-    """A second Ctrl-C: stop now, without waiting for the step or the checkpoint being written."""
-
-
-def _say(text):
-    """A line from a signal handler: never an exception there, whatever happened to the output."""
-    try:
-        print(text, flush=True)
-    except (OSError, ValueError):
-        pass
-
-
-class InterruptFlag:
-    """First Ctrl-C (or SIGTERM, SIGHUP when the terminal or SSH session closes, or Slurm's pre-timeout
-    SIGUSR2): finish the step, save, stop. A second Ctrl-C aborts at once (``Abort``); a scheduler's
-    further signals (Slurm may send SIGTERM and SIGUSR2 to every process of a job) are ignored, so they
-    cannot cut the checkpoint short."""
-
-    SIGNALS = tuple(
-        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2") if hasattr(signal, name)
-    )
-
-    def __init__(self, vote=bool):
-        self.requested = False
-        self.signum = signal.SIGINT  # the first signal seen: the exit status is 128 + its number
-        self.vote = vote  # data parallel: the ranks' agreement, so all stop after the same step
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            if signum == signal.SIGINT:
-                raise Abort
-            return
-        self.requested, self.signum = True, signum
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        _say(f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again aborts)")
-
-    def check(self):
-        if self.vote(self.requested):
-            raise _Stop
-
-
-def resume_file(value):
-    """``resume=``: a checkpoint, a database reference, or a run's folder (its last.npz)."""
-    if value and not remote.is_reference(value) and os.path.isdir(value):
-        last = os.path.join(value, "last.npz")
-        if not os.path.isfile(last):
-            raise RHNError(
-                f"resume={value} is a folder without a last.npz: give the last.npz a run wrote "
-                f"(it is in the folder its start line names)"
-            )
-        return last
-    return value
-
-
-def progress_of(state):
-    """How far a last.npz got, from its epoch and step entries."""
-    epoch, step = int(state["epoch"]), int(state["step"])
-    return f"in epoch {epoch} at step {step}" if step else f"{epoch - 1} epoch{'s' if epoch != 2 else ''} done"
-
-
-def perplexity(costs, iters):
-    """exp(mean NLL); inf for no tokens or a mean beyond a float's range (a diverged run), never an exception."""
-    if not iters or not math.isfinite(costs):
-        return math.inf if costs == costs else math.nan
-    try:
-        return math.exp(costs / iters)
-    except OverflowError:
-        return math.inf
-
-
-def diverged(ppl, vocab_size):
-    """Perplexity beyond V^2: V times worse than guessing uniformly (a healthy run starts near V), or not finite."""
-    return not ppl < vocab_size**2
-
-
-def bits(ppl):
-    return math.log2(ppl)
-
-
-def corpus_and_spec(cfg, backend_name=None, world=None):
-    """Checked config (and its split over ``world``) -> (corpus, model spec)."""
-    check_config(cfg)
-    if backend_name:
-        check_batch(world or World(), cfg["batch_size"], cfg["replicas"], backend_name)
-    corpus = readers.load_corpus(cfg)
-    for split, (dropped, total) in corpus.dropped.items():
-        if dropped:  # the original dropped them silently, which flatters the perplexity
-            print(
-                f"Note: {dropped:,} of the {total:,} words of the {split} file ({100 * dropped / total:.2f} %) are "
-                f"not in the training vocabulary and are left out, as the original did: they are not scored"
-            )
-    for split in ("train", "valid", "test"):
-        readers.check_batchable(getattr(corpus, split), cfg["batch_size"], cfg["num_steps"], split)
-    return corpus, spec_from_config(cfg, corpus.vocab_size)
-
-
-def make_backend(cfg, backend_name, spec, params, world=None):
-    """The backend (``rhn_core.backends.base``); with ``world`` of several processes it joins their group."""
-    module = load_backend(backend_name)
-    try:
-        return module.Backend(
-            spec,
-            params,
-            cfg["weight_decay"],
-            cfg["max_grad_norm"],
-            cfg["device"],
-            cfg["dtype"],
-            threads=cfg["threads"],
-            world=world,
-            timeout=cfg["dist_timeout"],
-            options={key: cfg[key] for key in OPTION_KEYS},
-        )
-    except (RuntimeError, AssertionError, ValueError) as e:  # e.g. device='cuda' on a machine without one
-        raise RHNError(
-            f"{backend_name} backend cannot start on device={cfg['device']!r}: "
-            f"{str(e).splitlines()[0]}; use device=cpu or device=auto"
-        )
+from .resume import check_best, lineage_of, progress_of, refuse_foreign, restore, resume_file
+from .runlock import RunFolder, default_base, shell_arg
+from .runtime import (
+    Abort,
+    InterruptFlag,
+    Stop,
+    bits,
+    corpus_and_spec,
+    diverged,
+    load_for_evaluation,
+    make_backend,
+    perplexity,
+)
 
 
 class Evaluator:
@@ -222,33 +94,38 @@ class Evaluator:
 
 
 class Trainer:
-    """One training run: epochs, checkpoints, metrics (the original ``main``)."""
+    """One training run: epochs, checkpoints, metrics (the original ``main``).
 
-    def __init__(self, cfg, backend_name, run):
+    ``fetch_resume``: where ``resume=`` names a run stored elsewhere (a database, resolved by the
+    experiment), the download of its checkpoints: called with a folder, it writes them there and
+    returns the path of the last.npz. This run claims its folder first; the download lands in
+    ``<run_dir>/fetched``."""
+
+    def __init__(self, cfg, backend_name, run, fetch_resume=None):
         self.world = detect(backend_name)
         if not self.world.chief:  # only rank 0 shows progress
             cfg = dict(cfg, progress=False)
         self.cfg, self.run, self.backend_name = cfg, run, backend_name
         check_config(cfg)  # before the folder is claimed: a bad value leaves nothing behind
-        resume = resume_file(cfg["resume"])
-        from_db = remote.is_reference(resume)  # its checkpoints are fetched into <run_dir>/fetched
+        from_db = fetch_resume is not None  # its checkpoints are fetched into <run_dir>/fetched
+        resume = cfg["resume"] if from_db else resume_file(cfg["resume"])
         resume_dir = os.path.dirname(os.path.abspath(resume)) if resume and not from_db else ""
         # The one writer (rank 0) locks its folder first, before any work: a second run there stops now.
         self.folder = RunFolder.claim(cfg["save_dir"] or resume_dir, default_base(cfg)) if self.world.chief else None
         self.run_dir = self.folder.path if self.folder else cfg["save_dir"] or resume_dir or default_base(cfg)
         try:
-            self._start(resume, from_db, resume_dir)
+            self._start(resume, fetch_resume, resume_dir)
         except BaseException:
             if self.folder:
                 self.folder.abandon()
             raise
 
-    def _start(self, resume, from_db, resume_dir):
-        cfg, run = self.cfg, self.run
+    def _start(self, resume, fetch_resume, resume_dir):
+        cfg = self.cfg
         if not resume:
             self._refuse_foreign(resume_dir, None)
-        elif not from_db:
-            self._refuse_foreign(resume_dir, read_state_entries(resume, ["run_lineage"]).get("run_lineage", ""))
+        elif not fetch_resume:
+            self._refuse_foreign(resume_dir, lineage_of(resume))
         self.corpus, self.spec = corpus_and_spec(cfg, self.backend_name, self.world)
         init_seq, mask_seq = np.random.SeedSequence(cfg["seed"]).spawn(2)
         self.rng = np.random.default_rng(mask_seq)
@@ -259,15 +136,15 @@ class Trainer:
         self.lineage = uuid.uuid4().hex  # this run's id in its checkpoints; a resumed run keeps its own
         self.data_fingerprint = readers.fingerprint(self.corpus)
         self._prepare_run_dir()
-        if from_db:  # a run in MongoDB: its checkpoints are downloaded; this run saves beside them
+        if fetch_resume:  # a run stored elsewhere: its checkpoints are downloaded; this run saves beside them
             fetched = os.path.join(self.run_dir, "fetched")
-            resume = remote.fetch(resume, run, fetched)
-            self._refuse_foreign(fetched, read_state_entries(resume, ["run_lineage"]).get("run_lineage", ""))
+            resume = fetch_resume(fetched)
+            self._refuse_foreign(fetched, lineage_of(resume))
         if resume:
             params = self._restore(resume)  # a file that is no checkpoint fails before anything is written
         if resume and self.world.chief:  # the one writer; the others get best.npz from it at the end
             self._carry_best_over(os.path.dirname(os.path.abspath(resume)))
-            self._check_best(resume)
+            check_best(self.path("best.npz"), resume, self.run_dir, self.best_epoch, self.best_valid, self.epoch)
         self.backend = make_backend(cfg, self.backend_name, self.spec, params, self.world)
         self.comm = self.backend.comm
         self.masks = sampler(cfg, self.spec)
@@ -275,30 +152,10 @@ class Trainer:
         self.evaluator = Evaluator(cfg, self.backend, self.corpus, self.interrupt, self.comm)
 
     def _refuse_foreign(self, own_dir, lineage):
-        """A run never replaces another run's checkpoints: a new run (``lineage`` None) needs a folder without
-        any; a resumed run may write only over its own (its resume file's folder, or files of its lineage)."""
-        if not self.folder or (own_dir and os.path.realpath(own_dir) == os.path.realpath(self.run_dir)):
-            return
-        found = checkpoints_in(self.run_dir)
-        if lineage is not None:
-            found = [
-                n for n in found if read_state_entries(self.path(n), ["run_lineage"]).get("run_lineage") != lineage
-            ]
-        if not found:
-            return
-        last = self.path("last.npz")
-        held = read_state_entries(last, ["epoch", "step"]) if "last.npz" in found else {}
-        what = ", ".join(f"{name} ({progress_of(held)})" if name == "last.npz" and held else name for name in found)
-        advice = (
-            f"continue that run with {shell_arg('resume', last)}, or "
-            if "last.npz" in found and lineage is None
-            else ""
-        )
-        raise RHNError(
-            f"{self.run_dir} holds another run's checkpoints ({what}), which this run would replace: "
-            f"{advice}set save_dir= to a new folder, or leave save_dir out (each run then gets a "
-            f"fresh folder under runs/)"
-        )
+        """Another run's checkpoints in this run's folder stop it (``rhn_core.resume.refuse_foreign``);
+        only the one writer looks."""
+        if self.folder:
+            refuse_foreign(self.run_dir, own_dir, lineage)
 
     # --- checkpoints ------------------------------------------------------------
     def path(self, name):
@@ -335,103 +192,26 @@ class Trainer:
                 print(f"Removed {os.path.join(folder, name)}: left by a process that is no longer running")
 
     def _restore(self, path):
-        params, st = load_checkpoint(path)
-        if "step" not in st:
-            raise RHNError(f"{path} has no training state (a best.npz?): resume from the run's last.npz")
-        missing = [k for k in (*RESUME_STATE, *self.logs) if k not in st]
-        if missing:
-            raise RHNError(
-                f"{path} is not a complete training checkpoint: its training state lacks "
-                f"{', '.join(missing)}; resume from a last.npz written by a run"
-            )
-        check_params(params, self.spec, path)
-        self._check_data(path, st)
-        try:
-            self.epoch, self.step = int(st["epoch"]), int(st["step"])
-            shape = {k: int(st[k]) for k in ("batch_size", "num_steps")}
-            if self.step and shape != {k: self.cfg[k] for k in shape}:
-                raise RHNError(
-                    f"{path} stopped inside an epoch with batch_size={shape['batch_size']}, "
-                    f"num_steps={shape['num_steps']}: resume with those values"
-                )
-            self.costs, self.iters = float(st["costs"]), int(st["iters"])
-            self.rng.bit_generator.state = json.loads(str(st["rng"]))
-            self.best_valid, self.best_epoch = float(st["best_valid"]), int(st["best_epoch"])
-            self.logs = {k: [float(v) for v in st[k]] for k in self.logs}
-            mine = self.world.rows(self.cfg["batch_size"])
-            self.hidden = [h[mine] for h in st["hidden"]] if "hidden" in st else None
-            self.lineage = str(st["run_lineage"]) if "run_lineage" in st else self.lineage
-            stored = json.loads(str(st["config"])) if "config" in st else None
-        except (ValueError, TypeError, KeyError, IndexError) as e:
-            raise RHNError(
-                f"{path} is not a usable training checkpoint: its training state is damaged "
-                f"({type(e).__name__}); resume from a last.npz written by a run"
-            )
-        print(f"Resuming from {path}: epoch {self.epoch}, step {self.step}")
-        self._note_changes(path, stored)
-        return params
-
-    def _note_changes(self, path, stored):
-        """A resumed run whose config differs from its checkpoint's says so, one line a key, and records it."""
-        if stored is None:
-            print(
-                f"Note: {path} does not record its config (written before configs were stored); changes "
-                f"of learning_rate, dropout... since then are not checked"
-            )
-            return
-        changes = config_changes(stored, self.cfg)
-        given = getattr(getattr(self.run, "config_modifications", None), "modified", None)
-        if given is not None and "seed" not in given:  # Sacred drew a new one; the masks go on from the checkpoint
-            changes.pop("seed", None)
-        for key, (old, new) in changes.items():
-            print(f"Changed since the checkpoint: {key} {old!r} -> {new!r}")
-        if changes:
-            self.run.info["resumed_with_changes"] = {k: list(v) for k, v in changes.items()}
-
-    def _check_data(self, path, st):
-        """A checkpoint continues only on the data it was trained on (unless resume_other_data=True)."""
-        if "data_fingerprint" not in st:
-            print(f"Note: {path} does not record its training data (written before fingerprints); not checked")
-        elif str(st["data_fingerprint"]) != self.data_fingerprint:
-            if not self.cfg["resume_other_data"]:
-                raise RHNError(
-                    f"{path} was trained on other data than {self.cfg['data_path']} "
-                    f"(data fingerprint {str(st['data_fingerprint'])[:12]}, this data "
-                    f"{self.data_fingerprint[:12]}): check dataset and data_path, or set "
-                    f"resume_other_data=True to continue on this data anyway"
-                )
-            print(
-                f"Note: {path} was trained on other data; continuing on {self.cfg['data_path']} "
-                f"(resume_other_data=True)"
-            )
+        """This run continues the checkpoint ``path`` (``rhn_core.resume.restore``); its weights."""
+        r = restore(
+            path,
+            self.spec,
+            self.cfg,
+            self.data_fingerprint,
+            self.logs,
+            self.world.rows(self.cfg["batch_size"]),
+            self.run,
+        )
+        self.epoch, self.step, self.costs, self.iters, self.rng = r.epoch, r.step, r.costs, r.iters, r.rng
+        self.best_valid, self.best_epoch, self.logs, self.hidden = r.best_valid, r.best_epoch, r.logs, r.hidden
+        self.lineage = self.lineage if r.lineage is None else r.lineage
+        return r.params
 
     def _carry_best_over(self, old_dir):
         """A run resumed into another save_dir brings its best.npz along (the final pass needs it)."""
         old, new = os.path.join(old_dir, "best.npz"), self.path("best.npz")
         if os.path.isfile(old) and os.path.abspath(old) != os.path.abspath(new):
             self._write(new, lambda: save_checkpoint(new, *load_checkpoint(old)))
-
-    def _check_best(self, resume):
-        """The final pass needs the best epoch's weights: a missing or foreign best.npz fails now, not after training."""
-        path = self.path("best.npz")
-        if not self.best_epoch:
-            return
-        if not os.path.isfile(path):
-            raise RHNError(
-                f"{resume} continues a run whose best epoch ({self.best_epoch}) is kept in its best.npz, "
-                f"which is neither beside it nor in {self.run_dir}: put that run's best.npz there "
-                f"(the final evaluation needs it)"
-            )
-        _, st = load_checkpoint(path)
-        epoch = int(st["best_epoch"]) if "best_epoch" in st else 0
-        valid = float(st["valid_perplexity"]) if "valid_perplexity" in st else math.nan
-        # A best.npz of a later epoch than the checkpoint (killed between the two saves) is written again.
-        if epoch < self.epoch and (epoch, valid) != (self.best_epoch, self.best_valid):
-            raise RHNError(
-                f"{path} holds epoch {epoch} (valid {valid:.3f}) but {resume} continues a run whose best "
-                f"is epoch {self.best_epoch} (valid {self.best_valid:.3f}): it is another run's best.npz; "
-                f"put the matching one there or resume into an empty save_dir"
-            )
 
     def _write(self, path, write):
         """``write()`` the file ``path``; a failure (a full disk...) stops the run in one line, the files on disk whole."""
@@ -600,7 +380,7 @@ class Trainer:
                     result = self._final()
                     self.comm.close()
                     return result
-                except _Stop:
+                except Stop:
                     self._stopped()
                 except Abort:
                     raise self._aborted("")
@@ -679,13 +459,8 @@ class Trainer:
 
 def evaluate(cfg, backend_name, run):
     """Sacred ``evaluate``: batched valid, full valid and full test of ``load_model``."""
-    if not cfg["load_model"]:
-        raise RHNError("evaluate needs load_model=PATH, a checkpoint such as runs/<dataset>_<seed>/best.npz")
-    corpus, spec = corpus_and_spec(cfg)
-    note_writer(cfg["load_model"], "scoring")
-    params, _ = load_checkpoint(cfg["load_model"])
-    check_params(params, spec, cfg["load_model"])
-    evaluator = Evaluator(cfg, make_backend(cfg, backend_name, spec, params), corpus)
+    corpus, _, backend = load_for_evaluation(cfg, backend_name, "evaluate", reading="scoring")
+    evaluator = Evaluator(cfg, backend, corpus)
     results = {
         "valid_perplexity": evaluator.batched("valid"),
         "full_valid_perplexity": evaluator.full("valid"),

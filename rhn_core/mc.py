@@ -31,14 +31,13 @@ import os
 import numpy as np
 
 from .data import readers
-from .checkpoint import check_writable, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import check_writable, remove_stale_temporaries, save_checkpoint
 from .errors import RHNError, TrainingInterrupted
 from .hyperparams import check_config
-from .loop import InterruptFlag, _Stop, bits, corpus_and_spec, make_backend
 from .masks import Masks, bernoulli_mask, sample_masks, tie_repeated_tokens
-from .params import check_params
 from .progress import progress_bar
 from .runlock import RunFolder
+from .runtime import InterruptFlag, Stop, bits, load_for_evaluation
 
 MODES = ("faithful", "corrected")
 CLIP = 1e-10
@@ -134,10 +133,8 @@ def evaluate_mc(cfg, backend_name, run):
     # evaluation) refuses this one.
     folder = RunFolder.claim(out_dir, command="MC evaluation")
     try:
-        corpus, spec = corpus_and_spec(cfg)
-        params, _ = load_checkpoint(cfg["load_model"])
-        check_params(params, spec, cfg["load_model"])
-        backend = make_backend(cfg, backend_name, spec, params)
+        # reading=None: the one writer of its output folder (by default load_model's) reads without a note
+        corpus, spec, backend = load_for_evaluation(cfg, backend_name, "evaluate_mc")
         check_writable(out_dir)  # the partial results and the plot are written hours later
         remove_stale_temporaries(out_dir)
         return _evaluate_mc(cfg, run, backend, spec, corpus, out_dir)
@@ -180,7 +177,7 @@ def _evaluate_mc(cfg, run, backend, spec, corpus, out_dir):
                         run.log_scalar("mc_test_perplexity", curve[-1], accepted)
                         bar.update(1)
                 bar.set_postfix(ppl=f"{curve[-1]:.2f}" if curve else "-", rejected=drawn - accepted)
-        except _Stop:
+        except Stop:
             if accepted:
                 save_checkpoint(
                     partial_path,

@@ -11,11 +11,8 @@ that falls within rounding of a boundary between two symbols may differ).
 
 import numpy as np
 
-from .checkpoint import load_checkpoint
 from .errors import RHNError
-from .loop import corpus_and_spec, make_backend
-from .params import check_params
-from .runlock import note_writer
+from .runtime import load_for_evaluation
 
 EOS = "<eos>"
 
@@ -75,10 +72,5 @@ def write_sample(cfg, backend, corpus, run):
 
 def sample(cfg, backend_name, run):
     """Sacred ``sample``: text from ``load_model`` (the data is read for its vocabulary)."""
-    if not cfg["load_model"]:
-        raise RHNError("sample needs load_model=PATH, a checkpoint such as runs/<dataset>_<seed>/best.npz")
-    corpus, spec = corpus_and_spec(cfg)
-    note_writer(cfg["load_model"], "sampling from")
-    params, _ = load_checkpoint(cfg["load_model"])
-    check_params(params, spec, cfg["load_model"])
-    return write_sample(cfg, make_backend(cfg, backend_name, spec, params), corpus, run)
+    corpus, _, backend = load_for_evaluation(cfg, backend_name, "sample", reading="sampling from")
+    return write_sample(cfg, backend, corpus, run)

@@ -185,13 +185,13 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_resume_inside_an_epoch_needs_the_same_batch_shape(small_text, tmp_path, monkeypatch):
-    from rhn_core import loop
+    from rhn_core import runtime
     from rhn_core.errors import TrainingInterrupted
 
     def stop(self):
-        raise loop._Stop
+        raise runtime.Stop
 
-    monkeypatch.setattr(loop.InterruptFlag, "check", stop)  # stops after the first step
+    monkeypatch.setattr(runtime.InterruptFlag, "check", stop)  # stops after the first step
     base = dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10, save_dir=str(tmp_path))
     with pytest.raises(TrainingInterrupted):
         run_experiment(named=["tiny"], **base)

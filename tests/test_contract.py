@@ -86,7 +86,7 @@ def attribute_uses(path, names):
     return uses
 
 
-@pytest.mark.parametrize("module", ["loop.py", "mc.py", "sample.py", "experiment.py"])
+@pytest.mark.parametrize("module", ["loop.py", "runtime.py", "resume.py", "mc.py", "sample.py", "experiment.py"])
 def test_the_core_uses_nothing_of_a_backend_outside_the_contract(module):
     uses = attribute_uses(os.path.join(CORE, module), {"backend": "backend", "comm": "comm"})
     assert uses["backend"] <= members(Backend), uses["backend"] - members(Backend)

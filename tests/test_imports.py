@@ -72,7 +72,7 @@ def find_cycle(edges):
 def test_the_graph_is_read_from_the_source():
     edges = graph()
     assert "rhn_core.tracking.mongo" in edges["rhn_core.tracking.report"]  # an import inside a function
-    assert "rhn_core.backends.base" in edges["rhn_core.loop"]
+    assert "rhn_core.backends.base" in edges["rhn_core.runtime"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -80,3 +80,24 @@ def test_the_graph_is_read_from_the_source():
 def test_rhn_core_has_no_import_cycle():
     cycle = find_cycle(graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def reachable(edges, start):
+    """Every module ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in edges[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_loop_knows_nothing_of_experiment_tracking():
+    """Training, evaluation, MC and sampling run without rhn_core.tracking (MongoDB, observers): a run in a
+    database is resolved by the experiment, which hands the loop its download."""
+    edges = graph()
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": set()}, "a") == {"b", "c"}
+    assert any(m.startswith("rhn_core.tracking") for m in reachable(edges, "rhn_core.experiment"))  # the check sees it
+    for module in ("rhn_core.loop", "rhn_core.runtime", "rhn_core.resume", "rhn_core.mc", "rhn_core.sample"):
+        tracking = sorted(m for m in reachable(edges, module) if m.startswith("rhn_core.tracking"))
+        assert not tracking, f"{module} imports {', '.join(tracking)}"

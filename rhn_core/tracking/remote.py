@@ -6,6 +6,7 @@ from its ``last.npz`` artifact, so a job stopped on one machine goes on on
 another. The run's ``best.npz`` comes along: the final evaluation needs it.
 """
 
+import functools
 import os
 import shutil
 
@@ -41,31 +42,36 @@ def _target_of(db_spec, run):
     )
 
 
-def fetch(value, run, folder):
-    """Download the checkpoints of the run ``value`` names into ``folder``; the path of its last.npz.
-
-    None when ``value`` is not a database reference (a plain path or empty).
-    """
-    import gridfs
-
+def resolve(value, run):
+    """The run ``resume=`` names in a database, resolved before training starts (the database: the
+    address in ``value``, or for ``#ID`` the one ``run`` logs to with -m; a password refused): the
+    download of its checkpoints, a function of a folder that fetches them into it and returns the path
+    of the last.npz. None when ``value`` is not a database reference (a plain path or empty)."""
     ref = parse_resume(value)
     if ref is None:
         return None
     check_resume(value)
-    target = _target_of(ref[0], run)
+    return functools.partial(fetch, _target_of(ref[0], run), ref[1])
+
+
+def fetch(target, run_id, folder):
+    """Download the checkpoints of run ``run_id`` of the database ``target`` into ``folder``; the path of its
+    last.npz."""
+    import gridfs
+
     client, database = connect(target)
     with client:
         runs = database[target.runs_collection]
-        doc = runs.find_one({"_id": ref[1]}, {"artifacts": 1, "status": 1})
+        doc = runs.find_one({"_id": run_id}, {"artifacts": 1, "status": 1})
         if doc is None:
             raise RHNError(
-                f"no run {ref[1]} in database {target.db_name} at {target.display}: "
+                f"no run {run_id} in database {target.db_name} at {target.display}: "
                 f"list the runs with python -m rhn_core.tracking.report --mongo {target.address}"
             )
         files = {a["name"]: a["file_id"] for a in doc.get("artifacts", [])}
         if "last.npz" not in files:
             raise RHNError(
-                f"run {ref[1]} ({doc.get('status')}) stored no last.npz to resume from "
+                f"run {run_id} ({doc.get('status')}) stored no last.npz to resume from "
                 f"(it has: {', '.join(files) or 'no artifacts'})"
             )
         os.makedirs(folder, exist_ok=True)
@@ -80,5 +86,5 @@ def fetch(value, run, folder):
                 finally:
                     if os.path.exists(tmp):
                         os.remove(tmp)
-    print(f"Fetched the checkpoints of run {ref[1]} ({doc.get('status')}) from {target.address} into {folder}")
+    print(f"Fetched the checkpoints of run {run_id} ({doc.get('status')}) from {target.address} into {folder}")
     return os.path.join(folder, "last.npz")
