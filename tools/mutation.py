@@ -95,6 +95,7 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
     ),
     "tf_rhn": ("rhn_core/backends/tf_rhn.py", ["tests/test_backends.py", "-k", "tf"]),
 }
+MODULES["runtime"] = ("rhn_core/runtime.py", MODULES["loop"][1])  # the loop's numbers and data, shared by every command
 # Only these functions of a module are mutated (globs on mutmut's mutant names), where the whole
 # module would take hours: in the loop, the training and evaluation passes and their numbers
 # (not the logging, plots, signal handling or command wrappers).
@@ -106,10 +107,8 @@ FOCUS = {
         "*Evaluatorǁ_run__*",
         "*Evaluatorǁbatched__*",
         "*Evaluatorǁfull__*",
-        "*x_perplexity__*",
-        "*x_bits__*",
-        "*x_corpus_and_spec__*",
-    ]
+    ],
+    "runtime": ["*x_perplexity__*", "*x_bits__*", "*x_corpus_and_spec__*"],
 }
 # Lines never mutated: the wording of messages and progress bars (the bad-input tests check the
 # messages; mutating every word of them would double the run for no information on the numbers).
