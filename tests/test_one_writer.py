@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_one_line_error, run_cli, run_experiment
+from conftest import REPO, assert_one_line_error, backend_params, run_cli, run_experiment
 from rhn_core import loop
 from rhn_core.checkpoint import load_checkpoint, read_state_entries
 from rhn_core.distributed.world import detect
@@ -60,8 +60,9 @@ def read_until(stream, marker, timeout=240):
 
 
 # --- two runs, one folder ---------------------------------------------------------------------
-@pytest.mark.parametrize("second", ["torch", "tf"])
+@pytest.mark.parametrize("second", backend_params("torch", "tf"))
 def test_second_run_on_a_busy_folder_is_refused_and_the_first_keeps_its_files(small_text, tmp_path, second):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     folder = tmp_path / "shared"
     first = subprocess.Popen(
         entry() + tiny(small_text, f"save_dir={folder}", "progress=False"),
@@ -97,6 +98,7 @@ def test_second_run_on_a_busy_folder_is_refused_and_the_first_keeps_its_files(sm
 
 
 def test_runs_with_the_same_seed_one_after_the_other_keep_their_own_folders(small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     first = run_cli(*tiny(small_text, "seed=5", "max_max_epoch=1"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     kept = digest(tmp_path / "runs" / "chars_5")
@@ -157,6 +159,7 @@ def test_a_killed_holder_leaves_nothing_to_clean(tmp_path):
 
 
 def test_mc_evaluation_is_refused_on_a_folder_a_run_writes(small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     trained = tmp_path / "run"
     assert run_cli(*tiny(small_text, "max_max_epoch=1", f"save_dir={trained}")).returncode == 0
     with RunLock(str(trained), "training"):
@@ -204,6 +207,7 @@ def read_pty_until(master, marker, timeout=240):
 
 
 def test_closing_the_terminal_saves_like_sigterm_and_the_run_resumes(small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     runs = tmp_path / "sacred"
     proc, master = in_a_terminal(
         entry() + ["-F", str(runs)] + tiny(small_text, "save_dir=ckpt", "max_max_epoch=200", "progress=False"), tmp_path
@@ -242,6 +246,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def test_second_ctrl_c_while_saving_names_the_whole_checkpoint_in_one_line(small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     folder = tmp_path / "a b"  # a path with a space: the line's resume= argument pastes back whole
     script = tmp_path / "slow_save.py"
     script.write_text(SLOW_SAVE)
@@ -275,6 +280,7 @@ def test_second_ctrl_c_while_saving_names_the_whole_checkpoint_in_one_line(small
 
 # --- output that fails --------------------------------------------------------------------------
 def test_a_closed_pipe_stops_the_printing_not_the_training(small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     # python rhn_train_torch.py ... | head: the reader goes away while the run trains its first epoch
     proc = subprocess.Popen(
         entry() + tiny(small_text, f"save_dir={tmp_path}", "max_max_epoch=3"),
@@ -293,6 +299,7 @@ def test_a_closed_pipe_stops_the_printing_not_the_training(small_text, tmp_path)
 
 @pytest.mark.parametrize("capture", ["fd", "sys"])
 def test_a_full_output_device_stops_the_printing_not_the_training(small_text, tmp_path, capture):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     with open("/dev/full", "w") as full:
         result = subprocess.run(
             entry() + [f"--capture={capture}"] + tiny(small_text, f"save_dir={tmp_path}"),
@@ -313,6 +320,7 @@ def test_a_full_output_device_stops_the_printing_not_the_training(small_text, tm
 
 # --- resume with changed keys -------------------------------------------------------------------
 def test_resume_with_changed_keys_says_so_and_records_it(small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     runs = tmp_path / "sacred"
     first = run_cli(
         "-F", str(runs), *tiny(small_text, "max_max_epoch=1", "learning_rate=0.5", "save_dir=ckpt"), cwd=tmp_path
@@ -340,6 +348,7 @@ def test_resume_with_changed_keys_says_so_and_records_it(small_text, tmp_path):
 # --- the best epoch -----------------------------------------------------------------------------
 def test_best_epoch_is_the_one_of_the_lowest_validation_perplexity(small_text, tmp_path, monkeypatch):
     """Validation and test disagree on purpose: valid is lowest after epoch 2, test after epochs 1 and 3."""
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     valid, test = {1: 50.0, 2: 30.0, 3: 40.0}, {1: 10.0, 2: 60.0, 3: 5.0}
     weights, scored = {}, []
 
@@ -375,6 +384,7 @@ def test_best_epoch_is_the_one_of_the_lowest_validation_perplexity(small_text, t
 
 # --- smaller points -----------------------------------------------------------------------------
 def test_resume_of_a_folder_takes_its_last_checkpoint(small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     assert run_cli(*tiny(small_text, "max_max_epoch=1", f"save_dir={tmp_path / 'run'}")).returncode == 0
     more = run_cli(*tiny(small_text, f"resume={tmp_path / 'run'}"))
     assert more.returncode == 0 and f"Resuming from {tmp_path / 'run' / 'last.npz'}: epoch 2" in more.stdout

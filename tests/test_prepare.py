@@ -128,6 +128,7 @@ def test_real_file_checksums_are_the_published_ones(tmp_path):
 
 
 def test_training_from_a_prepared_cache(enwik8_like, tmp_path):
+    pytest.importorskip("torch")  # the run trains with the torch backend
     raw, archive, expected = enwik8_like
     prepare_byte_corpus("enwik8", str(tmp_path / "data"), str(archive), expected, progress=False)
     run = run_experiment(

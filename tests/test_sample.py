@@ -11,6 +11,7 @@ from rhn_core.sample import decode, encode
 @pytest.fixture(scope="module")
 def char_model(small_text, tmp_path_factory):
     """A tiny float64 character model of the demo text, trained for two epochs."""
+    pytest.importorskip("torch")  # trained and sampled with the torch backend
     save_dir = tmp_path_factory.mktemp("model")
     run_experiment(
         named=["tiny"],
@@ -30,6 +31,7 @@ def sample(backend, model, **updates):
 
 
 def test_either_backend_writes_the_same_text_for_the_same_seed(char_model):
+    pytest.importorskip("tensorflow")
     texts = {b: sample(b, char_model, sample_prime="Alice ", sample_length=40, seed=5) for b in ("torch", "tf")}
     assert texts["torch"] == texts["tf"]
     assert texts["torch"].startswith("Alice ") and len(texts["torch"]) == len("Alice ") + 40  # ASCII: 1 byte, 1 char
@@ -52,6 +54,7 @@ def test_temperature_sharpens_the_models_distribution(char_model):
 
 
 def test_words_for_ptb_and_a_sample_at_the_end_of_training(synthetic_ptb, tmp_path):
+    pytest.importorskip("torch")
     run = run_experiment(
         named=["tiny"],
         data_path=synthetic_ptb,

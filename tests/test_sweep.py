@@ -157,6 +157,7 @@ def sweep_runs(server, db_name, name):
 
 
 def test_local_sweep_logs_runs_and_relaunch_skips_them(mongo_db, small_text, tmp_path):
+    pytest.importorskip("torch")  # the sweep's runs train with the torch backend
     server, db_name = mongo_db
     args = [
         "run",
@@ -206,6 +207,7 @@ def wait_for(path, text, timeout_s=240):
 @pytest.mark.slow  # over 10 s: a real sweep, interrupted and relaunched
 def test_interrupted_sweep_resumes_exactly_on_relaunch(mongo_db, small_text, tmp_path):
     """SIGTERM to the sweep: its run checkpoints; the re-launch resumes it and ends as a twin never stopped."""
+    pytest.importorskip("torch")
     server, db_name = mongo_db
     common = [
         "-m",
