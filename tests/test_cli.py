@@ -54,6 +54,7 @@ def test_help_reads_like_a_users_manual(backend, tmp_path):
 
 
 def test_plain_run_output_has_no_bar_frames_and_no_sacred_warning(small_text, tmp_path):
+    pytest.importorskip("torch")
     result = cli("torch", "with", *tiny_chars(small_text, tmp_path / "ckpt"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "\r" not in result.stderr + result.stdout  # redirected output: no carriage-return frames
@@ -65,6 +66,7 @@ def test_plain_run_output_has_no_bar_frames_and_no_sacred_warning(small_text, tm
 
 
 def test_tf_run_stores_every_source_it_ran_and_no_tensorflow_chatter(small_text, tmp_path):
+    pytest.importorskip("tensorflow")
     result = cli("tf", "-F", str(tmp_path / "obs"), "with", *tiny_chars(small_text, tmp_path / "ckpt"))
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "obs" / "1"

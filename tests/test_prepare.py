@@ -234,6 +234,7 @@ def test_ptb_that_is_not_mikolovs_is_refused(tmp_path, synthetic_ptb):
 
 @pytest.mark.slow
 def test_character_level_run_on_ptb_text(tmp_path):
+    pytest.importorskip("torch")
     path = os.path.join(SHARED_DATA, "ptb.valid.txt.xz")
     if not os.path.isfile(path):
         pytest.skip(PTB_MISSING)

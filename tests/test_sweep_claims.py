@@ -155,6 +155,7 @@ def launch(*args):
 @pytest.mark.slow  # over 10 s each: two real launches of a 4-run sweep
 @pytest.mark.parametrize("store", ["file", "mongo"])
 def test_a_sweep_launched_twice_runs_each_run_once(store, request, small_text, tmp_path):
+    pytest.importorskip("torch")  # the sweep's runs train with the torch backend
     if store == "mongo":
         server, db_name = request.getfixturevalue("mongo_db")
         where = ["-m", server.spec(db_name)]

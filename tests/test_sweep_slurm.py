@@ -16,6 +16,7 @@ from test_sweep import sweep_cli, sweep_runs, tiny_run, wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.mongo, pytest.mark.subprocess]
 
 submitit = pytest.importorskip("submitit")
+pytest.importorskip("torch")  # the sweeps' runs train with the torch backend
 
 
 def job_ids(stdout):

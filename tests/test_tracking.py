@@ -137,6 +137,7 @@ def test_run_is_stored_in_mongodb(mongo_db, small_text, tmp_path, backend):
 
 
 def test_file_observer_stores_the_same_run(small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     result = run_cli("-F", str(tmp_path / "obs"), "with", *tiny(small_text, tmp_path / "ckpt"))
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "obs" / "1"
@@ -151,6 +152,7 @@ def test_file_observer_stores_the_same_run(small_text, tmp_path):
 
 def test_long_run_document_stays_small(mongo_db, small_text, tmp_path):
     """Progress bars on: what is stored per epoch is a few printed lines, so 16 MB is never near."""
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     server, name = mongo_db
     db = database(server, name)
     sizes = {}
@@ -194,6 +196,7 @@ def test_unreachable_server_fails_fast_in_one_line(small_text, tmp_path):
 
 
 def test_unreachable_with_fallback_keeps_run_on_disk_then_upload(private_mongo, small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     private_mongo.stop()
     name = unique_db()
     result = run_cli(
@@ -246,6 +249,7 @@ def _start_long_run(server, name, small_text, save_dir, epochs, *extra):
 
 
 def test_server_lost_mid_run_and_back(private_mongo, small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     name, epochs = unique_db(), 30
     proc = _start_long_run(
         private_mongo, name, small_text, tmp_path / "ckpt", epochs, "--mongo_fallback", str(tmp_path / "kept")
@@ -262,6 +266,7 @@ def test_server_lost_mid_run_and_back(private_mongo, small_text, tmp_path):
 
 
 def test_server_lost_until_the_end_keeps_run_then_upload(private_mongo, small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     name, epochs = unique_db(), 6
     proc = _start_long_run(
         private_mongo, name, small_text, tmp_path / "ckpt", epochs, "--mongo_fallback", str(tmp_path / "kept")
@@ -298,6 +303,7 @@ def test_run_killed_during_an_outage_keeps_every_epoch_on_disk_and_uploads_whole
     """While MongoDB is away the run is kept on disk as it goes, not only when it ends: a run killed
     (SIGKILL: no end event, no last write) during the outage leaves a kept copy with every epoch it had
     finished, up to ones trained after the server went away, and that copy completes the run in MongoDB."""
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     name, ckpt, kept = unique_db(), tmp_path / "ckpt", tmp_path / "kept" / "mongo_1"
     proc = _start_long_run(private_mongo, name, small_text, ckpt, 10_000, "--mongo_fallback", str(tmp_path / "kept"))
     try:
@@ -348,6 +354,7 @@ def test_run_killed_during_an_outage_keeps_every_epoch_on_disk_and_uploads_whole
 
 
 def test_two_concurrent_runs_land_complete(mongo_db, small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     server, name = mongo_db
     procs = [
         subprocess.Popen(
@@ -370,6 +377,7 @@ def test_two_concurrent_runs_land_complete(mongo_db, small_text, tmp_path):
 
 def test_resume_from_a_run_in_mongodb(mongo_db, small_text, tmp_path):
     """A run stopped on one machine goes on on another from its last.npz in GridFS."""
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     server, name = mongo_db
     options = {"--mongo_db": server.spec(name)}
     common = dict(dataset="chars", data_path=small_text, batch_size=16, num_steps=10, dtype="float64", seed=3)
@@ -406,6 +414,7 @@ def test_resume_errors_are_one_line(mongo_db, small_text, tmp_path):
 
 
 def test_credentials_are_never_stored_or_printed(private_mongo, small_text, tmp_path):
+    pytest.importorskip("torch")  # the runs here train with the torch backend
     admin = pymongo.MongoClient(private_mongo.url).admin
     admin.command("createUser", "rhnuser", pwd="s3cret-pw", roles=[{"role": "root", "db": "admin"}])
     private_mongo.stop()
