@@ -14,6 +14,7 @@ EXTRAS = {
     # triton 3.9.0: its interpreter runs the kernel tests on CPU (3.5.0's fails with numpy 2.4).
     "test": [
         "pytest>=7",
+        "pytest-randomly>=3.12",  # each run in its own random order, reseeded per test (tested with 5.1.0)
         "secantusdb==0.7.0b3",
         "submitit>=1.5",
         "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'",

@@ -174,13 +174,25 @@ def only_lock_left(folder):
         return False
 
 
+def missing_folders(folder):
+    """``folder`` and those of its parents that do not exist yet, deepest first (what makedirs creates)."""
+    missing, path = [], os.path.abspath(folder)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
 def claim_default(base, command="training"):
-    """(folder, held lock) of the first of ``base``, ``base_2``, ``base_3``... that is free and holds no
-    checkpoints; created if needed."""
+    """(folder, held lock, folders created) of the first of ``base``, ``base_2``, ``base_3``... that is
+    free and holds no checkpoints; created if needed (the folders created: ``missing_folders``)."""
     for n in range(1, 100000):
         folder = base if n == 1 else f"{base}_{n}"
-        existed = os.path.isdir(folder)
-        if existed and not only_lock_left(folder):
+        missing = missing_folders(folder)
+        if not missing and not only_lock_left(folder):
             continue  # a finished, running or interrupted run, or someone's files: never reused
         try:
             os.makedirs(folder, exist_ok=True)
@@ -190,7 +202,7 @@ def claim_default(base, command="training"):
         if lock.try_acquire() is not None:
             continue  # claimed by a run started at the same moment
         if only_lock_left(folder):
-            return folder, lock, existed
+            return folder, lock, missing
         lock.release()  # it wrote its first file between our look and our lock: not ours
     raise RHNError(f"{base}_2 ... {base}_99999 are all taken: set save_dir= to a folder of your choice")
 
@@ -207,15 +219,16 @@ class RunFolder:
     a folder it created is removed again, one that existed is left as it was."""
 
     def __init__(self, path, lock, created):
+        # created: the folders this claim made, deepest first (the folder, then parents such as runs/)
         self.path, self.lock, self.created = path, lock, created
 
     @classmethod
     def claim(cls, folder, base="", command="training", key="save_dir"):
         """Lock ``folder``; when it is '', the first free one of ``base``, ``base_2``..."""
         if not folder:
-            path, lock, existed = claim_default(base, command)
-            return cls(path, lock, not existed)
-        created = not os.path.isdir(folder)
+            path, lock, created = claim_default(base, command)
+            return cls(path, lock, created)
+        created = missing_folders(folder)
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
@@ -227,23 +240,25 @@ class RunFolder:
         try:
             return cls(folder, RunLock(folder, command, key).acquire(), created)
         except RHNError:
-            if created:
-                _remove_empty(folder)
+            _remove_empty(created)
             raise
 
     def release(self):
         self.lock.release()
 
     def abandon(self):
-        """The start was refused: free the folder, and remove it when this process created it and wrote nothing."""
-        empty = self.created and only_lock_left(self.path)
+        """The start was refused: free the folder, and remove it (with the parents this claim created, such as
+        ``runs/``) when this process created it and wrote nothing."""
+        empty = bool(self.created) and only_lock_left(self.path)
         self.release()
         if empty:
-            _remove_empty(self.path)
+            _remove_empty(self.created)
 
 
-def _remove_empty(folder):
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass  # not empty after all (someone else's file): left alone
+def _remove_empty(folders):
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return  # not empty after all (someone else's file): it and its parents are left alone

@@ -1,7 +1,10 @@
 """Shared fixtures: synthetic corpora in the exact formats, the real PTB (RHN_SHARED_DATA)."""
 
 import os
+import random
+import signal
 import subprocess
+import sys
 import warnings
 
 # Frameworks first, torch before tensorflow (as Keras' own test setup does, to avoid a crash).
@@ -28,6 +31,82 @@ import numpy as np
 import pytest
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+# Signals a run's InterruptFlag (rhn_core/loop.py) handles while it trains.
+RUN_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2") if hasattr(signal, n)]
+SIGNALS_RECEIVED = []  # (signal, test) for each signal that reached this process during an in-process run
+
+
+def _note_signals_received():
+    """No test sends a signal to the test process itself (runs that are signalled are subprocesses), so a
+    signal caught by an in-process run came from outside the suite: a Ctrl-C, or someone's ``kill`` or
+    ``pkill -f`` that matched this process. Without a run it would end the session; during one, the run's
+    handler turns it into a checkpoint and a TrainingInterrupted, and that one test fails while the
+    session goes on (a failure that then passes alone). ``process_state_as_before`` stops the session."""
+    try:
+        from rhn_core.loop import InterruptFlag
+    except ImportError:  # a tree without the loop: nothing to watch
+        return
+    handle = InterruptFlag._handle
+
+    def noting(self, signum, frame):
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        SIGNALS_RECEIVED.append((signal.Signals(signum).name, test))
+        return handle(self, signum, frame)
+
+    InterruptFlag._handle = noting
+
+
+_note_signals_received()
+
+
+@pytest.fixture(autouse=True)
+def process_state_as_before():
+    """Every test leaves the process as it found it, so no test depends on the ones before it.
+
+    An in-process run changes process-wide state: Sacred seeds Python's ``random``, NumPy's global
+    generator and torch's with the run's seed, and a run without ``seed=`` draws its seed from
+    ``random``, so its seed (and every number it computes) was chosen by the test before; a torch
+    backend sets torch's thread count (``threads``), which changes the reduction order of the
+    float32 products of later tests that call torch directly. Restored here after each test: the
+    generators, torch's threads, the environment, the working folder and the run signals' handlers.
+    pytest-randomly (the test extra) reseeds ``random`` and NumPy before each test as well, from
+    ``--randomly-seed`` and the test's name, so a drawn seed is the same in any order.
+    """
+    saved = dict(
+        random=random.getstate(),
+        numpy=np.random.get_state(),
+        environ=dict(os.environ),
+        cwd=os.getcwd(),
+        handlers={s: signal.getsignal(s) for s in RUN_SIGNALS},
+    )
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        saved.update(torch_rng=torch.random.get_rng_state(), torch_threads=torch.get_num_threads())
+    yield
+    random.setstate(saved["random"])
+    np.random.set_state(saved["numpy"])
+    if torch is not None:
+        torch.random.set_rng_state(saved["torch_rng"])
+        if torch.get_num_threads() != saved["torch_threads"]:
+            torch.set_num_threads(saved["torch_threads"])
+    if dict(os.environ) != saved["environ"]:
+        for key in set(os.environ) - set(saved["environ"]):
+            del os.environ[key]
+        os.environ.update(saved["environ"])
+    if os.getcwd() != saved["cwd"]:
+        os.chdir(saved["cwd"])
+    for s, handler in saved["handlers"].items():
+        if signal.getsignal(s) is not handler and handler is not None:
+            signal.signal(s, handler)
+    if SIGNALS_RECEIVED:
+        name, test = SIGNALS_RECEIVED[0]
+        pytest.exit(
+            f"{name} reached the test process during {test} (from outside the suite: a Ctrl-C, a kill or a "
+            f"pkill -f that matched it); the session stops, as it would have without the run's signal handler",
+            returncode=pytest.ExitCode.INTERRUPTED,
+        )
+
 
 SHARED_DATA = os.environ.get("RHN_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "data"))
 PTB_MISSING = (

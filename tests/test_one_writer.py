@@ -178,6 +178,12 @@ def test_a_refused_start_leaves_no_folder_behind(small_text, tmp_path):
     assert not (tmp_path / "new").exists()
     result = run_cli(*tiny(str(tmp_path / "no_such_text"), f"save_dir={tmp_path / 'new'}"))
     assert result.returncode == 1 and not (tmp_path / "new").exists()
+    # nor the parents it created: save_dir=new/run, or the default runs/chars_<seed> (runs/ too)
+    result = run_cli(*tiny(str(tmp_path / "no_such_text"), f"save_dir={tmp_path / 'new' / 'run'}"))
+    assert result.returncode == 1 and not (tmp_path / "new").exists()
+    (tmp_path / "here").mkdir()
+    result = run_cli(*tiny(str(tmp_path / "no_such_text")), cwd=tmp_path / "here")
+    assert result.returncode == 1 and os.listdir(tmp_path / "here") == []
 
 
 # --- signals ------------------------------------------------------------------------------------
