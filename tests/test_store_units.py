@@ -1,0 +1,299 @@
+"""The code that decides what is stored and resumed, called in process.
+
+The end-to-end tests reach most of this through the entry points (a subprocess per run, per
+sweep, per rank); these tests call the same functions directly, each on what a run would give
+them, so that a wrong comparison, a dropped field or an off-by-one shows here in a second
+(and so that ``tools/mutation.py`` can see them: its mutants live in the test process only).
+"""
+
+import json
+import os
+import socket
+import zipfile
+
+import numpy as np
+import pytest
+
+from rhn_core.atomic import temporary_path
+from rhn_core.checkpoint import (
+    check_writable,
+    load_checkpoint,
+    read_state_entries,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from rhn_core.errors import RHNError
+from rhn_core.runlock import (
+    LOCK_NAME,
+    RunFolder,
+    RunLock,
+    checkpoints_in,
+    claim_default,
+    default_base,
+    describe_holder,
+    holder_of,
+    note_writer,
+    only_lock_left,
+    shell_arg,
+)
+
+
+def dead_pid():
+    """A pid no process has now (one that has just exited)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# --- checkpoint.py --------------------------------------------------------------------------------
+def test_checkpoint_round_trip_keeps_names_values_and_state_types(tmp_path):
+    path = str(tmp_path / "last.npz")
+    params = {"W_embed": np.arange(6.0).reshape(2, 3), "b": np.float32([1.5, -2.0])}
+    state = {"epoch": 3, "lr": 0.25, "config": {"depth": 2, "name": "x"}, "rng": np.array([1, 2, 3])}
+    save_checkpoint(path, params, state)
+    loaded, loaded_state = load_checkpoint(path)
+    assert sorted(loaded) == ["W_embed", "b"] and sorted(loaded_state) == ["config", "epoch", "lr", "rng"]
+    for name, value in params.items():
+        np.testing.assert_array_equal(loaded[name], value)
+        assert loaded[name].dtype == value.dtype
+    assert int(loaded_state["epoch"]) == 3 and float(loaded_state["lr"]) == 0.25
+    assert json.loads(str(loaded_state["config"])) == {"depth": 2, "name": "x"}  # a dict is stored as JSON
+    np.testing.assert_array_equal(loaded_state["rng"], [1, 2, 3])
+    with zipfile.ZipFile(path) as z:  # state entries under their prefix, parameters under their own names
+        assert sorted(z.namelist()) == sorted(
+            ["W_embed.npy", "b.npy"] + [f"train_state/{k}.npy" for k in ("config", "epoch", "lr", "rng")]
+        )
+    assert [n for n in os.listdir(tmp_path)] == ["last.npz"]  # no temporary left behind
+
+
+def test_checkpoint_without_training_state(tmp_path):
+    path = str(tmp_path / "best.npz")
+    save_checkpoint(path, {"w": np.ones(2)})
+    params, state = load_checkpoint(path)
+    assert list(params) == ["w"] and state == {}
+
+
+def test_read_state_entries_reads_scalars_and_arrays_and_skips_what_is_missing(tmp_path):
+    path = str(tmp_path / "last.npz")
+    save_checkpoint(path, {"w": np.ones(2)}, {"epoch": 4, "step": 0, "curve": np.array([1.0, 2.0])})
+    found = read_state_entries(path, ["epoch", "step", "curve", "absent", "w"])
+    assert found.keys() == {"epoch", "step", "curve"}  # "w" is a parameter, not a state entry
+    assert found["epoch"] == 4 and isinstance(found["epoch"], int) and found["step"] == 0
+    np.testing.assert_array_equal(found["curve"], [1.0, 2.0])
+    (tmp_path / "junk.npz").write_text("not a zip")
+    assert read_state_entries(str(tmp_path / "junk.npz"), ["epoch"]) == {}
+    assert read_state_entries(str(tmp_path / "missing.npz"), ["epoch"]) == {}
+
+
+@pytest.mark.parametrize(
+    "head, what",
+    [
+        (b"epoch 3 was good\n", "it is a text file"),
+        (b"\xff\xfe\x00binary", "it is not a zip archive"),
+        (b"\x80\x04\x95", "it looks like a Python pickle"),
+    ],
+)
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, head, what):
+    path = tmp_path / "resume.npz"
+    path.write_bytes(head)
+    with pytest.raises(RHNError, match=f"is not an .npz checkpoint \\({what}[,)]"):
+        load_checkpoint(str(path))
+
+
+def test_missing_or_truncated_checkpoints_are_clear_errors(tmp_path):
+    for path in ("", str(tmp_path / "nowhere.npz"), str(tmp_path)):
+        with pytest.raises(RHNError, match="not found: give the path of a .npz written by a run"):
+            load_checkpoint(path)
+    whole = tmp_path / "last.npz"
+    save_checkpoint(str(whole), {"w": np.arange(1000.0)}, {"epoch": 1})
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(whole.read_bytes()[:600])
+    with pytest.raises(RHNError, match="not a complete .npz .*truncated or damaged"):
+        load_checkpoint(str(cut))
+    empty_zip = tmp_path / "empty.npz"
+    zipfile.ZipFile(empty_zip, "w").close()  # starts with the end-of-archive magic: a zip with nothing in it
+    assert load_checkpoint(str(empty_zip)) == ({}, {})
+
+
+def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
+    dead = dead_pid()
+    stale = [
+        f".last.npz.{dead}.tmp",  # the form written before the host was in the name
+        os.path.basename(temporary_path(tmp_path / "best.npz", pid=dead)),
+        os.path.basename(temporary_path(tmp_path / "learning_curve.png", pid=dead)),
+        # this process's pid: a file of an earlier process with that pid (this one has written nothing yet)
+        os.path.basename(temporary_path(tmp_path / "last.npz", pid=os.getpid())),
+    ]
+    kept = [
+        os.path.basename(temporary_path(tmp_path / "last.npz", pid=1)),  # a live writer (init never exits)
+        os.path.basename(temporary_path(tmp_path / "last.npz", pid=dead, host="another-host")),
+        f".notes.txt.{dead}.tmp",  # not a file rhn writes
+        f"last.npz.{dead}.tmp",
+        "notes.txt",
+    ]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_stale_temporaries(str(tmp_path))
+    assert removed == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    assert remove_stale_temporaries(str(tmp_path / "nowhere")) == []
+
+
+def test_check_writable_creates_the_folder_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "a" / "b"
+    check_writable(str(folder))
+    assert folder.is_dir() and os.listdir(folder) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RHNError, match=r"cannot write checkpoints to .*file/run .*: set out_dir= to a writable"):
+        check_writable(str(tmp_path / "file" / "run"), key="out_dir")
+
+
+# --- runlock.py -----------------------------------------------------------------------------------
+def test_lock_is_exclusive_names_its_holder_and_is_freed_by_release(tmp_path):
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    first = RunLock(folder, "training").acquire()
+    text = open(os.path.join(folder, LOCK_NAME)).read()
+    assert text.startswith(f"host={socket.gethostname()} pid={os.getpid()} started=") and text.endswith(
+        " command=training\n"
+    )
+    holder = holder_of(folder)
+    assert holder.startswith(f"training (pid {os.getpid()} on {socket.gethostname()}, started ")
+    assert "T" not in holder.split("started ")[1]  # the ISO stamp is printed with a space
+    with pytest.raises(RHNError, match=f"{folder} is in use by training \\(pid {os.getpid()}.*set out_dir= to"):
+        RunLock(folder, "evaluate_mc", key="out_dir").acquire()
+    assert RunLock(folder).try_acquire() == text
+    first.release()
+    first.release()  # twice is harmless
+    assert holder_of(folder) is None and not os.path.exists(os.path.join(folder, LOCK_NAME))
+    with RunLock(folder, "evaluate_mc") as second:
+        assert "evaluate_mc (pid" in holder_of(folder) and second.fd is not None
+    assert holder_of(folder) is None
+
+
+def test_lock_file_left_by_a_dead_holder_is_free(tmp_path):
+    (tmp_path / LOCK_NAME).write_text("host=h pid=1 started=x command=training\n")
+    assert holder_of(str(tmp_path)) is None  # nobody holds the flock
+    lock = RunLock(str(tmp_path), "sample").acquire()
+    assert (tmp_path / LOCK_NAME).read_text().endswith(" command=sample\n")  # rewritten, not appended
+    lock.release()
+
+
+def test_lock_dropped_without_release_closes_its_descriptor(tmp_path):
+    lock = RunLock(str(tmp_path)).acquire()
+    fd = lock.fd
+    del lock
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert holder_of(str(tmp_path)) is None
+
+
+def test_lock_in_an_unwritable_place_is_a_clear_error(tmp_path):
+    with pytest.raises(RHNError, match=r"cannot write in .*nowhere .*: set save_dir= to a writable folder"):
+        RunLock(str(tmp_path / "nowhere")).acquire()
+
+
+def test_describe_holder_of_a_lock_file_being_written():
+    assert describe_holder("") == "another process that is starting now"
+    assert describe_holder("host=h started=s") == "another process that is starting now"
+    assert describe_holder("pid=7") == "a run (pid 7 on ?, started ?)"
+    line = "host=n1 pid=42 started=2026-01-02T03:04:05+00:00 command=evaluate_mc x"
+    assert describe_holder(line) == "evaluate_mc (pid 42 on n1, started 2026-01-02 03:04:05+00:00)"
+
+
+def test_small_helpers_of_the_run_folder(tmp_path, capsys):
+    assert shell_arg("save_dir", "my runs/a") == "'save_dir=my runs/a'"
+    assert default_base({"dataset": "ptb", "seed": 7}) == os.path.join("runs", "ptb_7")
+    assert checkpoints_in(str(tmp_path)) == [] and only_lock_left(str(tmp_path))
+    (tmp_path / LOCK_NAME).write_text("")
+    (tmp_path / ".last.npz.h.1.tmp").write_text("")
+    assert only_lock_left(str(tmp_path))
+    (tmp_path / "best.npz").write_text("")
+    (tmp_path / "sweep.json").write_text("")
+    assert checkpoints_in(str(tmp_path)) == ["best.npz"] and not only_lock_left(str(tmp_path))
+    (tmp_path / "last.npz").write_text("")
+    assert checkpoints_in(str(tmp_path)) == ["last.npz", "best.npz"]
+    assert not only_lock_left(str(tmp_path / "nowhere"))
+    note_writer(str(tmp_path / "best.npz"), "scoring")
+    assert capsys.readouterr().out == ""  # nobody writes it
+    with RunLock(str(tmp_path), "training"):
+        note_writer(str(tmp_path / "best.npz"), "scoring")
+    out = capsys.readouterr().out
+    assert out.startswith(f"Note: {tmp_path / 'best.npz'} belongs to training (pid {os.getpid()}")
+    assert out.endswith("which is still writing; scoring the file as it is now\n")
+
+
+def test_default_folder_skips_used_ones_and_reuses_an_empty_one(tmp_path):
+    base = str(tmp_path / "runs" / "chars_1")
+    os.makedirs(base)
+    (tmp_path / "runs" / "chars_1" / "last.npz").write_text("")  # a finished run: never reused
+    os.makedirs(base + "_2")  # an empty folder: reused
+    folder, lock, existed = claim_default(base, "sample")
+    assert (folder, existed) == (base + "_2", True) and "sample (pid" in holder_of(folder)
+    other, other_lock, other_existed = claim_default(base)
+    assert (other, other_existed) == (base + "_3", False)
+    lock.release()
+    other_lock.release()
+
+
+def test_default_folder_that_cannot_be_made_is_a_clear_error(tmp_path):
+    (tmp_path / "runs").write_text("a file")
+    with pytest.raises(RHNError, match=r"cannot create .*runs/ptb_1 .*: set save_dir= to a writable folder"):
+        claim_default(str(tmp_path / "runs" / "ptb_1"))
+
+
+def test_run_folder_claimed_then_abandoned_leaves_no_trace(tmp_path):
+    new = RunFolder.claim(str(tmp_path / "new"))
+    assert new.created and new.path == str(tmp_path / "new") and holder_of(new.path)
+    new.abandon()
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    old = RunFolder.claim(str(tmp_path / "old"), command="evaluate_mc", key="out_dir")
+    assert not old.created and "evaluate_mc (pid" in holder_of(old.path)
+    with pytest.raises(RHNError, match="is in use by evaluate_mc .* set out_dir= to another folder"):
+        RunFolder.claim(str(tmp_path / "old"), key="out_dir")
+    old.abandon()
+    assert (tmp_path / "old").is_dir() and holder_of(old.path) is None  # it existed: left as it was
+    written = RunFolder.claim(str(tmp_path / "written"))
+    (tmp_path / "written" / "last.npz").write_text("")
+    written.abandon()
+    assert (tmp_path / "written" / "last.npz").exists()  # it wrote a file: kept
+    default = RunFolder.claim("", base=str(tmp_path / "runs" / "ptb_1"))
+    assert default.path == str(tmp_path / "runs" / "ptb_1") and default.created
+    default.release()
+    assert holder_of(default.path) is None and (tmp_path / "runs" / "ptb_1").is_dir()
+
+
+def test_run_folder_refused_by_its_holder_removes_the_folder_it_created(tmp_path):
+    held = RunLock(str(tmp_path / "busy"))
+    os.makedirs(tmp_path / "busy")
+    held.acquire()
+    with pytest.raises(RHNError, match="is in use by"):
+        RunFolder.claim(str(tmp_path / "busy"))
+    assert (tmp_path / "busy").is_dir()  # it existed before
+    held.release()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RHNError, match=r"cannot write checkpoints to .*file/run .*: set save_dir= to a writable"):
+        RunFolder.claim(str(tmp_path / "file" / "run"))
+
+
+def test_lock_taken_while_the_holder_removes_the_file_locks_the_new_one(tmp_path, monkeypatch):
+    """A waiter that opened the old lock file just before its holder removed it must not keep that file."""
+    first = RunLock(str(tmp_path)).acquire()
+    real_flock = __import__("fcntl").flock
+    calls = []
+
+    def flock_after_release(fd, op):
+        if not calls:  # the holder releases (and removes the file) between our open and our flock
+            calls.append(fd)
+            first.release()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr("rhn_core.runlock.fcntl.flock", flock_after_release)
+    second = RunLock(str(tmp_path), "sample").acquire()
+    assert os.fstat(second.fd).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino
+    assert (tmp_path / LOCK_NAME).read_text().endswith("command=sample\n")
+    second.release()
