@@ -297,3 +297,141 @@ def test_lock_taken_while_the_holder_removes_the_file_locks_the_new_one(tmp_path
     assert os.fstat(second.fd).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino
     assert (tmp_path / LOCK_NAME).read_text().endswith("command=sample\n")
     second.release()
+
+
+# --- tracking/observer.py: the writer thread's outage handling, against a store that can fail -------------
+class FlakyStore:
+    """RunStore's interface in memory; ``up = False`` makes every write fail as a lost server does."""
+
+    def __init__(self):
+        self.up, self.entries, self.metrics, self.files, self.deleted, self.next_id = True, {}, {}, {}, [], 1
+        self.runs = type("Collection", (), {"name": "runs"})()
+
+    def _check(self):
+        from pymongo.errors import AutoReconnect
+
+        if not self.up:
+            raise AutoReconnect("connection refused")
+
+    def put_artifact(self, run_id, name, path, content_type=None, metadata=None):
+        self._check()
+        file_id, self.next_id = self.next_id, self.next_id + 1
+        self.files[file_id] = (name, open(path, "rb").read(), content_type, metadata)
+        return file_id
+
+    def write_metric(self, run_id, metric_id, name, series):
+        self._check()
+        self.metrics[name] = (run_id, metric_id, list(series["steps"]), list(series["values"]))
+
+    def write_entry(self, run_id, entry):
+        self._check()
+        self.entries[run_id] = json.loads(json.dumps(entry, default=str))
+
+    def delete_files(self, file_ids):
+        self._check()
+        self.deleted.extend(file_ids)
+        for file_id in file_ids:
+            self.files.pop(file_id)
+
+
+def flaky_observer(tmp_path):
+    from rhn_core.tracking.mongo import parse_target
+    from rhn_core.tracking.observer import MongoRunObserver
+
+    obs = MongoRunObserver(parse_target("localhost:1:rhn_test"), spool_dir=str(tmp_path / "spool"))
+    obs.store, obs.run_id = FlakyStore(), 7
+    obs.client = type("Client", (), {"close": lambda self: setattr(self, "closed", True)})()
+    obs.entry = {"experiment": {"sources": [["a.py", "id1"]]}, "status": "RUNNING", "info": {}, "resources": []}
+    obs.entry.update(config={"seed": 1}, captured_out="", heartbeat=None)
+    return obs
+
+
+def test_observer_keeps_the_run_on_disk_while_the_server_is_away_and_writes_it_whole_when_back(tmp_path, capsys):
+    obs = flaky_observer(tmp_path)
+    store, spool = obs.store, tmp_path / "spool" / "mongo_7"
+    ckpt = tmp_path / "last.npz"
+    ckpt.write_bytes(b"epoch 1")
+    info = {}
+    obs.log_metrics({"valid_perplexity": {"steps": [1], "values": [50], "timestamps": ["t1"]}}, info)
+    obs.artifact_event("last.npz", str(ckpt))
+    assert info["metrics"] == [{"name": "valid_perplexity", "id": str(obs.series["valid_perplexity"]["id"])}]
+    assert obs._write() and store.entries[7]["artifacts"] == [{"name": "last.npz", "file_id": 1}]
+    assert store.metrics["valid_perplexity"][2:] == ([1], [50.0]) and store.files[1][:2] == ("last.npz", b"epoch 1")
+    assert capsys.readouterr().err == ""
+
+    store.up = False  # the server goes away: epoch 2 is kept in the spool folder
+    ckpt.write_bytes(b"epoch 2")
+    obs.log_metrics({"valid_perplexity": {"steps": [2], "values": [40], "timestamps": ["t2"]}}, info)
+    obs.artifact_event("last.npz", str(ckpt))
+    obs.heartbeat_event({"epoch": 2}, "Epoch: 2\n", "beat", None)
+    assert not obs._write()
+    obs._spool()
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and f"kept meanwhile in {tmp_path / 'spool' / 'mongo_7'}" in err
+    assert not obs._write() and capsys.readouterr().err == ""  # said once per outage
+    obs._spool()
+    assert json.loads((spool / "metrics.json").read_text())["valid_perplexity"]["values"] == [50, 40]
+    assert (spool / "last.npz").read_bytes() == b"epoch 2" and json.loads((spool / "info.json").read_text()) == {
+        "epoch": 2
+    }
+    assert json.loads((spool / "mongo.json").read_text())["run_id"] == 7
+    assert json.loads((spool / "run.json").read_text())["experiment"]["sources"] == [["a.py", "id1"]]
+    assert store.metrics["valid_perplexity"][2] == [1] and store.files[1][1] == b"epoch 1"  # nothing half-written
+
+    store.up = True  # back: the whole run is written, the old checkpoint's file deleted, the spool dropped
+    assert obs._write()
+    assert "is back: run 7 is stored in full" in capsys.readouterr().err
+    obs._drop_spool()
+    assert not spool.exists() and obs._spooled is None
+    assert store.metrics["valid_perplexity"][2:] == ([1, 2], [50.0, 40.0])
+    assert store.entries[7]["artifacts"] == [{"name": "last.npz", "file_id": 2}] and store.deleted == [1]
+    assert store.files[2][1] == b"epoch 2" and store.entries[7]["info"] == {"epoch": 2}
+    assert store.entries[7]["heartbeat"] == "beat" and store.entries[7]["captured_out"] == "Epoch: 2\n"
+    assert obs._write() and store.deleted == [1]  # nothing new: nothing written or deleted again
+
+
+def test_observer_end_of_run_written_by_its_thread_or_kept_on_disk(tmp_path, capsys, monkeypatch):
+    import threading
+
+    from rhn_core.tracking import observer
+
+    obs = flaky_observer(tmp_path)
+    obs._writer = threading.Thread(target=obs._write_loop, daemon=True)
+    obs._writer.start()
+    obs.completed_event("stop", 12.5)
+    obs.join()
+    assert obs.store.entries[7]["status"] == "COMPLETED" and obs.store.entries[7]["result"] == 12.5
+    assert obs.client.closed and capsys.readouterr().err == ""
+
+    late = flaky_observer(tmp_path)  # the server away at the end: the run stays on disk, and says how to upload it
+    late.store.up = False
+    late._writer = threading.Thread(target=late._write_loop, daemon=True)
+    late._writer.start()
+    late.failed_event("stop", ["Traceback"])
+    late.join()
+    err = capsys.readouterr().err
+    assert "still away at the end of run 7" in err and "python -m rhn_core.tracking.upload" in err
+    assert json.loads((tmp_path / "spool" / "mongo_7" / "run.json").read_text())["status"] == "FAILED"
+
+    stuck = flaky_observer(tmp_path / "stuck")  # no answer at all within the final wait
+    monkeypatch.setattr(observer, "FINAL_WAIT_S", 0.01)
+    stuck.interrupted_event("stop", "INTERRUPTED")
+    err = capsys.readouterr().err
+    assert "did not take the end of run 7 within 0.01 s" in err
+    assert json.loads((tmp_path / "stuck" / "spool" / "mongo_7" / "run.json").read_text())["status"] == "INTERRUPTED"
+
+
+def test_observer_resources_and_a_vanished_artifact(tmp_path, capsys):
+    from rhn_core.tracking.observer import md5_of
+
+    obs = flaky_observer(tmp_path)
+    data = tmp_path / "data.txt"
+    data.write_text("abc")
+    obs.resource_event(str(data))
+    obs.resource_event(str(data))  # once
+    assert obs.entry["resources"] == [[str(data), "900150983cd24fb0d6963f7d28e17f72"]] == [[str(data), md5_of(data)]]
+    obs.artifact_event("curve.png", str(tmp_path / "gone.png"))
+    assert obs.artifacts["curve.png"].content_type == "image/png"
+    assert obs._write() and "artifact curve.png not stored" in capsys.readouterr().err
+    assert obs.store.entries[7]["artifacts"] == []
+    assert obs == obs and obs != flaky_observer(tmp_path)
