@@ -166,6 +166,10 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
             "tests/test_one_writer.py::test_srun_ranks_are_named_srun_every_time_they_are_read",
         ],
     ),
+    "distributed_shard": (
+        "rhn_core/distributed/shard.py",
+        ["tests/test_distributed.py::test_masks_drawn_for_the_global_batch_and_sliced"],
+    ),
     "fetch": (
         "rhn_core/data/fetch.py",
         [
