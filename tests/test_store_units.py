@@ -94,13 +94,17 @@ def test_read_state_entries_reads_scalars_and_arrays_and_skips_what_is_missing(t
         (b"epoch 3 was good\n", "it is a text file"),
         (b"\xff\xfe\x00binary", "it is not a zip archive"),
         (b"\x80\x04\x95", "it looks like a Python pickle"),
+        (b"", "it is empty"),
+        (b"\x93NUMPY\x01\x00", "it is a single NumPy .npy array"),
     ],
 )
 def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, head, what):
     path = tmp_path / "resume.npz"
     path.write_bytes(head)
-    with pytest.raises(RHNError, match=f"is not an .npz checkpoint \\({what}[,)]"):
+    advice = "give a best.npz or last.npz written by rhn (python -m rhn_core.convert_tf1 converts the original's)"
+    with pytest.raises(RHNError) as e:
         load_checkpoint(str(path))
+    assert str(e.value).startswith(f"{path} is not an .npz checkpoint ({what}") and str(e.value).endswith(f": {advice}")
 
 
 def test_missing_or_truncated_checkpoints_are_clear_errors(tmp_path):
@@ -119,7 +123,11 @@ def test_missing_or_truncated_checkpoints_are_clear_errors(tmp_path):
 
 
 def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
+    import subprocess
+    import sys
+
     dead = dead_pid()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     stale = [
         f".last.npz.{dead}.tmp",  # the form written before the host was in the name
         os.path.basename(temporary_path(tmp_path / "best.npz", pid=dead)),
@@ -128,7 +136,7 @@ def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
         os.path.basename(temporary_path(tmp_path / "last.npz", pid=os.getpid())),
     ]
     kept = [
-        os.path.basename(temporary_path(tmp_path / "last.npz", pid=1)),  # a live writer (init never exits)
+        os.path.basename(temporary_path(tmp_path / "last.npz", pid=writer.pid)),  # a live writer
         os.path.basename(temporary_path(tmp_path / "last.npz", pid=dead, host="another-host")),
         f".notes.txt.{dead}.tmp",  # not a file rhn writes
         f"last.npz.{dead}.tmp",
@@ -139,7 +147,22 @@ def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     removed = remove_stale_temporaries(str(tmp_path))
     assert removed == sorted(stale)
     assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    assert writer.poll() is None  # asked whether it runs, nothing else (signal 0)
+    writer.kill()
+    writer.wait()
     assert remove_stale_temporaries(str(tmp_path / "nowhere")) == []
+
+
+def test_temporary_of_another_users_live_process_is_kept(tmp_path, monkeypatch):
+    import rhn_core.checkpoint as checkpoint
+
+    def not_permitted(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    name = os.path.basename(temporary_path(tmp_path / "last.npz", pid=os.getpid() + 1))
+    (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(checkpoint.os, "kill", not_permitted)
+    assert remove_stale_temporaries(str(tmp_path)) == [] and os.listdir(tmp_path) == [name]
 
 
 def test_check_writable_creates_the_folder_and_leaves_nothing(tmp_path):
@@ -149,6 +172,16 @@ def test_check_writable_creates_the_folder_and_leaves_nothing(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(RHNError, match=r"cannot write checkpoints to .*file/run .*: set out_dir= to a writable"):
         check_writable(str(tmp_path / "file" / "run"), key="out_dir")
+    with pytest.raises(RHNError, match=r": set save_dir= to a writable folder$"):
+        check_writable(str(tmp_path / "file" / "run"))
+
+
+def test_check_writable_writes_in_the_folder_itself():
+    """A folder that exists but takes no new file (proc, read-only even for root): refused at the start."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    with pytest.raises(RHNError, match="cannot write checkpoints to /proc/self "):
+        check_writable("/proc/self")
 
 
 # --- runlock.py -----------------------------------------------------------------------------------
