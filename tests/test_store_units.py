@@ -468,3 +468,53 @@ def test_observer_resources_and_a_vanished_artifact(tmp_path, capsys):
     assert obs._write() and "artifact curve.png not stored" in capsys.readouterr().err
     assert obs.store.entries[7]["artifacts"] == []
     assert obs == obs and obs != flaky_observer(tmp_path)
+
+
+def test_lock_defaults_file_mode_and_an_unreadable_holder_line(tmp_path, monkeypatch):
+    """The lock file is readable by others (holder_of of another user), as a new file is (0o666 less the umask)."""
+    umask = os.umask(0o022)
+    try:
+        lock = RunLock(str(tmp_path)).acquire()
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / LOCK_NAME).st_mode & 0o777 == 0o644
+    assert holder_of(str(tmp_path)).startswith("training (pid")  # the default command
+    lock.release()
+    never = RunLock(str(tmp_path))
+    (tmp_path / LOCK_NAME).write_text("someone else's")
+    never.release()  # never acquired: nothing to remove or close
+    assert (tmp_path / LOCK_NAME).read_text() == "someone else's"
+    # a holder line with bytes that are not UTF-8 (cut in the middle of a character) still names its holder
+    (tmp_path / LOCK_NAME).write_bytes("host=nœud pid=9 command=x".encode() + b"\xc5")
+    import fcntl
+
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert holder_of(str(tmp_path)) == "x\ufffd (pid 9 on nœud, started ?)"
+    finally:
+        os.close(fd)
+
+
+def test_describe_holder_keeps_an_equals_sign_in_a_value():
+    assert describe_holder("pid=3 host=h started=s command=sample temperature=0.5") == (
+        "sample (pid 3 on h, started s)"
+    )
+    assert describe_holder("pid=3 command=run=2") == "run=2 (pid 3 on ?, started ?)"
+
+
+def test_run_folder_default_names_its_command(tmp_path, monkeypatch):
+    plain = RunFolder.claim(str(tmp_path / "plain"))
+    assert holder_of(plain.path).startswith("training (pid")
+    plain.release()
+    default = RunFolder.claim("", base=str(tmp_path / "runs" / "ptb_1"), command="sample")
+    assert holder_of(default.path).startswith("sample (pid")
+    default.release()
+
+    def refused(self):
+        raise RHNError("refused")
+
+    monkeypatch.setattr(RunLock, "acquire", refused)  # a run that takes the new folder first
+    with pytest.raises(RHNError, match="refused"):
+        RunFolder.claim(str(tmp_path / "raced"))
+    assert not (tmp_path / "raced").exists()  # created by this claim: removed again
