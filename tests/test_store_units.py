@@ -127,7 +127,10 @@ def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     import sys
 
     dead = dead_pid()
-    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # default signal handling (a run under nohup ignores SIGHUP): any signal sent to it would end it
+    code = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print(flush=True); time.sleep(60)"
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    writer.stdout.readline()
     stale = [
         f".last.npz.{dead}.tmp",  # the form written before the host was in the name
         os.path.basename(temporary_path(tmp_path / "best.npz", pid=dead)),
@@ -147,7 +150,8 @@ def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     removed = remove_stale_temporaries(str(tmp_path))
     assert removed == sorted(stale)
     assert sorted(os.listdir(tmp_path)) == sorted(kept)
-    assert writer.poll() is None  # asked whether it runs, nothing else (signal 0)
+    with pytest.raises(subprocess.TimeoutExpired):  # asked whether it runs, nothing else (signal 0)
+        writer.wait(timeout=0.5)
     writer.kill()
     writer.wait()
     assert remove_stale_temporaries(str(tmp_path / "nowhere")) == []
