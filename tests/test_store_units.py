@@ -6,6 +6,7 @@ them, so that a wrong comparison, a dropped field or an off-by-one shows here in
 (and so that ``tools/mutation.py`` can see them: its mutants live in the test process only).
 """
 
+import datetime
 import json
 import os
 import socket
@@ -522,3 +523,51 @@ def test_run_folder_default_names_its_command(tmp_path, monkeypatch):
     with pytest.raises(RHNError, match="refused"):
         RunFolder.claim(str(tmp_path / "raced"))
     assert not (tmp_path / "raced").exists()  # created by this claim: removed again
+
+
+# --- sweep/state.py -------------------------------------------------------------------------------------
+def sweep_piece(folder, run_id, key, status, heartbeat=None, sweep="s"):
+    """A run of a sweep as the file observer writes it (``heartbeat``: an ISO time)."""
+    d = folder / str(run_id)
+    d.mkdir(parents=True)
+    meta = {"sweep": {"name": sweep, "key": key, "values": {}}}
+    (d / "run.json").write_text(json.dumps({"status": status, "heartbeat": heartbeat, "meta": meta}))
+
+
+def test_sweep_state_reads_times_in_any_zone_and_the_stale_boundary():
+    from rhn_core.sweep import state
+
+    now = datetime.datetime(2026, 1, 1, 10, 0, 30, tzinfo=datetime.timezone.utc)
+    beat = {"status": "RUNNING", "heartbeat": "2026-01-01T12:00:00+02:00"}  # 10:00:00 UTC, written in +02:00
+    assert state.heartbeat_age(beat, now) == 30.0
+    assert state.state([beat], stale_s=30, now=now) == ("RUNNING", "skip")  # exactly stale_s: still alive
+    assert state.state([beat], stale_s=29, now=now) == ("RUNNING (silent 30 s)", "resume")
+    assert state.state([{}]) == ("UNKNOWN", "resume")  # a piece without a status: resumed, shown as unknown
+
+
+def test_sweep_pieces_are_ordered_by_id_whatever_the_database_numbers_them():
+    from rhn_core.sweep import state
+
+    runs = [{"id": i, "meta": {"sweep": {"key": "k"}}} for i in (10, "b", 2, "a")] + [{"id": 1, "meta": {}}]
+    assert [r["id"] for r in state.pieces_by_key(runs)["k"]] == [2, 10, "a", "b"]
+
+
+def test_sweep_book_decides_from_the_pieces_of_its_own_sweep(tmp_path, monkeypatch):
+    import rhn_core.tracking.sources as sources
+    from rhn_core.sweep import state
+
+    db, save_dir = tmp_path / "db", tmp_path / "k"
+    sweep_piece(db, 1, "k", "FAILED")
+    sweep_piece(db, 2, "k", "RUNNING", "2026-01-01T10:00:00+00:00")
+    sweep_piece(db, 3, "k", "COMPLETED", sweep="other")  # the same key in another sweep: not this run
+    book = state.Book("s", file_storage=str(db), stale_s=60)
+    assert sorted(book.groups()) == ["k"] and len(book.groups()["k"]) == 2
+    save_dir.mkdir()
+    (save_dir / "last.npz").write_bytes(b"x")
+    early = datetime.datetime(2026, 1, 1, 10, 0, 30, tzinfo=datetime.timezone.utc)
+    assert book.decide("k", str(save_dir), now=early) == ("RUNNING", "skip", "")  # no resume source to skip
+    late = early + datetime.timedelta(seconds=60)
+    assert book.decide("k", str(save_dir), now=late) == ("RUNNING (silent 90 s)", "resume", str(save_dir / "last.npz"))
+    assert book.decide("new", str(tmp_path / "new")) == ("not started", "start", "")
+    monkeypatch.setattr(sources, "MongoSource", lambda spec: ("mongo", spec))
+    assert state.Book("s", mongo="host:1:db").source() == ("mongo", "host:1:db")
