@@ -571,3 +571,62 @@ def test_sweep_book_decides_from_the_pieces_of_its_own_sweep(tmp_path, monkeypat
     assert book.decide("new", str(tmp_path / "new")) == ("not started", "start", "")
     monkeypatch.setattr(sources, "MongoSource", lambda spec: ("mongo", spec))
     assert state.Book("s", mongo="host:1:db").source() == ("mongo", "host:1:db")
+
+
+# --- sweep/claim.py -------------------------------------------------------------------------------------
+def test_claim_holder_info_names_the_slurm_job_or_array_task(monkeypatch):
+    from rhn_core.sweep.claim import describe, holder_info
+
+    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    info = holder_info()
+    assert (info["pid"], info["host"], info["slurm_job"]) == (os.getpid(), socket.gethostname(), None)
+    since = datetime.datetime.fromisoformat(info["since"])
+    assert since.tzinfo is not None and since.microsecond == 0
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - since).total_seconds()) < 60
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    assert holder_info()["slurm_job"] == "41"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "40")  # an array job without its task id: the job's own id
+    assert holder_info()["slurm_job"] == "41"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert holder_info()["slurm_job"] == "40_3"
+    assert describe({"pid": 5, "host": "n1", "slurm_job": "40_3", "since": "t"}) == (
+        "launcher pid 5 on n1 (Slurm job 40_3) since t"
+    )
+    assert describe({"pid": 5, "slurm_job": None}) == "launcher pid 5 on ? since ?"
+    assert describe({"host": "n1"}) == describe(["pid"]) == describe(None) == ""
+
+
+def test_claim_file_holder_and_retries(tmp_path, monkeypatch):
+    import time
+
+    from rhn_core.sweep.claim import CLAIM_FILE, Claim
+
+    folder = tmp_path / "a" / "run"
+    quiet = Claim(str(folder))
+    assert quiet.acquire(write=False) and (folder / CLAIM_FILE).read_text() == ""  # created, nothing written
+    assert Claim(str(folder)).holder() == "a launcher"  # a holder still writing its line
+    quiet.release()
+    quiet.release()
+    assert Claim(str(tmp_path / "none")).holder() == "a launcher"
+    umask = os.umask(0o022)
+    try:
+        mine = Claim(str(folder))
+        assert mine.acquire() and os.stat(folder / CLAIM_FILE).st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
+    (folder / CLAIM_FILE).write_text("{not json")
+    assert Claim(str(folder)).holder() == "a launcher"
+    sleeps = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    assert not Claim(str(folder)).take(tries=3, pause_s=0.25)
+    assert sleeps == [0.25, 0.25]  # between tries, not after the last
+    assert not Claim(str(folder)).take() and sleeps[2:] == [0.3, 0.3]  # by default 3 tries, 0.3 s apart
+    del sleeps[2:]
+    assert Claim(str(folder)).held_elsewhere() and mine.fd is not None
+    mine.release()
+    assert mine.fd is None and not Claim(str(folder)).held_elsewhere()
+    again = Claim(str(folder))
+    assert again.take() and sleeps == [0.25, 0.25]  # free: taken at once
+    assert json.loads((folder / CLAIM_FILE).read_text())["pid"] == os.getpid()
+    again.release()
