@@ -630,3 +630,275 @@ def test_claim_file_holder_and_retries(tmp_path, monkeypatch):
     assert again.take() and sleeps == [0.25, 0.25]  # free: taken at once
     assert json.loads((folder / CLAIM_FILE).read_text())["pid"] == os.getpid()
     again.release()
+
+
+# --- sweep/runner.py ------------------------------------------------------------------------------------
+class FixedBook:
+    """state.Book's decide, with a fixed answer (or an error: the database gone)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def decide(self, key, save_dir, now=None):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def python_job(tmp_path, code, answer=("not started", "start", ""), key="k"):
+    import sys
+
+    from rhn_core.sweep.runner import SweepJob
+
+    argv = [sys.executable, "-c", code]
+    return SweepJob(key, argv, str(tmp_path / key), str(tmp_path / f"{key}.log"), 3, FixedBook(answer))
+
+
+def test_sweep_job_command_environment_and_result(tmp_path, monkeypatch):
+    import sys
+
+    from rhn_core.backends import BACKENDS
+    from rhn_core.sweep import runner
+
+    assert runner.entry_command("torch") == [sys.executable, "-m", *BACKENDS["torch"].entry]
+    script = tmp_path / "train.py"
+    script.write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert runner.entry_command("train.py") == [sys.executable, str(script)]
+    with pytest.raises(RHNError, match=r"entry point 'nowhere.py' not found: give a backend \(.*torch"):
+        runner.entry_command("nowhere.py")
+    env = runner.child_env(3)
+    assert env == {
+        "OMP_NUM_THREADS": "3",
+        "MKL_NUM_THREADS": "3",
+        "OPENBLAS_NUM_THREADS": "3",
+        "TF_NUM_INTRAOP_THREADS": "3",
+        "TF_NUM_INTEROP_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    code = "import os, sys; print(sys.argv[1:], os.environ['OMP_NUM_THREADS'], os.environ['PYTHONUNBUFFERED'])"
+    job = python_job(tmp_path, code, ("FAILED", "resume", "/old/last.npz"))
+    assert job.command("") == job.argv + [f"save_dir={tmp_path / 'k'}"]
+    lines = []
+    result = job(announce=lines.append)
+    assert lines == ["resumed   k from /old/last.npz"]
+    assert {k: result[k] for k in ("key", "outcome", "returncode", "reason")} == {
+        "key": "k",
+        "outcome": "finished",
+        "returncode": 0,
+        "reason": "",
+    }
+    assert 0 <= result["seconds"] < 60 and result["seconds"] == round(result["seconds"], 1)
+    log = (tmp_path / "k.log").read_text()
+    assert f"\n$ {' '.join(job.argv)} save_dir={tmp_path / 'k'} resume=/old/last.npz\n" in log
+    assert f"['save_dir={tmp_path / 'k'}', 'resume=/old/last.npz'] 3 1\n" in log
+    job(announce=lines.append)  # a second piece appends to the same log
+    assert (tmp_path / "k.log").read_text().count("\n$ ") == 2
+    failed = python_job(tmp_path, "import sys; sys.exit(3)", key="f")(announce=lines.append)
+    assert (failed["outcome"], failed["returncode"], lines[-1]) == ("failed", 3, "started   f")
+
+
+def test_sweep_job_skips_or_leaves_a_run_in_one_line(tmp_path):
+    lines = []
+    skipped = python_job(tmp_path, "", ("COMPLETED", "skip", ""))(announce=lines.append)
+    assert (skipped["outcome"], skipped["returncode"], skipped["reason"]) == (
+        "skipped",
+        None,
+        "it is COMPLETED in the database",
+    )
+    assert lines == ["skipped   k: it is COMPLETED in the database"]
+    gone = python_job(tmp_path, "", RHNError("MongoDB at h:1 cannot be reached"))(announce=lines.append)
+    assert gone["outcome"] == "not started" and lines[-1] == "not started k: MongoDB at h:1 cannot be reached"
+    stopped = python_job(tmp_path, "")
+    assert stopped.stop() is False  # nothing running
+    assert stopped(announce=lines.append)["outcome"] == "not started"
+    assert lines[-1] == "not started k: the sweep was asked to stop"
+    assert not os.path.exists(tmp_path / "k.log")  # no run was started
+
+
+def test_sweep_job_under_slurm_fails_its_job_and_waits_for_the_preemption_signal(tmp_path, monkeypatch):
+    import signal
+    import time
+
+    from rhn_core.sweep import runner
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    sleeps = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match=f"run k exited with status 3: see {tmp_path / 'k.log'}"):
+        python_job(tmp_path, "import sys; sys.exit(3)")(announce=lambda line: None)
+    assert sleeps == [] and signal.getsignal(signal.SIGTERM) is before  # a plain failure: no wait
+    # Slurm signals the whole job: the run checkpoints on its SIGTERM and exits before submitit's signal
+    preempted = "import os, signal, sys; os.kill(os.getppid(), signal.SIGTERM); sys.exit(1)"
+    with pytest.raises(RuntimeError, match="exited with status 1"):
+        python_job(tmp_path, preempted)(announce=lambda line: None)
+    assert sleeps == [runner.PREEMPT_WAIT_S] and signal.getsignal(signal.SIGTERM) is before
+    assert python_job(tmp_path, "pass")(announce=lambda line: None)["outcome"] == "finished"
+
+
+def test_sweep_job_stop_checkpoint_and_pickling(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+    import time
+
+    from rhn_core.sweep import runner
+
+    job = python_job(tmp_path, "")
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(5)); print(flush=True); time.sleep(60)"
+    job._child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    job._child.stdout.readline()
+    child = job._child
+    copy = pickle.loads(pickle.dumps(job))  # submitit pickles the job: without its child or its stop request
+    assert copy._child is None and copy._stop_requested is False and copy.key == "k" and copy.threads == 3
+    resubmitted = job.checkpoint("a", b=1)
+    assert child.wait(timeout=30) == 5  # told to stop (SIGTERM), and it did
+    assert job._child is None and job._stop_requested
+    assert resubmitted.function is job and resubmitted.args == ("a",) and resubmitted.kwargs == {"b": 1}
+    stuck = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    stuck.stdout.readline()
+    job._child, job.stop_wait_s = stuck, 0.2
+    job.checkpoint()
+    assert stuck.wait(timeout=30) == -9  # it ignored SIGTERM: killed after stop_wait_s
+    assert job.stop() is False
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert runner.exited(gone.pid, 0)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    t0 = time.monotonic()
+    assert not runner.exited(alive.pid, 0.3, poll_s=0.05) and time.monotonic() - t0 >= 0.3
+    alive.kill()
+    assert runner.exited(alive.pid, 10)
+    alive.wait()
+
+
+# --- sweep/executors.py ---------------------------------------------------------------------------------
+class WaitingJob:
+    """A SweepJob's interface: it runs until told to stop, and records the signals it was sent."""
+
+    def __init__(self, key, on_start=None):
+        import threading
+
+        self.key, self.on_start, self.signals, self.done = key, on_start, [], threading.Event()
+
+    def stop(self, sig):
+        self.signals.append(sig)
+        if len(self.signals) == 2:
+            self.done.set()
+        return True
+
+    def leave(self, outcome, reason, start, announce):
+        announce(f"{outcome:9s} {self.key}: {reason}")
+        return {"key": self.key, "outcome": outcome}
+
+    def __call__(self, announce):
+        announce(f"started   {self.key}")
+        if self.on_start:
+            self.on_start(self)
+            assert self.done.wait(30)
+        return {"key": self.key, "outcome": "finished"}
+
+
+def test_local_executor_stops_its_runs_once_then_kills_them_and_starts_no_more(tmp_path, capsys):
+    import signal
+
+    from rhn_core.sweep.executors import LocalExecutor
+
+    executor = LocalExecutor(1)
+
+    def signals_twice(job):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert executor.stopping.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    first, second = WaitingJob("a", signals_twice), WaitingJob("b")
+    reports = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    results = executor.run([first, second], lambda job, what: reports.append((job.key, what)))
+    assert results == [{"key": "a", "outcome": "finished"}, {"key": "b", "outcome": "not started"}]
+    assert first.signals == [signal.SIGTERM, signal.SIGKILL] and second.signals == []
+    assert reports == [
+        ("a", "started   a"),
+        ("a", {"key": "a", "outcome": "finished"}),
+        ("b", "not started b: the sweep was asked to stop"),
+        ("b", {"key": "b", "outcome": "not started"}),
+    ]
+    out = capsys.readouterr().out
+    assert out == (
+        "\nSIGINT: each running run saves a checkpoint and stops (1 running; again to kill them); "
+        "launch the sweep again to resume\n"
+    )
+    assert {s: signal.getsignal(s) for s in before} == before and executor._running == set()
+
+
+def test_local_executor_runs_jobs_side_by_side():
+    import threading
+
+    from rhn_core.sweep.executors import LocalExecutor
+
+    barrier = threading.Barrier(3, timeout=30)  # three jobs that each wait for the other two
+
+    class Together(WaitingJob):
+        def __call__(self, announce):
+            barrier.wait()
+            return {"key": self.key, "outcome": "finished"}
+
+    jobs = [Together(k) for k in "abc"]
+    assert [r["key"] for r in LocalExecutor(3).run(jobs, lambda job, what: None)] == ["a", "b", "c"]
+
+
+def test_slurm_executor_parameters_and_wait(tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    from rhn_core.sweep.executors import SlurmExecutor
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RHNError, match="sbatch not found: run the slurm executor on a Slurm login node"):
+        SlurmExecutor(str(tmp_path))
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    plain = SlurmExecutor(str(tmp_path)).executor.parameters
+    assert (plain["time"], plain["cpus_per_task"], plain["signal_delay_s"]) == (60, 1, 90)
+    assert not {"partition", "mem", "gpus_per_node", "array_parallelism"} & set(plain)
+    full = SlurmExecutor(
+        str(tmp_path),
+        partition="gpu",
+        time_min=30,
+        cpus=4,
+        mem="8G",
+        gpus=1,
+        options=("account=proj", "--qos=low=x"),
+        array_parallelism=2,
+        signal_delay_s=60,
+        max_requeues=5,
+    )
+    p = full.executor.parameters
+    assert (p["partition"], p["time"], p["cpus_per_task"], p["mem"], p["gpus_per_node"]) == ("gpu", 30, 4, "8G", 1)
+    assert (p["array_parallelism"], p["signal_delay_s"]) == (2, 60) and full.executor.max_num_timeout == 5
+    assert p["additional_parameters"] == {"account": "proj", "qos": "low=x"}
+    for bad in ("account", "=x"):
+        with pytest.raises(RHNError, match=f"--slurm-option '{bad}' is not KEY=VALUE"):
+            SlurmExecutor(str(tmp_path), options=(bad,))
+
+    class Handle:
+        def __init__(self, polls, state):
+            self.polls, self.state = polls, state
+
+        def done(self):
+            self.polls -= 1
+            return self.polls < 0
+
+    sleeps, reports = [], []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    SlurmExecutor.wait([Handle(2, "FAILED"), Handle(0, "COMPLETED")], lambda h, s: reports.append(s), poll_s=1.5)
+    assert reports == ["COMPLETED", "FAILED"] and sleeps == [1.5, 1.5]
+    SlurmExecutor.wait([Handle(1, "DONE")], lambda h, s: reports.append(s))
+    assert sleeps[2:] == [5.0] and reports[-1] == "DONE"

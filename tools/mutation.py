@@ -148,7 +148,10 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
         "rhn_core/sweep/runner.py",
         ["tests/test_sweep_claims.py", "tests/test_store_units.py", "-m", "not slow and not mongo"],
     ),
-    "sweep_executors": ("rhn_core/sweep/executors.py", ["tests/test_store_units.py"]),
+    "sweep_executors": (
+        "rhn_core/sweep/executors.py",
+        ["tests/test_sweep_claims.py", "tests/test_store_units.py", "-m", "not slow and not mongo"],
+    ),
     "observer": (
         "rhn_core/tracking/observer.py",
         [
