@@ -814,10 +814,10 @@ def test_local_executor_stops_its_runs_once_then_kills_them_and_starts_no_more(t
 
     executor = LocalExecutor(1)
 
-    def signals_twice(job):
-        os.kill(os.getpid(), signal.SIGINT)
-        assert executor.stopping.wait(30)
-        os.kill(os.getpid(), signal.SIGTERM)
+    def signals_twice(job):  # the handler run as Ctrl-C, then SIGTERM, would run it
+        assert signal.getsignal(signal.SIGINT) == executor._handle == signal.getsignal(signal.SIGTERM)
+        executor._handle(signal.SIGINT, None)
+        executor._handle(signal.SIGTERM, None)
 
     first, second = WaitingJob("a", signals_twice), WaitingJob("b")
     reports = []
