@@ -198,6 +198,8 @@ def test_lock_is_exclusive_names_its_holder_and_is_freed_by_release(tmp_path):
     assert text.startswith(f"host={socket.gethostname()} pid={os.getpid()} started=") and text.endswith(
         " command=training\n"
     )
+    started = datetime.datetime.fromisoformat(text.split("started=")[1].split()[0])
+    assert started.tzinfo is not None and abs(datetime.datetime.now(datetime.timezone.utc) - started).seconds < 60
     holder = holder_of(folder)
     assert holder.startswith(f"training (pid {os.getpid()} on {socket.gethostname()}, started ")
     assert "T" not in holder.split("started ")[1]  # the ISO stamp is printed with a space
