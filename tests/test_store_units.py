@@ -904,3 +904,81 @@ def test_slurm_executor_parameters_and_wait(tmp_path, monkeypatch):
     assert reports == ["COMPLETED", "FAILED"] and sleeps == [1.5, 1.5]
     SlurmExecutor.wait([Handle(1, "DONE")], lambda h, s: reports.append(s))
     assert sleeps[2:] == [5.0] and reports[-1] == "DONE"
+
+
+# --- distributed/world.py -------------------------------------------------------------------------------
+def test_world_of_each_launcher_in_detail(tmp_path, monkeypatch):
+    from rhn_core.distributed.world import World, detect
+
+    assert World().chief and not World(1, 2).chief and World(0, 2).chief
+    assert World(0, 3).rows(7) == slice(0, 2) and World(2, 3).rows(7) == slice(4, 6)  # equal shares
+    assert detect("torch", {"RANK": "1", "WORLD_SIZE": "2"}) == World(1, 2, 0, "torchrun")  # LOCAL_RANK optional
+    with pytest.raises(RHNError, match=r"^WORLD_SIZE='two' is not an integer: start the job with torchrun or srun$"):
+        detect("torch", {"RANK": "1", "WORLD_SIZE": "two"})
+    alone = {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}
+    assert detect("torch", alone) == World(0, 1, 0, "srun") and alone == {
+        "SLURM_PROCID": "0",
+        "SLURM_STEP_NUM_TASKS": "1",
+    }  # one task: nothing set for a rendezvous
+    # srun without MASTER_ADDR: rank 0's host from the step's node list, through scontrol
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\necho node7\necho node8\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    step = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "node[7-8]"}
+    step["SLURM_JOB_NODELIST"] = "node[1-9]"
+    assert detect("torch", step) == World(1, 2, 0, "srun")
+    assert (bin_dir / "args").read_text() == "show hostnames node[7-8]\n"
+    assert {k: step[k] for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")} == {
+        "MASTER_ADDR": "node7",
+        "MASTER_PORT": "29500",
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+    }
+    assert step["RHN_RANKS_FROM"] == "srun" and detect("torch", step) == World(1, 2, 0, "srun")
+    job = {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_NODELIST": "node[3-4]", "MASTER_PORT": "7"}
+    detect("torch", job)
+    assert (bin_dir / "args").read_text() == "show hostnames node[3-4]\n" and job["MASTER_PORT"] == "7"
+    scontrol.write_text("#!/bin/sh\nexit 1\n")
+    with pytest.raises(RHNError, match=r"cannot find rank 0's host in SLURM node list 'n\[1-2\]': export MASTER_ADDR"):
+        detect("torch", {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "n[1-2]"})
+
+
+def test_world_of_a_tf_config_and_its_errors():
+    from rhn_core.distributed.world import World, detect
+
+    assert detect("tf", {}) == World() == detect("tf", {"TF_CONFIG": ""})
+    workers = json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": "0"}})
+    assert detect("tf", {"TF_CONFIG": workers}) == World(0, 2, 0, "TF_CONFIG")
+    chief = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}})
+    assert detect("tf", {"TF_CONFIG": chief}) == World(0, 2, 0, "TF_CONFIG")
+    assert detect("numpy", {"TF_CONFIG": chief, "RANK": "1", "WORLD_SIZE": "2"}) == World()  # no launcher
+    for bad in ("not json", '{"cluster": {"worker": ["a:1"]}}', '{"cluster": [], "task": {}}', "[1]"):
+        with pytest.raises(RHNError, match=r"^TF_CONFIG is not a tf.distribute cluster: give JSON such as "):
+            detect("tf", {"TF_CONFIG": bad})
+    absent = json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}})
+    with pytest.raises(RHNError, match="TF_CONFIG is not a tf.distribute cluster"):
+        detect("tf", {"TF_CONFIG": absent})
+
+
+def test_check_batch_names_processes_and_replicas():
+    from rhn_core.distributed.world import World, check_batch
+
+    with pytest.raises(RHNError) as e:
+        check_batch(World(0, 2), 6, 2, "tf")
+    assert str(e.value) == (
+        "batch_size=6 does not split evenly over 2 processes x 2 replicas: use a batch_size divisible by 4 "
+        "(each part trains batch_size / 4 rows)"
+    )
+    with pytest.raises(RHNError) as e:
+        check_batch(World(), 2, 3)
+    assert str(e.value) == (
+        "batch_size=2 is smaller than the 3 parts it is split into (3 replicas): use at most 2 or a larger batch_size"
+    )
+    check_batch(World(0, 2), 8, 2)
+    check_batch(World(), 3, 1)
+    check_batch(World(0, 4), 4)  # as many parts as rows: one row each
+    check_batch(World(), 1, 5, "numpy")  # replicas count only for a backend that has them

@@ -165,6 +165,7 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
         [
             "tests/test_store_units.py",
             "tests/test_distributed.py::test_world_from_the_launchers",
+            "tests/test_distributed.py::test_bad_world_sizes_fail_before_any_work",
             "tests/test_distributed.py::test_masks_drawn_for_the_global_batch_and_sliced",
             "tests/test_one_writer.py::test_srun_ranks_are_named_srun_every_time_they_are_read",
         ],
