@@ -125,7 +125,6 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
         [
             "tests/test_sweep.py",
             "tests/test_sweep_claims.py",
-            "tests/test_store_units.py",
             "-m",
             "not slow and not mongo",
         ],
