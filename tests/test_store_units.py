@@ -739,13 +739,38 @@ def test_sweep_job_under_slurm_fails_its_job_and_waits_for_the_preemption_signal
     assert python_job(tmp_path, "pass")(announce=lambda line: None)["outcome"] == "finished"
 
 
-def test_sweep_job_stop_checkpoint_and_pickling(tmp_path):
+def fake_submitit(monkeypatch):
+    """submitit's classes that rhn uses, recording what they are given. The real package is not imported in
+    process: its import, in a test, upsets pytest's terminal under mutmut's stats run (tools/mutation.py)."""
+    import sys
+    import types
+
+    class DelayedSubmission:
+        def __init__(self, function, *args, **kwargs):
+            self.function, self.args, self.kwargs = function, args, kwargs
+
+    class SlurmExecutor:
+        def __init__(self, folder, max_num_timeout=3):
+            self.folder, self.max_num_timeout, self.parameters = folder, max_num_timeout, {}
+
+        def update_parameters(self, **params):
+            self.parameters.update(params)
+
+    fake = types.ModuleType("submitit")
+    fake.helpers = types.SimpleNamespace(DelayedSubmission=DelayedSubmission)
+    fake.SlurmExecutor = SlurmExecutor
+    monkeypatch.setitem(sys.modules, "submitit", fake)
+
+
+def test_sweep_job_stop_checkpoint_and_pickling(tmp_path, monkeypatch):
     import pickle
     import subprocess
     import sys
     import time
 
     from rhn_core.sweep import runner
+
+    fake_submitit(monkeypatch)
 
     job = python_job(tmp_path, "")
     code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(5)); print(flush=True); time.sleep(60)"
@@ -863,11 +888,14 @@ def test_slurm_executor_parameters_and_wait(tmp_path, monkeypatch):
 
     from rhn_core.sweep.executors import SlurmExecutor
 
+    fake_submitit(monkeypatch)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RHNError, match="sbatch not found: run the slurm executor on a Slurm login node"):
         SlurmExecutor(str(tmp_path))
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
-    plain = SlurmExecutor(str(tmp_path)).executor.parameters
+    plain = SlurmExecutor(str(tmp_path)).executor
+    assert plain.folder == str(tmp_path) and plain.max_num_timeout == 3
+    plain = plain.parameters
     assert (plain["time"], plain["cpus_per_task"], plain["signal_delay_s"]) == (60, 1, 90)
     assert not {"partition", "mem", "gpus_per_node", "array_parallelism"} & set(plain)
     full = SlurmExecutor(
