@@ -1010,3 +1010,24 @@ def test_check_batch_names_processes_and_replicas():
     check_batch(World(), 3, 1)
     check_batch(World(0, 4), 4)  # as many parts as rows: one row each
     check_batch(World(), 1, 5, "numpy")  # replicas count only for a backend that has them
+
+
+def test_claim_check_leaves_the_line_and_a_lock_error_passes_through(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from rhn_core.sweep.claim import CLAIM_FILE, Claim
+
+    (tmp_path / CLAIM_FILE).write_text('{"pid": 99999999, "host": "gone"}\n')  # its launcher has ended
+    assert not Claim(str(tmp_path)).held_elsewhere()
+    assert (tmp_path / CLAIM_FILE).read_text() == '{"pid": 99999999, "host": "gone"}\n'  # a look writes nothing
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    opened = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with pytest.raises(OSError, match="No locks available"):
+        Claim(str(tmp_path)).acquire()
+    if opened is not None:
+        assert len(os.listdir("/proc/self/fd")) == opened  # its file closed again
