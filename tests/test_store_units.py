@@ -1031,3 +1031,42 @@ def test_claim_check_leaves_the_line_and_a_lock_error_passes_through(tmp_path, m
         Claim(str(tmp_path)).acquire()
     if opened is not None:
         assert len(os.listdir("/proc/self/fd")) == opened  # its file closed again
+
+
+def test_sweep_job_child_gets_the_environment_its_own_session_the_claim_and_one_log(tmp_path, monkeypatch):
+    import signal
+
+    from rhn_core.sweep import runner
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("RHN_TEST_MARK", "from the launcher")
+    installed = []
+    real_signal = signal.signal
+    monkeypatch.setattr(signal, "signal", lambda s, h: installed.append(s) or real_signal(s, h))
+    code = (
+        "import os, sys\n"
+        "print(os.environ['RHN_TEST_MARK'], os.environ['OMP_NUM_THREADS'])\n"
+        "print('own session', os.getsid(0) == os.getpid())\n"
+        "fds = os.listdir('/proc/self/fd') if os.path.isdir('/proc/self/fd') else []\n"
+        "paths = [os.path.realpath('/proc/self/fd/' + n) for n in fds]\n"
+        "print('claim held', any(p.endswith('sweep.claim') for p in paths))\n"
+        "print('to stderr', file=sys.stderr)\n"
+    )
+    job = python_job(tmp_path, code)
+    assert job(announce=lambda line: None)["outcome"] == "finished"
+    log = (tmp_path / "k.log").read_text()
+    assert "from the launcher 3\n" in log and "own session True\n" in log and "to stderr\n" in log
+    if os.path.isdir("/proc/self/fd"):
+        assert "claim held True\n" in log  # the run keeps the claim while it trains, whatever its launcher does
+    assert installed == []  # no SIGTERM handler outside Slurm (a local sweep handles its signals itself)
+    assert job._child is None and job.stop() is False  # ended: nothing to stop
+    import subprocess
+    import sys
+    import time
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    t0 = time.monotonic()
+    assert not runner.exited(alive.pid, 0.3)
+    assert time.monotonic() - t0 < 1.0  # polled often, not once a second
+    alive.kill()
+    alive.wait()
