@@ -731,10 +731,31 @@ def test_sweep_job_under_slurm_fails_its_job_and_waits_for_the_preemption_signal
     with pytest.raises(RuntimeError, match=f"run k exited with status 3: see {tmp_path / 'k.log'}"):
         python_job(tmp_path, "import sys; sys.exit(3)")(announce=lambda line: None)
     assert sleeps == [] and signal.getsignal(signal.SIGTERM) is before  # a plain failure: no wait
-    # Slurm signals the whole job: the run checkpoints on its SIGTERM and exits before submitit's signal
-    preempted = "import os, signal, sys; os.kill(os.getppid(), signal.SIGTERM); sys.exit(1)"
+    # Slurm signals the whole job: the run checkpoints on its SIGTERM and exits before submitit's signal.
+    # The launcher's handler is called here as the signal would call it (a real SIGTERM to the test process
+    # would reach the test runner too), then the run exits.
+    import threading
+
+    go = tmp_path / "go"
+    job = python_job(
+        tmp_path, f"import os, sys, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)\nsys.exit(1)"
+    )
+
+    def preempt():
+        waited = threading.Event()
+        for _ in range(1000):  # up to 10 s for the launcher to install its handler
+            handler = signal.getsignal(signal.SIGTERM)
+            if getattr(handler, "__self__", None) is job:
+                handler(signal.SIGTERM, None)
+                break
+            waited.wait(0.01)
+        go.write_text("")
+
+    helper = threading.Thread(target=preempt)
+    helper.start()
     with pytest.raises(RuntimeError, match="exited with status 1"):
-        python_job(tmp_path, preempted)(announce=lambda line: None)
+        job(announce=lambda line: None)
+    helper.join()
     assert sleeps == [runner.PREEMPT_WAIT_S] and signal.getsignal(signal.SIGTERM) is before
     assert python_job(tmp_path, "pass")(announce=lambda line: None)["outcome"] == "finished"
 
@@ -783,6 +804,19 @@ def test_sweep_job_stop_checkpoint_and_pickling(tmp_path, monkeypatch):
     assert child.wait(timeout=30) == 5  # told to stop (SIGTERM), and it did
     assert job._child is None and job._stop_requested
     assert resubmitted.function is job and resubmitted.args == ("a",) and resubmitted.kwargs == {"b": 1}
+    assert job.stop_wait_s == 75  # Slurm's signal comes 90 s before the end (signal_delay_s): 15 s to spare
+
+    class Vanished:  # exited between the look and the signal
+        def poll(self):
+            return None
+
+        def send_signal(self, sig):
+            raise ProcessLookupError
+
+    job._child = Vanished()
+    assert job.stop() is False
+    started = time.time() - 2.46
+    assert job.result("finished", started)["seconds"] == 2.5  # to a tenth of a second
     stuck = subprocess.Popen(
         [
             sys.executable,
