@@ -777,6 +777,15 @@ def fake_submitit(monkeypatch):
         def update_parameters(self, **params):
             self.parameters.update(params)
 
+        def batch(self):
+            import contextlib
+
+            self.batches = getattr(self, "batches", 0) + 1
+            return contextlib.nullcontext()
+
+        def submit(self, job):
+            return ("submitted", job, self.batches)
+
     fake = types.ModuleType("submitit")
     fake.helpers = types.SimpleNamespace(DelayedSubmission=DelayedSubmission)
     fake.SlurmExecutor = SlurmExecutor
@@ -857,6 +866,9 @@ class WaitingJob:
         return True
 
     def leave(self, outcome, reason, start, announce):
+        import time
+
+        assert abs(time.time() - start) < 60  # the time it was left, as SweepJob.result reads it
         announce(f"{outcome:9s} {self.key}: {reason}")
         return {"key": self.key, "outcome": outcome}
 
@@ -915,6 +927,23 @@ def test_local_executor_runs_jobs_side_by_side():
     jobs = [Together(k) for k in "abc"]
     assert [r["key"] for r in LocalExecutor(3).run(jobs, lambda job, what: None)] == ["a", "b", "c"]
 
+    class Brief(WaitingJob):
+        def __call__(self, announce):
+            threading.Event().wait(0.05)
+            return {"key": self.key, "outcome": "finished"}
+
+    import time
+
+    t0 = time.monotonic()
+    LocalExecutor(2).run([Brief("a"), Brief("b")], lambda job, what: None)
+    assert time.monotonic() - t0 < 1.0  # looked at every 0.2 s
+    # from a thread other than the main one (no signal handlers can be set there)
+    results = []
+    worker = threading.Thread(target=lambda: results.extend(LocalExecutor(1).run([Brief("c")], lambda j, w: None)))
+    worker.start()
+    worker.join(30)
+    assert results == [{"key": "c", "outcome": "finished"}]
+
 
 def test_slurm_executor_parameters_and_wait(tmp_path, monkeypatch):
     import shutil
@@ -926,7 +955,7 @@ def test_slurm_executor_parameters_and_wait(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RHNError, match="sbatch not found: run the slurm executor on a Slurm login node"):
         SlurmExecutor(str(tmp_path))
-    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/sbatch" if name == "sbatch" else None)
     plain = SlurmExecutor(str(tmp_path)).executor
     assert plain.folder == str(tmp_path) and plain.max_num_timeout == 3
     plain = plain.parameters
@@ -939,7 +968,7 @@ def test_slurm_executor_parameters_and_wait(tmp_path, monkeypatch):
         cpus=4,
         mem="8G",
         gpus=1,
-        options=("account=proj", "--qos=low=x"),
+        options=("account=proj", "--qos=low=x", "gpus-per-task=2"),
         array_parallelism=2,
         signal_delay_s=60,
         max_requeues=5,
@@ -947,7 +976,9 @@ def test_slurm_executor_parameters_and_wait(tmp_path, monkeypatch):
     p = full.executor.parameters
     assert (p["partition"], p["time"], p["cpus_per_task"], p["mem"], p["gpus_per_node"]) == ("gpu", 30, 4, "8G", 1)
     assert (p["array_parallelism"], p["signal_delay_s"]) == (2, 60) and full.executor.max_num_timeout == 5
-    assert p["additional_parameters"] == {"account": "proj", "qos": "low=x"}
+    assert p["additional_parameters"] == {"account": "proj", "qos": "low=x", "gpus_per_task": "2"}
+    jobs = [WaitingJob("a"), WaitingJob("b")]
+    assert full.submit(jobs) == [("submitted", jobs[0], 1), ("submitted", jobs[1], 1)]  # one array
     for bad in ("account", "=x"):
         with pytest.raises(RHNError, match=f"--slurm-option '{bad}' is not KEY=VALUE"):
             SlurmExecutor(str(tmp_path), options=(bad,))
@@ -962,8 +993,10 @@ def test_slurm_executor_parameters_and_wait(tmp_path, monkeypatch):
 
     sleeps, reports = [], []
     monkeypatch.setattr(time, "sleep", sleeps.append)
-    SlurmExecutor.wait([Handle(2, "FAILED"), Handle(0, "COMPLETED")], lambda h, s: reports.append(s), poll_s=1.5)
-    assert reports == ["COMPLETED", "FAILED"] and sleeps == [1.5, 1.5]
+    handles = [Handle(2, "FAILED"), Handle(0, "COMPLETED")]
+    SlurmExecutor.wait(handles, lambda h, s: reports.append((h, s)), poll_s=1.5)
+    assert reports == [(handles[1], "COMPLETED"), (handles[0], "FAILED")] and sleeps == [1.5, 1.5]
+    reports.clear()
     SlurmExecutor.wait([Handle(1, "DONE")], lambda h, s: reports.append(s))
     assert sleeps[2:] == [5.0] and reports[-1] == "DONE"
 
