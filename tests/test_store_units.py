@@ -1137,3 +1137,18 @@ def test_sweep_job_child_gets_the_environment_its_own_session_the_claim_and_one_
     assert time.monotonic() - t0 < 1.0  # polled often, not once a second
     alive.kill()
     alive.wait()
+
+
+def test_file_observer_replaces_an_artifact_added_again(tmp_path):
+    from rhn_core.tracking.observer import FileObserver
+
+    obs = FileObserver(str(tmp_path / "runs"))
+    obs.dir = str(tmp_path / "runs" / "1")
+    os.makedirs(obs.dir)
+    obs.run_entry = {"artifacts": ["curve.png"]}
+    ckpt = tmp_path / "last.npz"
+    for epoch in (b"epoch 1", b"epoch 2"):
+        ckpt.write_bytes(epoch)
+        obs.artifact_event("last.npz", str(ckpt))
+    assert (tmp_path / "runs" / "1" / "last.npz").read_bytes() == b"epoch 2"
+    assert json.loads((tmp_path / "runs" / "1" / "run.json").read_text())["artifacts"] == ["curve.png", "last.npz"]
