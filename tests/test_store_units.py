@@ -414,7 +414,13 @@ def test_observer_keeps_the_run_on_disk_while_the_server_is_away_and_writes_it_w
     assert (spool / "last.npz").read_bytes() == b"epoch 2" and json.loads((spool / "info.json").read_text()) == {
         "epoch": 2
     }
-    assert json.loads((spool / "mongo.json").read_text())["run_id"] == 7
+    kept = json.loads((spool / "mongo.json").read_text())  # what the upload tool needs to store it later
+    assert kept == {
+        "run_id": 7,
+        "database": "rhn_test",
+        "address": "mongodb://localhost:1",
+        "sources": [["a.py", "id1"]],
+    }
     assert json.loads((spool / "run.json").read_text())["experiment"]["sources"] == [["a.py", "id1"]]
     assert store.metrics["valid_perplexity"][2] == [1] and store.files[1][1] == b"epoch 1"  # nothing half-written
 
@@ -423,6 +429,8 @@ def test_observer_keeps_the_run_on_disk_while_the_server_is_away_and_writes_it_w
     assert "is back: run 7 is stored in full" in capsys.readouterr().err
     obs._drop_spool()
     assert not spool.exists() and obs._spooled is None
+    obs._spooled = str(spool)  # removed meanwhile (the upload tool stored it): nothing to complain about
+    obs._drop_spool()
     assert store.metrics["valid_perplexity"][2:] == ([1, 2], [50.0, 40.0])
     assert store.entries[7]["artifacts"] == [{"name": "last.npz", "file_id": 2}] and store.deleted == [1]
     assert store.files[2][1] == b"epoch 2" and store.entries[7]["info"] == {"epoch": 2}
@@ -1152,3 +1160,29 @@ def test_file_observer_replaces_an_artifact_added_again(tmp_path):
         obs.artifact_event("last.npz", str(ckpt))
     assert (tmp_path / "runs" / "1" / "last.npz").read_bytes() == b"epoch 2"
     assert json.loads((tmp_path / "runs" / "1" / "run.json").read_text())["artifacts"] == ["curve.png", "last.npz"]
+
+
+def test_run_store_numbers_runs_as_sacred_does_and_retries_a_taken_id():
+    from pymongo.errors import DuplicateKeyError
+
+    from rhn_core.tracking.observer import RunStore
+
+    class Runs:
+        def __init__(self, ids, taken=()):
+            self.ids, self.taken = list(ids), list(taken)
+
+        def find_one(self, query, projection, sort):
+            assert sort == [("_id", -1)]
+            return {"_id": max(self.ids)} if self.ids else None
+
+        def insert_one(self, entry):
+            if self.taken:  # another run inserted this id between our look and our insert
+                self.ids.append(self.taken.pop(0))
+                raise DuplicateKeyError("taken")
+            self.ids.append(entry["_id"])
+
+    store = RunStore.__new__(RunStore)
+    for ids, taken, expected in (([], (), 1), ([1, 4], (), 5), ([3], (4,), 5)):
+        store.runs = Runs(ids, taken)
+        entry = {"status": "RUNNING"}
+        assert store.insert(entry) == expected and entry["_id"] == expected
