@@ -438,7 +438,7 @@ def test_tf_layers_start_from_the_papers_initialisation_and_rebuild_from_their_c
             assert getattr(copy, key) == value, key
 
 
-def test_torch_and_numpy_backends_share_the_constructor_defaults():
+def test_torch_and_numpy_backends_are_built_with_the_same_defaults():
     """The contract's keyword defaults are one set (a caller that leaves one out gets the same model).
 
     Read from constructed backends, not from the signatures (which a wrapper may hide)."""

@@ -317,7 +317,15 @@ def prepare(source_repo, folder, module):
         f.write("\n".join(lines) + "\n")
 
 
-def run(folder, max_children, shared_data, mutants=()):
+def run(folder, max_children, shared_data, mutants=(), fresh_stats=False):
+    """mutmut run; ``fresh_stats``: first forget which tests call which function (see below)."""
+    if fresh_stats:
+        # mutmut records once which tests call each function and afterwards only adds tests with new
+        # names: a test changed to call another function would not be run for its mutants. A retry
+        # (tests were added or changed) or --only collects the record again, one run of the selection.
+        stats = os.path.join(folder, "mutants", "mutmut-stats.json")
+        if os.path.isfile(stats):
+            os.remove(stats)
     env = dict(os.environ, OMP_NUM_THREADS="1", RHN_SHARED_DATA=shared_data, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("PYTHONPATH", None)  # mutmut puts the mutated copy first on sys.path
     mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *mutants]
@@ -478,7 +486,7 @@ def main(argv=None):
                 names = retry
                 prepare(args.repo, folder, module)
             print(f"--- {module}: mutmut in {folder}", flush=True)
-            if run(folder, args.max_children, os.path.abspath(args.shared_data), names):
+            if run(folder, args.max_children, os.path.abspath(args.shared_data), names, args.retry or bool(args.only)):
                 print(f"mutmut failed for {module} (see above)", file=sys.stderr)
                 return 1
     report(args.work, modules, args.survivors or not args.report, args.sample, args.seed)
