@@ -1186,3 +1186,24 @@ def test_run_store_numbers_runs_as_sacred_does_and_retries_a_taken_id():
         store.runs = Runs(ids, taken)
         entry = {"status": "RUNNING"}
         assert store.insert(entry) == expected and entry["_id"] == expected
+
+
+def test_world_details_the_launcher_tests_leave_out(tmp_path, monkeypatch):
+    from rhn_core.distributed.world import World, check_batch, detect
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    scontrol.write_text("#!/bin/sh\necho 'slurm_load_node error: Unable to contact slurm controller'\nexit 1\n")
+    scontrol.chmod(0o755)
+    for env, listed in (({"SLURM_JOB_NODELIST": "n[1-2]"}, "'n[1-2]'"), ({}, "''")):
+        with pytest.raises(RHNError) as e:  # a failing scontrol's output is no host name
+            detect("torch", {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", **env})
+        assert str(e.value).startswith(f"cannot find rank 0's host in SLURM node list {listed}: ")
+    srun = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "1", "MASTER_ADDR": "n1"}
+    srun["RANK"] = "1"  # RANK without WORLD_SIZE: not torchrun's
+    assert detect("torch", srun) == World(1, 2, 1, "srun")
+    assert "RHN_RANKS_FROM" not in srun and srun["WORLD_SIZE"] == "2" and srun["LOCAL_RANK"] == "1"
+    with pytest.raises(RHNError, match="does not split evenly over 2 processes"):
+        check_batch(World(0, 2), 3)
