@@ -1207,3 +1207,20 @@ def test_world_details_the_launcher_tests_leave_out(tmp_path, monkeypatch):
     assert "RHN_RANKS_FROM" not in srun and srun["WORLD_SIZE"] == "2" and srun["LOCAL_RANK"] == "1"
     with pytest.raises(RHNError, match="does not split evenly over 2 processes"):
         check_batch(World(0, 2), 3)
+
+
+def test_shard_masks_keeps_each_ranks_rows_and_absent_masks_absent():
+    from rhn_core.distributed import World, shard_masks
+    from rhn_core.masks import Masks
+
+    rows = World(1, 2).rows(4)
+    x, o = np.arange(4.0)[:, None], np.arange(8.0).reshape(4, 2)
+    layers = tuple(np.arange(12.0).reshape(4, 3) + 100 * l for l in range(2))
+    half = shard_masks(Masks(x, layers, None, o), rows)
+    np.testing.assert_array_equal(half.x, x[2:])
+    assert len(half.i) == 2 and half.h is None
+    for got, full in zip(half.i, layers):
+        np.testing.assert_array_equal(got, full[2:])
+    none = shard_masks(Masks(None, None, layers, None), rows)  # no dropout on x, i, o: nothing to slice
+    assert none.x is None and none.i is None and none.o is None
+    np.testing.assert_array_equal(none.h[1], layers[1][2:])

@@ -171,7 +171,7 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
     ),
     "distributed_shard": (
         "rhn_core/distributed/shard.py",
-        ["tests/test_distributed.py::test_masks_drawn_for_the_global_batch_and_sliced"],
+        ["tests/test_store_units.py", "tests/test_distributed.py::test_masks_drawn_for_the_global_batch_and_sliced"],
     ),
     "fetch": (
         "rhn_core/data/fetch.py",
