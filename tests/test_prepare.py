@@ -402,9 +402,43 @@ def test_ptb_sources_in_every_form_and_their_errors(tmp_path, synthetic_ptb, mon
     monkeypatch.setitem(fetch.PTB_MD5, "test", hashlib.md5(files["test"]).hexdigest())
     fetched = []
     monkeypatch.setattr(
-        fetch, "download", lambda url, folder, progress: fetched.append((url, progress)) or str(archive)
+        fetch, "download", lambda url, folder, progress: fetched.append((url, folder, progress)) or str(archive)
     )
+    (tmp_path / "out").mkdir()  # an existing data folder is fine
     written = prepare_ptb(str(tmp_path / "out"), progress=False)
-    assert fetched == [(fetch.PTB_URL, False)]
+    assert fetched == [(fetch.PTB_URL, str(tmp_path / "out"), False)]
     assert written == [str(tmp_path / "out" / f"ptb.{s}.txt") for s in ("train", "valid", "test")]
     assert [open(p, "rb").read() for p in written] == [files[s] for s in ("train", "valid", "test")]
+
+
+def test_ptb_sources_that_are_incomplete_or_not_archives_say_so(tmp_path, synthetic_ptb):
+    from rhn_core.data import fetch
+
+    folder = tmp_path / "only_train"
+    folder.mkdir()
+    train = sorted(n for n in os.listdir(synthetic_ptb) if n.startswith("ptb.train"))[0]
+    (folder / train).write_bytes(open(os.path.join(synthetic_ptb, train), "rb").read())
+    with pytest.raises(RHNError) as e:
+        fetch.ptb_files(str(folder))
+    assert str(e.value) == (
+        f"PTB file {folder / 'ptb.valid.txt'} not found (also tried .xz and .gz): give {fetch.PTB_SOURCES}"
+    )
+    source = tmp_path / "notes.tgz"
+    source.write_bytes(b"not an archive")
+    with pytest.raises(RHNError) as e:
+        fetch.ptb_files(str(source))
+    reason = str(e.value).split(" as an archive (")[1].split("): give ")[0]
+    assert str(e.value).startswith(f"cannot read {source} as an archive (") and str(e.value).endswith(
+        f"): give {fetch.PTB_SOURCES}"
+    )
+    assert reason and "\n" not in reason and not reason.endswith(":") and reason != "None"  # its first line
+
+
+def test_a_zip_by_its_name_and_the_corpus_named_in_its_errors(tmp_path, enwik8_like):
+    raw, archive, expected = enwik8_like
+    named = tmp_path / "enwik8.zip"
+    named.write_bytes(b"not a zip, whatever its name says")
+    with pytest.raises(RHNError, match=f"cannot read {named}: not a complete zip archive"):
+        prepare_byte_corpus("enwik8", str(tmp_path / "a"), str(named), expected, progress=False)
+    with pytest.raises(RHNError, match=r"^enwik8 sha256 is [0-9a-f]{64}, the published one is 0{64}: "):
+        prepare_byte_corpus("enwik8", str(tmp_path / "b"), str(raw), dict(expected, sha256="0" * 64), progress=False)
