@@ -1224,3 +1224,95 @@ def test_shard_masks_keeps_each_ranks_rows_and_absent_masks_absent():
     none = shard_masks(Masks(None, None, layers, None), rows)  # no dropout on x, i, o: nothing to slice
     assert none.x is None and none.i is None and none.o is None
     np.testing.assert_array_equal(none.h[1], layers[1][2:])
+
+
+def test_observer_start_document_and_sources_of_the_experiment_folder(tmp_path, monkeypatch):
+    from rhn_core.tracking import observer
+
+    base = tmp_path / "project"
+    (base / "pkg").mkdir(parents=True)
+    (base / "pkg" / "a.py").write_text("x = 1\n")
+    seen = {}
+
+    class Store(FlakyStore):
+        def __init__(self, target, database):
+            super().__init__()
+            seen["database"] = database
+
+        def save_sources(self, sources):
+            seen["sources"] = sources
+            assert all(open(path).read() for _, path in sources)  # the files are found, wherever the cwd is
+            return [[name, f"id-{name}"] for name, _ in sources]
+
+        def insert(self, entry):
+            seen["inserted"] = dict(entry)
+            return 12
+
+    monkeypatch.setattr(observer, "RunStore", Store)
+    obs = flaky_observer(tmp_path)
+    ex_info = {"name": "rhn_prediction", "base_dir": str(base), "sources": [["pkg/a.py", "md5"]]}
+    assert obs._insert(ex_info, "main", {"hostname": "h"}, "t0", {"seed": 1}, {"options": {}}, None, "db") == 12
+    assert seen["database"] == "db" and seen["sources"] == [("pkg/a.py", str(base / "pkg" / "a.py"))]
+    entry = seen["inserted"]
+    assert entry["status"] == "RUNNING" and entry["format"] == "MongoObserver-0.7.0"  # what Omniboard reads
+    assert {k: entry[k] for k in ("captured_out", "artifacts", "resources", "info", "heartbeat")} == {
+        "captured_out": "",
+        "artifacts": [],
+        "resources": [],
+        "info": {},
+        "heartbeat": None,
+    }
+    assert entry["experiment"]["sources"] == [["pkg/a.py", "id-pkg/a.py"]] and entry["command"] == "main"
+    obs.completed_event("t1", None)
+    obs.join()
+    assert obs.store.entries[12]["status"] == "COMPLETED"
+    given = flaky_observer(tmp_path)
+    assert given._insert(ex_info, "main", {}, "t0", {}, {}, 5, "db") == 5  # an id Sacred chose: written under it
+    assert given.store.entries[5]["status"] == "RUNNING"
+    given.completed_event("t1", None)
+    given.join()
+
+
+def test_observer_hands_every_event_to_its_file_fallback(tmp_path):
+    calls = []
+
+    class Fallback:
+        def __getattr__(self, name):
+            return lambda *args: calls.append((name, args))
+
+    obs = flaky_observer(tmp_path)
+    obs.fallback = Fallback()
+    obs.heartbeat_event({"e": 1}, "out", "beat", 3.0)
+    obs.log_metrics({"m": {}}, {"i": 1})
+    obs.artifact_event("a.png", "/x/a.png", {"k": 1}, "image/png")
+    obs.resource_event("/x/data")
+    obs.completed_event("t", 1.5)
+    obs.interrupted_event("t", "INTERRUPTED")
+    obs.failed_event("t", ["trace"])
+    assert calls == [
+        ("heartbeat_event", ({"e": 1}, "out", "beat", 3.0)),
+        ("log_metrics", ({"m": {}}, {"i": 1})),
+        ("artifact_event", ("a.png", "/x/a.png", {"k": 1}, "image/png")),
+        ("resource_event", ("/x/data",)),
+        ("completed_event", ("t", 1.5)),
+        ("interrupted_event", ("t", "INTERRUPTED")),
+        ("failed_event", ("t", ["trace"])),
+    ]
+
+
+def test_run_store_puts_an_artifact_with_its_type(tmp_path):
+    from rhn_core.tracking.observer import RunStore
+
+    class FS:
+        def put(self, f, **kwargs):
+            self.put_with = (f.read(), kwargs)
+            return "file-id"
+
+    store = RunStore.__new__(RunStore)
+    store.fs, store.runs = FS(), type("Runs", (), {"name": "runs"})()
+    (tmp_path / "curve.png").write_bytes(b"png")
+    assert store.put_artifact(3, "curve.png", str(tmp_path / "curve.png"), "image/png", {"epoch": 2}) == "file-id"
+    assert store.fs.put_with == (
+        b"png",
+        {"filename": "artifact://runs/3/curve.png", "content_type": "image/png", "metadata": {"epoch": 2}},
+    )
