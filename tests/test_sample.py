@@ -114,6 +114,7 @@ def test_primes_of_unknown_words_and_of_nothing():
     assert encode(corpus("char", np.array([97, 32, 98])), "").tolist() == [1]
     assert encode(corpus("char", np.array([97, 98])), "").tolist() == [0]
     assert encode(corpus("char", np.array([98, 97])), "").tolist() == [0]
+    assert encode(corpus("char", np.array([88, 32])), "").tolist() == [1]  # a space, whatever else it has
 
 
 def test_decoding_nothing_and_a_character_cut_in_two():
