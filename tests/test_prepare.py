@@ -289,8 +289,9 @@ class Response:
         self.body, self.headers = body, {"Content-Length": str(len(body))} if length else {}
         self.reads = []
 
-    def read(self, n):
+    def read(self, n=None):
         self.reads.append(n)
+        n = len(self.body) if n is None or n < 0 else n  # as http.client's: None reads the rest
         block, self.body = self.body[:n], self.body[n:]
         return block
 
