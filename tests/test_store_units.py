@@ -271,10 +271,10 @@ def test_default_folder_skips_used_ones_and_reuses_an_empty_one(tmp_path):
     os.makedirs(base)
     (tmp_path / "runs" / "chars_1" / "last.npz").write_text("")  # a finished run: never reused
     os.makedirs(base + "_2")  # an empty folder: reused
-    folder, lock, existed = claim_default(base, "sample")
-    assert (folder, existed) == (base + "_2", True) and "sample (pid" in holder_of(folder)
-    other, other_lock, other_existed = claim_default(base)
-    assert (other, other_existed) == (base + "_3", False)
+    folder, lock, _ = claim_default(base, "sample")  # (the third: what it created, RunFolder reads it)
+    assert folder == base + "_2" and "sample (pid" in holder_of(folder)
+    other, other_lock, _ = claim_default(base)
+    assert other == base + "_3" and os.path.isdir(other)
     lock.release()
     other_lock.release()
 
