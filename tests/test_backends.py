@@ -436,3 +436,37 @@ def test_tf_layers_start_from_the_papers_initialisation_and_rebuild_from_their_c
         copy = type(layer).from_config(layer.get_config())
         for key, value in {**expected, "init_scale": 0.5, "init_bias": -1.5, "name": "stack"}.items():
             assert getattr(copy, key) == value, key
+
+
+def test_torch_and_numpy_backends_are_built_with_the_same_defaults():
+    """The contract's keyword defaults are one set (a caller that leaves one out gets the same model).
+
+    Read from constructed backends, not from the signatures (which a wrapper may hide)."""
+    import inspect
+
+    torch_backend = pytest.importorskip("rhn_core.backends.torch_rhn").Backend
+    numpy_backend = importlib.import_module("rhn_core.backends.numpy_rhn").Backend
+
+    def defaults(backend):
+        return {n: p.default for n, p in inspect.signature(backend).parameters.items()}
+
+    assert defaults(torch_backend) == defaults(numpy_backend)
+    spec = ModelSpec(vocab_size=11, hidden_size=4, depth=2, num_layers=1)
+    params = init_params(spec, np.random.default_rng(0))
+    made = [b(spec, params, device="cpu", dtype="float64") for b in (torch_backend, numpy_backend)]
+    assert [(b.weight_decay, b.max_grad_norm) for b in made] == [(0.0, 10.0)] * 2  # the original's max_grad_norm
+
+
+def test_cpu_torch_backend_keeps_freed_memory_with_glibc(monkeypatch):
+    """A CPU step reuses its large blocks: glibc is asked to keep them (rhn_core.backends.torch_rhn)."""
+    import platform
+
+    torch_rhn = pytest.importorskip("rhn_core.backends.torch_rhn")
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("glibc's mallopt only")
+    assert torch_rhn.keep_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(torch_rhn, "keep_freed_memory", lambda: calls.append(1))
+    spec = ModelSpec(vocab_size=11, hidden_size=4, depth=2, num_layers=1)
+    torch_rhn.Backend(spec, init_params(spec, np.random.default_rng(0)), device="cpu", dtype="float64")
+    assert calls == [1]

@@ -281,3 +281,168 @@ def test_offline_download_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypa
     with pytest.raises(RHNError, match=r"cannot download http://mattmahoney.net/dc/enwik8.zip .*--from FILE"):
         prepare_byte_corpus("enwik8", str(tmp_path), progress=False)
     assert os.listdir(tmp_path) == []
+
+
+# --- fetch.py in process: the download, the source forms and every one-line error ---------------------
+class Response:
+    """What urllib.request.urlopen gives: headers and blocks of the body."""
+
+    def __init__(self, body, length=True):
+        self.body, self.headers = body, {"Content-Length": str(len(body))} if length else {}
+        self.reads = []
+
+    def read(self, n=None):
+        self.reads.append(n)
+        n = len(self.body) if n is None or n < 0 else n  # as http.client's: None reads the rest
+        block, self.body = self.body[:n], self.body[n:]
+        return block
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_download_writes_the_whole_file_under_its_name(tmp_path, monkeypatch):
+    import urllib.request
+
+    from rhn_core.data import fetch
+
+    body = bytes(range(256)) * 40
+    calls = []
+
+    def urlopen(url, timeout):
+        calls.append((url, timeout))
+        return responses.pop(0)
+
+    responses = [Response(body), Response(body, length=False)]
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(fetch, "CHUNK", 1000)
+    target = fetch.download("http://example.org/dc/corpus.zip", str(tmp_path), progress=False)
+    assert target == str(tmp_path / "corpus.zip") and (tmp_path / "corpus.zip").read_bytes() == body
+    assert calls == [("http://example.org/dc/corpus.zip", 30)] and os.listdir(tmp_path) == ["corpus.zip"]
+    again = fetch.download("http://example.org/dc/corpus.zip", str(tmp_path / "b"), progress=True)
+    assert open(again, "rb").read() == body  # no Content-Length: the bar has no total, the file is whole
+
+
+def test_sources_and_their_one_line_errors(tmp_path, enwik8_like):
+    from rhn_core.data import fetch
+
+    raw, archive, expected = enwik8_like
+    assert fetch.read_source(str(raw), "enwik8") == raw.read_bytes()
+    assert fetch.read_source(str(archive), "enwik8") == raw.read_bytes()
+    renamed = tmp_path / "enwik8.data"  # a zip by its first bytes, whatever its name
+    renamed.write_bytes(archive.read_bytes())
+    assert fetch.read_source(str(renamed), "enwik8") == raw.read_bytes()
+    with pytest.raises(RHNError) as e:
+        fetch.read_source(str(tmp_path / "nowhere.zip"), "text8")
+    assert str(e.value) == f"{tmp_path / 'nowhere.zip'} not found: give the path of text8.zip or of the unzipped text8"
+    data = b"abcd"
+    with pytest.raises(RHNError) as e:
+        fetch.verify(data, "text8", {"size": 5, "sha256": ""})
+    assert str(e.value) == (
+        "text8 has 4 bytes, the published file has 5: truncated or a different file; fetch text8.zip again"
+    )
+    with pytest.raises(RHNError) as e:
+        fetch.verify(data, "text8", {"size": 4, "sha256": "0" * 64})
+    digest = hashlib.sha256(data).hexdigest()
+    assert str(e.value) == (
+        f"text8 sha256 is {digest}, the published one is {'0' * 64}: the file is corrupt or not text8; "
+        "fetch text8.zip again"
+    )
+    fetch.verify(data, "text8", {"size": 4, "sha256": digest})
+    with pytest.raises(RHNError) as e:
+        prepare_byte_corpus("enwik8", str(tmp_path / "out"), str(raw), dict(expected, classes=27), progress=False)
+    assert str(e.value) == "enwik8 has 205 distinct bytes, expected 27"
+    assert not os.listdir(tmp_path / "out")
+
+
+def test_byte_corpus_downloaded_when_no_source_is_given(tmp_path, enwik8_like, monkeypatch):
+    from rhn_core.data import fetch
+
+    raw, archive, expected = enwik8_like
+    fetched = []
+
+    def download(url, folder, progress=True):
+        fetched.append((url, folder, progress))
+        return str(archive)
+
+    monkeypatch.setattr(fetch, "download", download)
+    monkeypatch.setitem(fetch.CORPORA, "enwik8", dict(expected, url="http://example.org/enwik8.zip"))
+    ids_path, n, classes = prepare_byte_corpus("enwik8", str(tmp_path / "out"), progress=False)
+    assert fetched == [("http://example.org/enwik8.zip", str(tmp_path / "out"), False)]
+    assert (n, classes) == (5000, 205) and ids_path == readers.prepared_paths(str(tmp_path / "out"), "enwik8")[0]
+    values = np.load(readers.prepared_paths(str(tmp_path / "out"), "enwik8")[1])
+    np.testing.assert_array_equal(values[np.load(ids_path)], np.frombuffer(raw.read_bytes(), np.uint8))
+
+
+def test_ptb_sources_in_every_form_and_their_errors(tmp_path, synthetic_ptb, monkeypatch):
+    from rhn_core.data import fetch
+
+    files = fetch.ptb_files(synthetic_ptb)
+    assert sorted(files) == ["test", "train", "valid"]
+    one = os.path.join(synthetic_ptb, sorted(n for n in os.listdir(synthetic_ptb) if n.startswith("ptb.train"))[0])
+    assert fetch.ptb_files(one) == files  # one of the files: its folder is read
+    archive = tmp_path / "simple-examples.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "valid", "test"):
+            (tmp_path / f"ptb.{split}.txt").write_bytes(files[split])
+            tar.add(tmp_path / f"ptb.{split}.txt", f"simple-examples/data/ptb.{split}.txt")
+    assert fetch.ptb_files(str(archive)) == files
+    partial = tmp_path / "partial.tgz"
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(tmp_path / "ptb.train.txt", "data/ptb.train.txt")
+    with pytest.raises(RHNError) as e:
+        fetch.ptb_files(str(partial))
+    assert str(e.value) == f"{partial} has no ptb.valid.txt: is it Mikolov's simple-examples.tgz?"
+    with pytest.raises(RHNError) as e:
+        fetch.ptb_files(str(tmp_path / "absent"))
+    assert str(e.value) == f"{tmp_path / 'absent'} not found: give {fetch.PTB_SOURCES}"
+    assert fetch.PTB_FILE.match("ptb.valid.txt.xz") and not fetch.PTB_FILE.match("ptb.valid.txt.zip")
+    monkeypatch.setitem(fetch.PTB_MD5, "train", hashlib.md5(files["train"]).hexdigest())
+    monkeypatch.setitem(fetch.PTB_MD5, "valid", hashlib.md5(files["valid"]).hexdigest())
+    monkeypatch.setitem(fetch.PTB_MD5, "test", hashlib.md5(files["test"]).hexdigest())
+    fetched = []
+    monkeypatch.setattr(
+        fetch, "download", lambda url, folder, progress: fetched.append((url, folder, progress)) or str(archive)
+    )
+    (tmp_path / "out").mkdir()  # an existing data folder is fine
+    written = prepare_ptb(str(tmp_path / "out"), progress=False)
+    assert fetched == [(fetch.PTB_URL, str(tmp_path / "out"), False)]
+    assert written == [str(tmp_path / "out" / f"ptb.{s}.txt") for s in ("train", "valid", "test")]
+    assert [open(p, "rb").read() for p in written] == [files[s] for s in ("train", "valid", "test")]
+
+
+def test_ptb_sources_that_are_incomplete_or_not_archives_say_so(tmp_path, synthetic_ptb):
+    from rhn_core.data import fetch
+
+    folder = tmp_path / "only_train"
+    folder.mkdir()
+    train = sorted(n for n in os.listdir(synthetic_ptb) if n.startswith("ptb.train"))[0]
+    (folder / train).write_bytes(open(os.path.join(synthetic_ptb, train), "rb").read())
+    with pytest.raises(RHNError) as e:
+        fetch.ptb_files(str(folder))
+    assert str(e.value) == (
+        f"PTB file {folder / 'ptb.valid.txt'} not found (also tried .xz and .gz): give {fetch.PTB_SOURCES}"
+    )
+    source = tmp_path / "notes.tgz"
+    source.write_bytes(b"not an archive")
+    with pytest.raises(RHNError) as e:
+        fetch.ptb_files(str(source))
+    reason = str(e.value).split(" as an archive (")[1].split("): give ")[0]
+    assert str(e.value).startswith(f"cannot read {source} as an archive (") and str(e.value).endswith(
+        f"): give {fetch.PTB_SOURCES}"
+    )
+    # tarfile's first line, not the list of every method it tried that follows it
+    assert reason and "\n" not in reason and "method" not in reason and not reason.endswith(":")
+
+
+def test_a_zip_by_its_name_and_the_corpus_named_in_its_errors(tmp_path, enwik8_like):
+    raw, archive, expected = enwik8_like
+    named = tmp_path / "enwik8.zip"
+    named.write_bytes(b"not a zip, whatever its name says")
+    with pytest.raises(RHNError, match=f"cannot read {named}: not a complete zip archive"):
+        prepare_byte_corpus("enwik8", str(tmp_path / "a"), str(named), expected, progress=False)
+    with pytest.raises(RHNError, match=r"^enwik8 sha256 is [0-9a-f]{64}, the published one is 0{64}: "):
+        prepare_byte_corpus("enwik8", str(tmp_path / "b"), str(raw), dict(expected, sha256="0" * 64), progress=False)

@@ -92,3 +92,60 @@ def test_prime_and_text_round_trip(small_text, synthetic_ptb):
 def test_bad_sample_requests_are_one_line_errors(char_model, updates, message):
     with pytest.raises(RHNError, match=message):
         sample("torch", {**char_model, **updates})
+
+
+def corpus(unit, symbols):
+    import numpy as np
+
+    empty = np.zeros(0, dtype=np.int64)
+    if unit == "char":  # byte values, as the reader gives them
+        symbols = np.asarray(symbols, dtype=np.uint8)
+    return readers.Corpus(empty, empty, empty, len(symbols), unit, symbols)
+
+
+def test_primes_of_unknown_words_and_of_nothing():
+    import numpy as np
+
+    words = corpus("word", ["<eos>", "<unk>", "a"])
+    np.testing.assert_array_equal(encode(words, "a zz\nyy"), [2, 1, 0, 1])  # unknown words read <unk>
+    with pytest.raises(RHNError) as e:
+        encode(corpus("word", ["<eos>", "a"]), "a zz yy")
+    assert str(e.value) == "sample_prime has words the model does not know: zz yy"
+    assert encode(words, "").tolist() == [0]
+    # an empty prime starts a line, else a word, else at the first symbol the model has
+    assert encode(corpus("char", np.array([32, 10, 97])), "").tolist() == [1]
+    assert encode(corpus("char", np.array([97, 32, 98])), "").tolist() == [1]
+    assert encode(corpus("char", np.array([97, 98])), "").tolist() == [0]
+    assert encode(corpus("char", np.array([98, 97])), "").tolist() == [0]
+    assert encode(corpus("char", np.array([88, 32])), "").tolist() == [1]  # a space, whatever else it has
+
+
+def test_decoding_nothing_and_a_character_cut_in_two():
+    import numpy as np
+
+    chars = corpus("char", np.array([0xC3, 0xA9, 97]))
+    assert decode(chars, []) == "" and decode(chars, [0, 1, 2]) == "éa"
+    assert decode(chars, [2, 0]) == "a\ufffd"  # half of é: a replacement character, not an error
+    assert decode(corpus("word", ["<eos>", "a", "b"]), [1, 2, 0, 1]) == "a b\na"
+
+
+def test_sampling_from_a_folder_a_run_writes_says_so(char_model, capsys):
+    import os
+
+    from rhn_core.runlock import RunLock
+
+    with RunLock(os.path.dirname(char_model["load_model"]), "training"):
+        sample("torch", char_model, sample_length=5)
+    out = capsys.readouterr().out
+    assert f"Note: {char_model['load_model']} belongs to training (pid {os.getpid()}" in out
+    assert "which is still writing; sampling from the file as it is now\n" in out
+
+
+def test_a_checkpoint_of_another_shape_is_named_in_its_error(char_model, tmp_path):
+    from rhn_core.checkpoint import load_checkpoint, save_checkpoint
+
+    params, state = load_checkpoint(char_model["load_model"])
+    other = str(tmp_path / "other.npz")
+    save_checkpoint(other, {n: a for n, a in params.items() if n != "softmax_b"} | {"extra": params["softmax_b"]})
+    with pytest.raises(RHNError, match=f"^{other} does not match the config"):
+        sample("torch", {**char_model, "load_model": other})

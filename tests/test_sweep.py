@@ -254,3 +254,43 @@ def test_interrupted_sweep_resumes_exactly_on_relaunch(mongo_db, small_text, tmp
     status = sweep_cli("status", "--name", "cut", "-m", server.spec(db_name), "--sweep-dir", str(tmp_path))
     row = [line for line in status.stdout.splitlines() if line.startswith("seed=3")][0].split()
     assert row[2:4] == ["COMPLETED", "2"]  # one run, two pieces
+
+
+def test_grid_words_and_their_one_line_errors():
+    from rhn_core.errors import RHNError
+
+    assert grid.parse_fixed([]) == ([], {})
+    assert grid.parse_fixed(["with"]) == ([], {})
+    assert grid.parse_fixed(["with", "tiny", "depth=2", "data_path=/x/a=b"]) == (
+        ["tiny"],
+        {"depth": 2, "data_path": "/x/a=b"},  # only the first = splits
+    )
+    assert grid.parse_fixed(["tiny"]) == (["tiny"], {})
+    cases = [
+        (lambda: grid.parse_fixed(["=3"]), "update '=3' is not KEY=VALUE: write e.g. depth=1,2,4"),
+        (lambda: grid.expand([], {}, ["depth"]), "-s 'depth' is not KEY=VALUE: write e.g. depth=1,2,4"),
+        (lambda: grid.expand([], {}, (), ["1x=2"]), "-z '1x=2' is not KEY=VALUE: write e.g. depth=1,2,4"),
+        (lambda: grid.expand([], {}, ["depth= , "]), "depth=',' gives no values: write e.g. depth=1,2,4 or depth=1:4"),
+        (
+            lambda: grid.expand([], {}, (), ["seed=3:1"]),
+            "seed='3:1' gives no values: write e.g. seed=1,2,4 or seed=1:4",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(RHNError) as e:
+            call()
+        assert str(e.value) == message
+
+
+def test_fixed_updates_and_named_configs_reach_every_run(small_text):
+    runs = grid.expand(["tiny"], {"dataset": "ptb", "num_steps": 7}, ["depth=1,2"])
+    assert [(r.config["num_steps"], r.config["batch_size"]) for r in runs] == [(7, 4), (7, 4)]  # fixed, tiny
+    chars = {"dataset": "chars", "data_path": small_text, "num_steps": 7}
+    sized = grid.expand(["tiny"], chars, ["depth=1,2"], equal_params=20000)
+    vocab = grid.vocab_size(sized[0].config)
+    assert vocab == len(set(open(small_text, "rb").read())) and vocab < 100  # read from the text
+    for run in sized:  # the parameter count of the text's vocabulary, not of a default one
+        assert (run.config["num_steps"], run.config["batch_size"]) == (7, 4)
+        spec = spec_from_config(run.config, vocab)
+        assert abs(count_params(spec) - 20000) / 20000 < 0.05, count_params(spec)
+        assert run.values["hidden_size"] == run.config["hidden_size"]

@@ -94,6 +94,116 @@ MODULES = {  # name: (source file, pytest arguments selecting its fast tests)
         ],
     ),
     "tf_rhn": ("rhn_core/backends/tf_rhn.py", ["tests/test_backends.py", "-k", "tf"]),
+    # What is stored and resumed. Code reached only through a subprocess (the entry points, a sweep's
+    # runs, torchrun ranks) is out of mutmut's reach: its mutants run in the test process only, so each
+    # module is tested by tests that call it in process (tests/test_store_units.py for the pieces the
+    # end-to-end tests reach only through a subprocess).
+    "checkpoint": (
+        "rhn_core/checkpoint.py",
+        [
+            "tests/test_store_units.py",
+            "tests/test_faults.py::test_other_files_say_what_they_are_not",
+            "tests/test_bad_inputs.py::test_evaluate_without_a_checkpoint",
+            "tests/test_bad_inputs.py::test_corrupt_checkpoint",
+            "tests/test_bad_inputs.py::test_resume_from_a_best_checkpoint_is_refused",
+            "tests/test_bad_inputs.py::test_checkpoints_are_written_atomically",
+            "tests/test_loop.py::test_evaluation_scale_and_bits_on_a_checkpoint",
+            "tests/test_experiment.py::test_interrupted_and_resumed_run_ends_with_the_same_weights",
+        ],
+    ),
+    "runlock": (
+        "rhn_core/runlock.py",
+        [
+            "tests/test_store_units.py",
+            "tests/test_one_writer.py::test_default_folders_are_claimed_one_per_run",
+            "tests/test_bad_inputs.py::test_resume_from_a_best_checkpoint_is_refused",
+            "tests/test_experiment.py::test_interrupted_and_resumed_run_ends_with_the_same_weights",
+        ],
+    ),
+    "sweep_grid": (
+        "rhn_core/sweep/grid.py",
+        [
+            "tests/test_sweep.py",
+            "tests/test_sweep_claims.py",
+            "-m",
+            "not slow and not mongo",
+        ],
+    ),
+    "sweep_state": (
+        "rhn_core/sweep/state.py",
+        [
+            "tests/test_sweep.py",
+            "tests/test_sweep_claims.py",
+            "tests/test_store_units.py",
+            "-m",
+            "not slow and not mongo",
+        ],
+    ),
+    "sweep_claim": (
+        "rhn_core/sweep/claim.py",
+        ["tests/test_sweep_claims.py", "tests/test_store_units.py", "-m", "not slow and not mongo"],
+    ),
+    "sweep_runner": (
+        "rhn_core/sweep/runner.py",
+        ["tests/test_sweep_claims.py", "tests/test_store_units.py", "-m", "not slow and not mongo"],
+    ),
+    "sweep_executors": (
+        "rhn_core/sweep/executors.py",
+        ["tests/test_sweep_claims.py", "tests/test_store_units.py", "-m", "not slow and not mongo"],
+    ),
+    "observer": (
+        "rhn_core/tracking/observer.py",
+        [
+            "tests/test_store_units.py",
+            "tests/test_tracking.py::test_run_is_stored_in_mongodb[torch]",
+            "tests/test_tracking.py::test_resume_from_a_run_in_mongodb",
+        ],
+    ),
+    "distributed": (
+        "rhn_core/distributed/world.py",
+        [
+            "tests/test_store_units.py",
+            "tests/test_distributed.py::test_world_from_the_launchers",
+            "tests/test_distributed.py::test_bad_world_sizes_fail_before_any_work",
+            "tests/test_distributed.py::test_masks_drawn_for_the_global_batch_and_sliced",
+            "tests/test_one_writer.py::test_srun_ranks_are_named_srun_every_time_they_are_read",
+        ],
+    ),
+    "distributed_shard": (
+        "rhn_core/distributed/shard.py",
+        ["tests/test_store_units.py", "tests/test_distributed.py::test_masks_drawn_for_the_global_batch_and_sliced"],
+    ),
+    "fetch": (
+        "rhn_core/data/fetch.py",
+        [
+            "tests/test_prepare.py",
+            "tests/test_store_units.py",
+            "-m",
+            "not slow",
+            "-k",
+            "not command_line and not checksums_are_the_published and not no_archive and not training_from",
+        ],
+    ),
+    "mc": (
+        "rhn_core/mc.py",
+        [
+            "tests/test_mc.py",
+            "tests/test_config_keys.py",
+            "tests/test_contract.py::test_a_run_train_resume_evaluate_mc_sample_touches_only_the_contract",
+            "-k",
+            "mc or contract",
+        ],
+    ),
+    "sample": (
+        "rhn_core/sample.py",
+        [
+            "tests/test_sample.py",
+            "tests/test_config_keys.py",
+            "tests/test_contract.py::test_a_run_train_resume_evaluate_mc_sample_touches_only_the_contract",
+            "-k",
+            "sample or contract",
+        ],
+    ),
 }
 MODULES["runtime"] = ("rhn_core/runtime.py", MODULES["loop"][1])  # the loop's numbers and data, shared by every command
 # Only these functions of a module are mutated (globs on mutmut's mutant names), where the whole
@@ -206,7 +316,15 @@ def prepare(source_repo, folder, module):
         f.write("\n".join(lines) + "\n")
 
 
-def run(folder, max_children, shared_data, mutants=()):
+def run(folder, max_children, shared_data, mutants=(), fresh_stats=False):
+    """mutmut run; ``fresh_stats``: first forget which tests call which function (see below)."""
+    if fresh_stats:
+        # mutmut records once which tests call each function and afterwards only adds tests with new
+        # names: a test changed to call another function would not be run for its mutants. A retry
+        # (tests were added or changed) or --only collects the record again, one run of the selection.
+        stats = os.path.join(folder, "mutants", "mutmut-stats.json")
+        if os.path.isfile(stats):
+            os.remove(stats)
     env = dict(os.environ, OMP_NUM_THREADS="1", RHN_SHARED_DATA=shared_data, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("PYTHONPATH", None)  # mutmut puts the mutated copy first on sys.path
     mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *mutants]
@@ -262,7 +380,7 @@ def selected(folder, module, size, seed):
 def report(root, modules, show_survivors, size=None, seed=0):
     """The table: all mutants, or the sample (then "of" is how many mutants the module has)."""
     print(
-        f"{'module':<12}{'mutants':>9}{'of' if size else '':>7}{'killed':>8}{'timeout':>9}{'survived':>10}"
+        f"{'module':<16}{'mutants':>9}{'of' if size else '':>7}{'killed':>8}{'timeout':>9}{'survived':>10}"
         f"{'no tests':>10}{'other':>7}{'kill rate':>11}{'± s.e.' if size else '':>9}"
     )
     rows = [("all", Counter())]
@@ -280,7 +398,7 @@ def report(root, modules, show_survivors, size=None, seed=0):
         rate = f"{100 * p:.1f} %" if n else "-"
         se = f"{100 * math.sqrt(p * (1 - p) / n):.1f} %" if size and n else ""
         print(
-            f"{module:<12}{n:>9}{c['of'] if size else '':>7}{c['killed']:>8}{c['timeout']:>9}{c['survived']:>10}"
+            f"{module:<16}{n:>9}{c['of'] if size else '':>7}{c['killed']:>8}{c['timeout']:>9}{c['survived']:>10}"
             f"{c['no tests']:>10}{other:>7}{rate:>11}{se:>9}"
         )
     if show_survivors:
@@ -343,7 +461,7 @@ def main(argv=None):
     modules = args.modules or list(MODULES)
     if args.list:
         for m in modules:
-            print(f"{m:<10} {MODULES[m][0]:<32} {' '.join(MODULES[m][1])}")
+            print(f"{m:<16} {MODULES[m][0]:<32} {' '.join(MODULES[m][1])}")
         return 0
     if not args.report:
         for module in modules:
@@ -367,7 +485,7 @@ def main(argv=None):
                 names = retry
                 prepare(args.repo, folder, module)
             print(f"--- {module}: mutmut in {folder}", flush=True)
-            if run(folder, args.max_children, os.path.abspath(args.shared_data), names):
+            if run(folder, args.max_children, os.path.abspath(args.shared_data), names, args.retry or bool(args.only)):
                 print(f"mutmut failed for {module} (see above)", file=sys.stderr)
                 return 1
     report(args.work, modules, args.survivors or not args.report, args.sample, args.seed)
