@@ -320,3 +320,11 @@ def slurm(tmp_path_factory, request):
         )
     yield cluster
     cluster.stop()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The random order's seed at the end of every run: pytest-randomly prints it in the header, which -q
+    (the README's and CI's command) hides, so a failure in a shuffled CI run could not be repeated."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"Tests ran in random order: repeat it with -p randomly --randomly-seed={seed}")
