@@ -34,6 +34,7 @@ from rhn_core.runlock import (
     describe_holder,
     holder_of,
     note_writer,
+    missing_folders,
     only_lock_left,
     shell_arg,
 )
@@ -1316,3 +1317,14 @@ def test_run_store_puts_an_artifact_with_its_type(tmp_path):
         b"png",
         {"filename": "artifact://runs/3/curve.png", "content_type": "image/png", "metadata": {"epoch": 2}},
     )
+
+
+def test_a_refused_claim_of_nested_new_folders_removes_every_one_it_made(tmp_path):
+    (tmp_path / "kept").mkdir()
+    nested = tmp_path / "kept" / "a" / "b" / "run"
+    assert missing_folders(str(nested)) == [str(nested), str(nested.parent), str(nested.parent.parent)]
+    assert missing_folders(str(tmp_path)) == []
+    claim = RunFolder.claim(str(nested))
+    assert claim.created == [str(nested), str(nested.parent), str(nested.parent.parent)]
+    claim.abandon()
+    assert not (tmp_path / "kept" / "a").exists() and (tmp_path / "kept").is_dir()  # only what it made
