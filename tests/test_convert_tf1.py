@@ -88,6 +88,7 @@ def test_original_checkpoint_converts_and_evaluates_in_both_backends(small_text,
     assert scores[0]["full_test_perplexity"] == pytest.approx(np.exp(nll), rel=1e-10)
 
 
+@pytest.mark.slow  # over 5 s on an idle 2-core machine (starts the entry point): out of the fast tier
 def test_not_a_checkpoint(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "rhn_core.convert_tf1", str(tmp_path / "missing.ckpt"), str(tmp_path / "out.npz")],

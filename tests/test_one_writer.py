@@ -60,6 +60,7 @@ def read_until(stream, marker, timeout=240):
 
 
 # --- two runs, one folder ---------------------------------------------------------------------
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 @pytest.mark.parametrize("second", backend_params("torch", "tf"))
 def test_second_run_on_a_busy_folder_is_refused_and_the_first_keeps_its_files(small_text, tmp_path, second):
     pytest.importorskip("torch")  # the runs here train with the torch backend
@@ -97,6 +98,7 @@ def test_second_run_on_a_busy_folder_is_refused_and_the_first_keeps_its_files(sm
     assert sorted(os.listdir(folder)) == ["best.npz", "last.npz"]  # the lock file went with the run
 
 
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 def test_runs_with_the_same_seed_one_after_the_other_keep_their_own_folders(small_text, tmp_path):
     pytest.importorskip("torch")  # the runs here train with the torch backend
     first = run_cli(*tiny(small_text, "seed=5", "max_max_epoch=1"), cwd=tmp_path)
@@ -158,6 +160,7 @@ def test_a_killed_holder_leaves_nothing_to_clean(tmp_path):
         pass
 
 
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 def test_mc_evaluation_is_refused_on_a_folder_a_run_writes(small_text, tmp_path):
     pytest.importorskip("torch")  # the runs here train with the torch backend
     trained = tmp_path / "run"
@@ -212,6 +215,7 @@ def read_pty_until(master, marker, timeout=240):
     assert marker.encode() in seen, seen.decode(errors="replace")[-3000:]
 
 
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 def test_closing_the_terminal_saves_like_sigterm_and_the_run_resumes(small_text, tmp_path):
     pytest.importorskip("torch")  # the runs here train with the torch backend
     runs = tmp_path / "sacred"
@@ -251,6 +255,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 def test_second_ctrl_c_while_saving_names_the_whole_checkpoint_in_one_line(small_text, tmp_path):
     pytest.importorskip("torch")  # the runs here train with the torch backend
     folder = tmp_path / "a b"  # a path with a space: the line's resume= argument pastes back whole
@@ -285,6 +290,7 @@ def test_second_ctrl_c_while_saving_names_the_whole_checkpoint_in_one_line(small
 
 
 # --- output that fails --------------------------------------------------------------------------
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 def test_a_closed_pipe_stops_the_printing_not_the_training(small_text, tmp_path):
     pytest.importorskip("torch")  # the runs here train with the torch backend
     # python rhn_train_torch.py ... | head: the reader goes away while the run trains its first epoch
@@ -303,6 +309,7 @@ def test_a_closed_pipe_stops_the_printing_not_the_training(small_text, tmp_path)
     assert read_state_entries(str(tmp_path / "last.npz"), ["epoch", "step"]) == {"epoch": 4, "step": 0}
 
 
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 @pytest.mark.parametrize("capture", ["fd", "sys"])
 def test_a_full_output_device_stops_the_printing_not_the_training(small_text, tmp_path, capture):
     pytest.importorskip("torch")  # the runs here train with the torch backend
@@ -325,6 +332,7 @@ def test_a_full_output_device_stops_the_printing_not_the_training(small_text, tm
 
 
 # --- resume with changed keys -------------------------------------------------------------------
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 def test_resume_with_changed_keys_says_so_and_records_it(small_text, tmp_path):
     pytest.importorskip("torch")  # the runs here train with the torch backend
     runs = tmp_path / "sacred"
@@ -389,6 +397,7 @@ def test_best_epoch_is_the_one_of_the_lowest_validation_perplexity(small_text, t
 
 
 # --- smaller points -----------------------------------------------------------------------------
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 def test_resume_of_a_folder_takes_its_last_checkpoint(small_text, tmp_path):
     pytest.importorskip("torch")  # the runs here train with the torch backend
     assert run_cli(*tiny(small_text, "max_max_epoch=1", f"save_dir={tmp_path / 'run'}")).returncode == 0

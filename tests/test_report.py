@@ -199,6 +199,7 @@ def test_group_by_other_key(tmp_path, capsys):
     assert (tmp_path / "g.png").read_bytes().startswith(PNG)
 
 
+@pytest.mark.slow  # over 5 s on an idle 2-core machine (starts the entry point): out of the fast tier
 def test_password_never_printed(capsys):
     """The whole command, as a user runs it, against a port where no server listens."""
     url = f"mongodb://user:secret@127.0.0.1:{free_port()}/rhn?authSource=admin"

@@ -156,6 +156,7 @@ def sweep_runs(server, db_name, name):
         return sorted(client[db_name].runs.find({"meta.sweep.name": name}), key=lambda r: r["_id"])
 
 
+@pytest.mark.slow  # a whole run through the entry point (5-12 s idle)
 def test_local_sweep_logs_runs_and_relaunch_skips_them(mongo_db, small_text, tmp_path):
     pytest.importorskip("torch")  # the sweep's runs train with the torch backend
     server, db_name = mongo_db
