@@ -32,8 +32,8 @@ import pytest
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-# Signals a run's InterruptFlag (rhn_core/loop.py) handles while it trains.
-RUN_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2") if hasattr(signal, n)]
+from rhn_core.runtime import InterruptFlag  # after the frameworks are imported quietly above
+
 SIGNALS_RECEIVED = []  # (signal, test) for each signal that reached this process during an in-process run
 
 
@@ -43,10 +43,6 @@ def _note_signals_received():
     ``pkill -f`` that matched this process. Without a run it would end the session; during one, the run's
     handler turns it into a checkpoint and a TrainingInterrupted, and that one test fails while the
     session goes on (a failure that then passes alone). ``process_state_as_before`` stops the session."""
-    try:
-        from rhn_core.loop import InterruptFlag
-    except ImportError:  # a tree without the loop: nothing to watch
-        return
     handle = InterruptFlag._handle
 
     def noting(self, signum, frame):
@@ -78,7 +74,7 @@ def process_state_as_before():
         numpy=np.random.get_state(),
         environ=dict(os.environ),
         cwd=os.getcwd(),
-        handlers={s: signal.getsignal(s) for s in RUN_SIGNALS},
+        handlers={s: signal.getsignal(s) for s in InterruptFlag.SIGNALS},  # the signals a run handles
     )
     torch = sys.modules.get("torch")
     if torch is not None:
